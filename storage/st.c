@@ -1,0 +1,1590 @@
+/*
+ * st.c - the inbox engine of one shard on RocksDB. The API is st.h.
+ *
+ * ON-DISK FORMAT (format version 1, one RocksDB database, default column
+ * family). Every key is  TABLE(1 byte) | uid | 0x00 | rest  where uid is the
+ * inbox owner (receiver). uids never contain 0x00 (st_check_uid), so the
+ * prefix  TABLE | uid | 0x00  identifies one inbox's rows of one table
+ * exactly: "ab" and "abc" have the distinct prefixes "Mab\0" and "Mabc\0".
+ * The prefix extractor (s_prefix_*) cuts that prefix; it feeds prefix bloom
+ * filters in the SST files and memtables, and every scan also sets
+ * iterate_upper_bound, so a page read touches only its own inbox.
+ * Integers are big-endian (keys sort numerically), u = unsigned, i = signed.
+ *
+ *  'V' 0x00                               -> "imbox-st-1"   format marker
+ *  'I' uid 0x00                           -> inbox head, 33 bytes:
+ *        u8 version=1 | u64 high | u64 count | u64 floor | i64 last_time_ms
+ *        high: highest seq ever assigned (never decreases, so never reused);
+ *        count: messages stored; floor: every seq <= floor was deleted by a
+ *        whole-inbox ack; last_time_ms: send time of the newest message.
+ *  'M' uid 0x00 u64 seq                   -> message record:
+ *        u8 version=1 | i64 send_time_ms | i32 msg_type | u8 sender_len |
+ *        sender | u8 msg_id_len | msg_id | content (the rest of the value)
+ *  'S' uid 0x00 sender 0x00 u64 seq       -> "" (per-sender index of 'M')
+ *  'C' uid 0x00 sender                    -> per-sender counter, 17 bytes:
+ *        u8 version=1 | u64 count | i64 last_send_time_ms
+ *  'D' uid 0x00 sender 0x00 msg_id        -> dedup entry, 17 bytes:
+ *        u8 version=1 | u64 seq | i64 send_time_ms
+ *
+ * Invariants kept by the single writer thread: for every 'M' row there is
+ * exactly one 'S' row, counted once in its sender's 'C' row and in the 'I'
+ * count; a 'C' row exists only with count > 0. send_time_ms never decreases
+ * within an inbox (it is max(clock, last_time_ms)), so the expired messages
+ * of an inbox are always a prefix of it.
+ *
+ * WRITES. One writer thread owns every mutation. It takes everything queued,
+ * runs the acks first (each as its own small WriteBatch, not fsync'ed: a lost
+ * ack is a redelivery, which receivers dedup), then gathers the appends into
+ * one WriteBatch, writes it with sync (one fsync for all of them: group
+ * commit) and only then calls their callbacks. Appends in one batch see each
+ * other's effects through a per-batch overlay (s_ov) of the 'I', 'C' and 'D'
+ * rows they read and modify. Acks run before the appends of the same round:
+ * an ack's cursor came from a read, which only sees committed messages, so
+ * no ack can concern an append of the same round.
+ *
+ * ACKS. A whole-inbox ack up to seq N scans the 'M' rows in (floor, N] (the
+ * rows the receiver has just read, so they are cached) to learn how many
+ * belong to each sender, then writes one DeleteRange over 'M' and one per
+ * sender over 'S', and updates the counters. A conversation ack deletes the
+ * sender's 'S' range and the 'M' rows it points to (those are scattered in
+ * the inbox, so they are point deletes; the cost grows with the
+ * conversation, not with the inbox).
+ *
+ * EXPIRY. Expired messages are hidden by every read and purged by an ack up
+ * to the last expired one (ST_REQ_EXPIRE), lazily when a read meets them and
+ * for all inboxes by st_expire(). They are not dropped by a compaction
+ * filter, because a filter cannot keep the 'C' and 'I' counts exact. The
+ * dedup entries, which no count depends on, are dropped by the compaction
+ * filter once their window has passed (and ignored by lookups before that).
+ */
+#include "st.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <rocksdb/c.h>
+
+#define ST_FORMAT "imbox-st-1"
+#define ST_REC_VERSION 1
+#define ST_KEY_MAX (1 + ST_UID_MAX + 1 + ST_UID_MAX + 1 + ST_MSGID_MAX + 8)
+#define ST_HEAD_LEN 33
+#define ST_CNT_LEN 17
+#define ST_DEDUP_LEN 17
+#define ST_MSG_FIXED (1 + 8 + 4 + 1 + 1) /* record bytes besides strings */
+
+/* Defaults, with the reason for each. */
+#define ST_DEF_MAX_INBOX 100000ULL                 /* API.md limit */
+#define ST_DEF_TTL_MS (30LL * 24 * 3600 * 1000)    /* API.md: 30 days */
+#define ST_DEF_DEDUP_MS (24LL * 3600 * 1000)       /* PROTOCOL.md: 24 h */
+#define ST_DEF_MAX_BATCH 4096u   /* bounds one commit's memory and latency */
+#define ST_DEF_CACHE (64u << 20) /* enough for the hot pages of a shard */
+
+struct st_shard {
+    rocksdb_t *db;
+    rocksdb_options_t *dbopts;
+    rocksdb_block_based_table_options_t *table;
+    rocksdb_cache_t *cache;
+    rocksdb_slicetransform_t *prefix;
+    rocksdb_compactionfilter_t *filter;
+    rocksdb_writeoptions_t *wo_sync;   /* appends */
+    rocksdb_writeoptions_t *wo_async;  /* acks */
+    rocksdb_readoptions_t *ro_get;     /* point reads */
+    st_options o;
+
+    pthread_mutex_t mu;  /* guards the queue, closing and stats */
+    pthread_cond_t cv;
+    st_req *head, *tail;
+    bool closing;
+    pthread_t writer;
+    st_stats stats;
+};
+
+/* ------------------------------------------------------------- utilities */
+
+/* Fills err (if not NULL) and returns code, so that `return s_err(...)`. */
+static int s_err(st_error *err, int code, const char *fmt, ...)
+{
+    if (err) {
+        err->code = code;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+static void s_ok(st_error *err)
+{
+    if (err) {
+        err->code = ST_OK;
+        err->msg[0] = '\0';
+    }
+}
+
+/* Translates a RocksDB error string (freeing it) into ST_EIO. */
+static int s_rocks_err(st_error *err, const char *what, char *rerr)
+{
+    s_err(err, ST_EIO, "%s: %s", what, rerr ? rerr : "unknown RocksDB error");
+    rocksdb_free(rerr);
+    return ST_EIO;
+}
+
+const char *st_code_name(int code)
+{
+    switch (code) {
+    case ST_OK: return "ST_OK";
+    case ST_EINVAL: return "ST_EINVAL";
+    case ST_EFULL: return "ST_EFULL";
+    case ST_ECURSOR: return "ST_ECURSOR";
+    case ST_EIO: return "ST_EIO";
+    case ST_ECORRUPT: return "ST_ECORRUPT";
+    case ST_ECLOSED: return "ST_ECLOSED";
+    case ST_ENOMEM: return "ST_ENOMEM";
+    default: return "ST_UNKNOWN";
+    }
+}
+
+static void s_put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static uint64_t s_get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static int64_t s_default_clock(void *ctx)
+{
+    (void)ctx;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t s_now(const st_shard *s)
+{
+    return s->o.clock(s->o.clock_ctx);
+}
+
+/* ------------------------------------------------------------ validation */
+
+/* Length of the valid UTF-8 sequence at p (n bytes left), 0 if invalid. */
+static size_t s_utf8_seq(const uint8_t *p, size_t n, uint32_t *cp)
+{
+    size_t len;
+    uint32_t c, min;
+    if (p[0] < 0x80) {
+        *cp = p[0];
+        return 1;
+    } else if ((p[0] & 0xE0) == 0xC0) {
+        len = 2, c = p[0] & 0x1F, min = 0x80;
+    } else if ((p[0] & 0xF0) == 0xE0) {
+        len = 3, c = p[0] & 0x0F, min = 0x800;
+    } else if ((p[0] & 0xF8) == 0xF0) {
+        len = 4, c = p[0] & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        c = c << 6 | (p[i] & 0x3F);
+    }
+    if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+        return 0; /* overlong, out of range, or a surrogate */
+    *cp = c;
+    return len;
+}
+
+int st_check_uid(const char *uid, const char *field, st_error *err)
+{
+    if (!uid)
+        return s_err(err, ST_EINVAL, "%s: missing", field);
+    size_t n = strnlen(uid, ST_UID_MAX + 1);
+    if (n == 0)
+        return s_err(err, ST_EINVAL, "%s: empty (1..%d bytes)", field, ST_UID_MAX);
+    if (n > ST_UID_MAX)
+        return s_err(err, ST_EINVAL, "%s: longer than %d bytes", field, ST_UID_MAX);
+    const uint8_t *p = (const uint8_t *)uid;
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        size_t len = s_utf8_seq(p + i, n - i, &cp);
+        if (len == 0)
+            return s_err(err, ST_EINVAL, "%s: not valid UTF-8 (byte %zu)", field, i);
+        if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F))
+            return s_err(err, ST_EINVAL, "%s: control character at byte %zu", field, i);
+        i += len;
+    }
+    return ST_OK;
+}
+
+static int s_check_put(const st_shard *s, const st_put *p, size_t i, st_error *err)
+{
+    char field[64];
+    snprintf(field, sizeof field, "puts[%zu].receiver", i);
+    if (st_check_uid(p->receiver, field, err))
+        return ST_EINVAL;
+    snprintf(field, sizeof field, "puts[%zu].sender", i);
+    if (st_check_uid(p->sender, field, err))
+        return ST_EINVAL;
+    if (!p->msg_id)
+        return s_err(err, ST_EINVAL, "puts[%zu].msg_id: missing", i);
+    size_t n = strnlen(p->msg_id, ST_MSGID_MAX + 1);
+    if (n == 0 || n > ST_MSGID_MAX)
+        return s_err(err, ST_EINVAL, "puts[%zu].msg_id: must be 1..%d bytes", i, ST_MSGID_MAX);
+    if (p->content_len > s->o.max_content)
+        return s_err(err, ST_EINVAL, "puts[%zu].content: %zu bytes, limit %u", i,
+                     p->content_len, s->o.max_content);
+    if (p->content_len > 0 && !p->content)
+        return s_err(err, ST_EINVAL, "puts[%zu].content: NULL with length %zu", i,
+                     p->content_len);
+    return ST_OK;
+}
+
+/* ------------------------------------------------------------------ keys */
+
+/* TABLE | uid | 0x00; returns its length. */
+static size_t s_key_prefix(uint8_t *k, char table, const char *uid)
+{
+    size_t n = strlen(uid);
+    k[0] = (uint8_t)table;
+    memcpy(k + 1, uid, n);
+    k[1 + n] = 0;
+    return n + 2;
+}
+
+static size_t s_key_msg(uint8_t *k, const char *uid, uint64_t seq)
+{
+    size_t n = s_key_prefix(k, 'M', uid);
+    s_put64(k + n, seq);
+    return n + 8;
+}
+
+/* 'S' uid 0 sender 0 [seq] (seq appended when with_seq). */
+static size_t s_key_sidx(uint8_t *k, const char *uid, const char *sender, uint64_t seq)
+{
+    size_t n = s_key_prefix(k, 'S', uid);
+    size_t m = strlen(sender);
+    memcpy(k + n, sender, m);
+    k[n + m] = 0;
+    s_put64(k + n + m + 1, seq);
+    return n + m + 1 + 8;
+}
+
+static size_t s_key_cnt(uint8_t *k, const char *uid, const char *sender)
+{
+    size_t n = s_key_prefix(k, 'C', uid);
+    size_t m = strlen(sender);
+    memcpy(k + n, sender, m);
+    return n + m;
+}
+
+static size_t s_key_dedup(uint8_t *k, const char *uid, const char *sender, const char *msg_id)
+{
+    size_t n = s_key_prefix(k, 'D', uid);
+    size_t m = strlen(sender), d = strlen(msg_id);
+    memcpy(k + n, sender, m);
+    k[n + m] = 0;
+    memcpy(k + n + m + 1, msg_id, d);
+    return n + m + 1 + d;
+}
+
+/* Upper bound of every key starting with k[0..n-1] whose last byte is 0x00:
+ * the same bytes with that last 0x00 turned into 0x01. */
+static size_t s_key_upper(uint8_t *dst, const uint8_t *k, size_t n)
+{
+    memcpy(dst, k, n);
+    assert(n > 0 && dst[n - 1] == 0);
+    dst[n - 1] = 1;
+    return n;
+}
+
+/* ---------------------------------------------------------------- records */
+
+static void s_head_decode(const uint8_t *v, st_inbox *h)
+{
+    h->high = s_get64(v + 1);
+    h->count = s_get64(v + 9);
+    h->floor = s_get64(v + 17);
+    h->last_time_ms = (int64_t)s_get64(v + 25);
+}
+
+static void s_head_encode(uint8_t *v, const st_inbox *h)
+{
+    v[0] = ST_REC_VERSION;
+    s_put64(v + 1, h->high);
+    s_put64(v + 9, h->count);
+    s_put64(v + 17, h->floor);
+    s_put64(v + 25, (uint64_t)h->last_time_ms);
+}
+
+/* A decoded 'M' record; strings point into the value, not NUL-terminated. */
+typedef struct s_rec {
+    int64_t send_time_ms;
+    int32_t msg_type;
+    const char *sender;
+    size_t sender_len;
+    const char *msg_id;
+    size_t msg_id_len;
+    const uint8_t *content;
+    size_t content_len;
+} s_rec;
+
+/* Every stored byte is checked: a record that does not decode is reported,
+ * never read past its end. */
+static int s_rec_decode(const uint8_t *v, size_t n, s_rec *r)
+{
+    if (n < ST_MSG_FIXED || v[0] != ST_REC_VERSION)
+        return ST_ECORRUPT;
+    r->send_time_ms = (int64_t)s_get64(v + 1);
+    r->msg_type = (int32_t)((uint32_t)v[9] << 24 | (uint32_t)v[10] << 16 |
+                            (uint32_t)v[11] << 8 | v[12]);
+    size_t off = 13;
+    r->sender_len = v[off++];
+    if (r->sender_len == 0 || r->sender_len > ST_UID_MAX || off + r->sender_len + 1 > n)
+        return ST_ECORRUPT;
+    r->sender = (const char *)v + off;
+    off += r->sender_len;
+    r->msg_id_len = v[off++];
+    if (r->msg_id_len == 0 || r->msg_id_len > ST_MSGID_MAX || off + r->msg_id_len > n)
+        return ST_ECORRUPT;
+    r->msg_id = (const char *)v + off;
+    off += r->msg_id_len;
+    r->content = v + off;
+    r->content_len = n - off;
+    return ST_OK;
+}
+
+static size_t s_rec_encode(uint8_t *v, const st_put *p, int64_t t)
+{
+    size_t sl = strlen(p->sender), dl = strlen(p->msg_id);
+    v[0] = ST_REC_VERSION;
+    s_put64(v + 1, (uint64_t)t);
+    uint32_t ty = (uint32_t)p->msg_type;
+    v[9] = (uint8_t)(ty >> 24), v[10] = (uint8_t)(ty >> 16);
+    v[11] = (uint8_t)(ty >> 8), v[12] = (uint8_t)ty;
+    size_t off = 13;
+    v[off++] = (uint8_t)sl;
+    memcpy(v + off, p->sender, sl);
+    off += sl;
+    v[off++] = (uint8_t)dl;
+    memcpy(v + off, p->msg_id, dl);
+    off += dl;
+    if (p->content_len)
+        memcpy(v + off, p->content, p->content_len);
+    return off + p->content_len;
+}
+
+static bool s_expired(const st_shard *s, int64_t send_time, int64_t now)
+{
+    return s->o.ttl_ms > 0 && send_time <= now - s->o.ttl_ms;
+}
+
+/* ----------------------------------------------- prefix extractor, filter */
+
+static char *s_prefix_transform(void *st, const char *key, size_t len, size_t *dst_len)
+{
+    (void)st;
+    const char *z = memchr(key + 1, 0, len - 1);
+    *dst_len = (size_t)(z - key) + 1;
+    return (char *)key;
+}
+
+static unsigned char s_prefix_in_domain(void *st, const char *key, size_t len)
+{
+    (void)st;
+    return len >= 2 && memchr(key + 1, 0, len - 1) != NULL;
+}
+
+static unsigned char s_prefix_in_range(void *st, const char *key, size_t len)
+{
+    (void)st, (void)key, (void)len;
+    return 0;
+}
+
+static const char *s_prefix_name(void *st)
+{
+    (void)st;
+    return "imbox.inbox_prefix.v1";
+}
+
+static void s_noop_destroy(void *st)
+{
+    (void)st;
+}
+
+/* Drops dedup entries whose window has passed; keeps everything else. */
+static unsigned char s_filter(void *st, int level, const char *key, size_t klen,
+                              const char *val, size_t vlen, char **new_val,
+                              size_t *new_vlen, unsigned char *changed)
+{
+    (void)level, (void)new_val, (void)new_vlen;
+    const st_shard *s = st;
+    *changed = 0;
+    if (klen == 0 || key[0] != 'D' || vlen != ST_DEDUP_LEN)
+        return 0;
+    int64_t t = (int64_t)s_get64((const uint8_t *)val + 9);
+    return t <= s_now(s) - s->o.dedup_window_ms;
+}
+
+static const char *s_filter_name(void *st)
+{
+    (void)st;
+    return "imbox.dedup_window.v1";
+}
+
+/* --------------------------------------------------------- point reads */
+
+/* Reads key into buf (exactly want bytes). Returns 1 found, 0 absent, or an
+ * error code. */
+static int s_get_fixed(st_shard *s, const uint8_t *k, size_t kn, uint8_t *buf,
+                       size_t want, st_error *err)
+{
+    char *rerr = NULL;
+    size_t vn = 0;
+    char *v = rocksdb_get(s->db, s->ro_get, (const char *)k, kn, &vn, &rerr);
+    if (rerr)
+        return s_rocks_err(err, "get", rerr);
+    if (!v)
+        return 0;
+    int rc = 1;
+    if (vn != want || (uint8_t)v[0] != ST_REC_VERSION) {
+        s_err(err, ST_ECORRUPT, "record of table '%c' has %zu bytes, want %zu", k[0], vn, want);
+        rc = ST_ECORRUPT;
+    } else {
+        memcpy(buf, v, want);
+    }
+    rocksdb_free(v);
+    return rc;
+}
+
+static int s_get_head(st_shard *s, const char *uid, st_inbox *h, st_error *err)
+{
+    uint8_t k[ST_KEY_MAX], v[ST_HEAD_LEN];
+    size_t kn = s_key_prefix(k, 'I', uid);
+    memset(h, 0, sizeof *h);
+    int rc = s_get_fixed(s, k, kn, v, sizeof v, err);
+    if (rc == 1)
+        s_head_decode(v, h);
+    return rc < 0 ? rc : ST_OK;
+}
+
+/* An iterator over [lo, hi) with hi as iterate_upper_bound. The bound must
+ * outlive the iterator, so both live in this struct. */
+typedef struct s_iter {
+    rocksdb_readoptions_t *ro;
+    rocksdb_iterator_t *it;
+    uint8_t hi[ST_KEY_MAX];
+} s_iter;
+
+static void s_iter_open(st_shard *s, s_iter *i, const uint8_t *lo, size_t lon,
+                        const uint8_t *hi, size_t hin, bool total_order)
+{
+    memcpy(i->hi, hi, hin);
+    i->ro = rocksdb_readoptions_create();
+    rocksdb_readoptions_set_iterate_upper_bound(i->ro, (const char *)i->hi, hin);
+    if (total_order)
+        rocksdb_readoptions_set_total_order_seek(i->ro, 1);
+    else
+        rocksdb_readoptions_set_prefix_same_as_start(i->ro, 1);
+    i->it = rocksdb_create_iterator(s->db, i->ro);
+    rocksdb_iter_seek(i->it, (const char *)lo, lon);
+}
+
+/* Closes the iterator; returns its error, if any, as ST_EIO. */
+static int s_iter_close(s_iter *i, st_error *err)
+{
+    char *rerr = NULL;
+    rocksdb_iter_get_error(i->it, &rerr);
+    rocksdb_iter_destroy(i->it);
+    rocksdb_readoptions_destroy(i->ro);
+    return rerr ? s_rocks_err(err, "iterator", rerr) : ST_OK;
+}
+
+/* --------------------------------------------- per-batch overlay (s_ov) */
+
+/* The 'I', 'C' and 'D' rows that one write batch reads and modifies, so that
+ * later operations of the batch see the effects of earlier ones. A small
+ * open-addressing hash table, rebuilt for each batch. */
+#define OV_VAL_MAX 40
+
+typedef struct s_ov_ent {
+    uint8_t key[ST_KEY_MAX];
+    size_t kn;
+    uint8_t val[OV_VAL_MAX];
+    size_t vn;    /* 0 = absent */
+    bool dirty;   /* write (or delete, if vn == 0) at commit */
+} s_ov_ent;
+
+typedef struct s_ov {
+    s_ov_ent *ents;
+    size_t n, cap_ents;
+    uint32_t *slots; /* index+1 into ents, 0 = empty */
+    size_t nslots;   /* power of two */
+} s_ov;
+
+static uint64_t s_hash(const uint8_t *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    return h;
+}
+
+static void s_ov_reset(s_ov *ov)
+{
+    ov->n = 0;
+    if (ov->slots)
+        memset(ov->slots, 0, ov->nslots * sizeof *ov->slots);
+}
+
+static void s_ov_free(s_ov *ov)
+{
+    free(ov->ents);
+    free(ov->slots);
+    memset(ov, 0, sizeof *ov);
+}
+
+static int s_ov_grow(s_ov *ov)
+{
+    size_t cap = ov->cap_ents ? ov->cap_ents * 2 : 256;
+    s_ov_ent *e = realloc(ov->ents, cap * sizeof *e);
+    uint32_t *sl = calloc(cap * 2, sizeof *sl);
+    if (!e || !sl) {
+        if (e)
+            ov->ents = e;
+        free(sl);
+        return ST_ENOMEM;
+    }
+    ov->ents = e;
+    ov->cap_ents = cap;
+    free(ov->slots);
+    ov->slots = sl;
+    ov->nslots = cap * 2;
+    for (size_t i = 0; i < ov->n; i++) {
+        size_t j = s_hash(e[i].key, e[i].kn) & (ov->nslots - 1);
+        while (sl[j])
+            j = (j + 1) & (ov->nslots - 1);
+        sl[j] = (uint32_t)i + 1;
+    }
+    return ST_OK;
+}
+
+/* Finds the entry for key, loading it from the database (want = its exact
+ * length) on first use. Returns it, or NULL with err set. */
+static s_ov_ent *s_ov_load(st_shard *s, s_ov *ov, const uint8_t *k, size_t kn,
+                           size_t want, st_error *err)
+{
+    if (ov->n == ov->cap_ents && s_ov_grow(ov)) {
+        s_err(err, ST_ENOMEM, "out of memory");
+        return NULL;
+    }
+    size_t j = s_hash(k, kn) & (ov->nslots - 1);
+    for (; ov->slots[j]; j = (j + 1) & (ov->nslots - 1)) {
+        s_ov_ent *e = &ov->ents[ov->slots[j] - 1];
+        if (e->kn == kn && memcmp(e->key, k, kn) == 0)
+            return e;
+    }
+    s_ov_ent *e = &ov->ents[ov->n];
+    memcpy(e->key, k, kn);
+    e->kn = kn;
+    e->dirty = false;
+    int rc = s_get_fixed(s, k, kn, e->val, want, err);
+    if (rc < 0)
+        return NULL;
+    e->vn = rc == 1 ? want : 0;
+    ov->slots[j] = (uint32_t)++ov->n;
+    return e;
+}
+
+static void s_ov_flush(const s_ov *ov, rocksdb_writebatch_t *wb)
+{
+    for (size_t i = 0; i < ov->n; i++) {
+        const s_ov_ent *e = &ov->ents[i];
+        if (!e->dirty)
+            continue;
+        if (e->vn)
+            rocksdb_writebatch_put(wb, (const char *)e->key, e->kn, (const char *)e->val, e->vn);
+        else
+            rocksdb_writebatch_delete(wb, (const char *)e->key, e->kn);
+    }
+}
+
+/* --------------------------------------------------------- the writer */
+
+/* Everything the writer thread owns between rounds. */
+typedef struct s_writer {
+    st_shard *s;
+    s_ov ov;
+    rocksdb_writebatch_t *wb;
+    uint8_t *rec;       /* scratch for one encoded record */
+} s_writer;
+
+/* Applies one put to the batch (results into p). */
+static int s_apply_put(s_writer *w, st_put *p, int64_t now, st_error *err)
+{
+    st_shard *s = w->s;
+    uint8_t k[ST_KEY_MAX];
+    size_t kn = s_key_prefix(k, 'I', p->receiver);
+    s_ov_ent *he = s_ov_load(s, &w->ov, k, kn, ST_HEAD_LEN, err);
+    if (!he)
+        return err->code;
+    kn = s_key_dedup(k, p->receiver, p->sender, p->msg_id);
+    s_ov_ent *de = s_ov_load(s, &w->ov, k, kn, ST_DEDUP_LEN, err);
+    if (!de)
+        return err->code;
+
+    if (de->vn) {
+        int64_t t = (int64_t)s_get64(de->val + 9);
+        if (t > now - s->o.dedup_window_ms) {
+            p->code = ST_OK;
+            p->duplicate = true;
+            p->seq = s_get64(de->val + 1);
+            p->send_time_ms = t;
+            return ST_OK;
+        }
+    }
+    st_inbox h = {0};
+    if (he->vn)
+        s_head_decode(he->val, &h);
+    if (h.count >= s->o.max_inbox) {
+        p->code = ST_EFULL;
+        p->error = "inbox full: the receiver has reached its quota of stored messages";
+        return ST_OK;
+    }
+    int64_t t = now > h.last_time_ms ? now : h.last_time_ms;
+    h.high++;
+    h.count++;
+    h.last_time_ms = t;
+    s_head_encode(he->val, &h);
+    he->vn = ST_HEAD_LEN;
+    he->dirty = true;
+
+    de->val[0] = ST_REC_VERSION;
+    s_put64(de->val + 1, h.high);
+    s_put64(de->val + 9, (uint64_t)t);
+    de->vn = ST_DEDUP_LEN;
+    de->dirty = true;
+
+    kn = s_key_cnt(k, p->receiver, p->sender);
+    s_ov_ent *ce = s_ov_load(s, &w->ov, k, kn, ST_CNT_LEN, err);
+    if (!ce)
+        return err->code;
+    uint64_t cnt = ce->vn ? s_get64(ce->val + 1) : 0;
+    ce->val[0] = ST_REC_VERSION;
+    s_put64(ce->val + 1, cnt + 1);
+    s_put64(ce->val + 9, (uint64_t)t);
+    ce->vn = ST_CNT_LEN;
+    ce->dirty = true;
+
+    kn = s_key_msg(k, p->receiver, h.high);
+    size_t vn = s_rec_encode(w->rec, p, t);
+    rocksdb_writebatch_put(w->wb, (const char *)k, kn, (const char *)w->rec, vn);
+    kn = s_key_sidx(k, p->receiver, p->sender, h.high);
+    rocksdb_writebatch_put(w->wb, (const char *)k, kn, "", 0);
+
+    p->code = ST_OK;
+    p->duplicate = false;
+    p->seq = h.high;
+    p->send_time_ms = t;
+    return ST_OK;
+}
+
+/* Per-sender tally of the messages an ack deletes, kept in the overlay as
+ * the senders' 'C' rows, decremented in place. */
+static int s_tally(s_writer *w, const char *uid, const char *sender, size_t sender_len,
+                   st_error *err)
+{
+    uint8_t k[ST_KEY_MAX];
+    size_t kn = s_key_prefix(k, 'C', uid);
+    memcpy(k + kn, sender, sender_len);
+    kn += sender_len;
+    s_ov_ent *ce = s_ov_load(w->s, &w->ov, k, kn, ST_CNT_LEN, err);
+    if (!ce)
+        return err->code;
+    uint64_t cnt = ce->vn ? s_get64(ce->val + 1) : 0;
+    if (cnt == 0) {
+        s_err(err, ST_ECORRUPT, "counter of a stored message's sender is 0");
+        return ST_ECORRUPT;
+    }
+    s_put64(ce->val + 1, cnt - 1);
+    ce->dirty = true;
+    return ST_OK;
+}
+
+/* Turns the tallied 'C' rows into sender index range deletes and counter
+ * updates (a counter that reaches 0 is deleted). */
+static void s_tally_flush(s_writer *w, uint64_t upto)
+{
+    uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX];
+    for (size_t i = 0; i < w->ov.n; i++) {
+        s_ov_ent *e = &w->ov.ents[i];
+        if (!e->dirty)
+            continue;
+        /* 'C' uid 0 sender -> 'S' uid 0 sender 0 seq */
+        memcpy(lo, e->key, e->kn);
+        lo[0] = 'S';
+        lo[e->kn] = 0;
+        memcpy(hi, lo, e->kn + 1);
+        s_put64(lo + e->kn + 1, 0);
+        s_put64(hi + e->kn + 1, upto + 1);
+        rocksdb_writebatch_delete_range(w->wb, (const char *)lo, e->kn + 9,
+                                        (const char *)hi, e->kn + 9);
+        if (s_get64(e->val + 1) == 0)
+            e->vn = 0;
+    }
+    s_ov_flush(&w->ov, w->wb);
+}
+
+/* Executes one ack or expiry as its own (not fsync'ed) write batch. */
+static int s_exec_ack(s_writer *w, st_req *r, int64_t now)
+{
+    st_shard *s = w->s;
+    st_error *err = &r->err;
+    st_inbox h;
+    int rc = s_get_head(s, r->uid, &h, err);
+    if (rc)
+        return rc;
+    bool expire = r->type == ST_REQ_EXPIRE;
+    uint64_t upto = expire ? h.high : r->upto;
+    if (upto > h.high) {
+        s_err(err, ST_ECURSOR, "cursor: seq %llu is beyond the inbox's last message %llu",
+              (unsigned long long)upto, (unsigned long long)h.high);
+        return ST_ECURSOR;
+    }
+    s_ov_reset(&w->ov);
+    rocksdb_writebatch_clear(w->wb);
+    uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX], k[ST_KEY_MAX];
+    uint64_t n = 0, last = 0;
+    s_iter it;
+
+    if (!r->sender) {
+        uint64_t from = h.floor + 1;
+        if (upto < from)
+            return ST_OK; /* already acked: a retried cursor deletes nothing */
+        size_t lon = s_key_msg(lo, r->uid, from), hin = s_key_msg(hi, r->uid, upto + 1);
+        s_iter_open(s, &it, lo, lon, hi, hin, false);
+        for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it)) {
+            size_t kl, vl;
+            const uint8_t *kk = (const uint8_t *)rocksdb_iter_key(it.it, &kl);
+            const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it.it, &vl);
+            s_rec rec;
+            if (kl != lon || s_rec_decode(v, vl, &rec)) {
+                s_err(err, ST_ECORRUPT, "message record of inbox '%s' does not decode", r->uid);
+                rc = ST_ECORRUPT;
+                break;
+            }
+            if (expire && !s_expired(s, rec.send_time_ms, now))
+                break;
+            if ((rc = s_tally(w, r->uid, rec.sender, rec.sender_len, err)))
+                break;
+            last = s_get64(kk + kl - 8);
+            n++;
+        }
+        int irc = s_iter_close(&it, err);
+        if (rc || (rc = irc))
+            return rc;
+        if (expire)
+            upto = last; /* stop before the first live message */
+        if (upto < from)
+            return ST_OK;
+        s_tally_flush(w, upto);
+        s_key_msg(lo, r->uid, from);
+        s_key_msg(hi, r->uid, upto + 1);
+        rocksdb_writebatch_delete_range(w->wb, (const char *)lo, lon, (const char *)hi, lon);
+        h.floor = upto;
+    } else {
+        size_t lon = s_key_sidx(lo, r->uid, r->sender, 1);
+        size_t hin = s_key_sidx(hi, r->uid, r->sender, upto + 1);
+        s_iter_open(s, &it, lo, lon, hi, hin, false);
+        for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it)) {
+            size_t kl;
+            const uint8_t *kk = (const uint8_t *)rocksdb_iter_key(it.it, &kl);
+            if (kl != lon) {
+                s_err(err, ST_ECORRUPT, "sender index of inbox '%s' does not decode", r->uid);
+                rc = ST_ECORRUPT;
+                break;
+            }
+            size_t mk = s_key_msg(k, r->uid, s_get64(kk + kl - 8));
+            rocksdb_writebatch_delete(w->wb, (const char *)k, mk);
+            if ((rc = s_tally(w, r->uid, r->sender, strlen(r->sender), err)))
+                break;
+            n++;
+        }
+        int irc = s_iter_close(&it, err);
+        if (rc || (rc = irc))
+            return rc;
+        if (n == 0)
+            return ST_OK;
+        s_tally_flush(w, upto);
+    }
+    h.count -= n;
+    uint8_t hv[ST_HEAD_LEN];
+    s_head_encode(hv, &h);
+    size_t kn = s_key_prefix(k, 'I', r->uid);
+    rocksdb_writebatch_put(w->wb, (const char *)k, kn, (const char *)hv, sizeof hv);
+    char *rerr = NULL;
+    rocksdb_write(s->db, s->wo_async, w->wb, &rerr);
+    if (rerr)
+        return s_rocks_err(err, "ack write", rerr);
+    r->deleted = n;
+    pthread_mutex_lock(&s->mu);
+    s->stats.deleted += n;
+    if (expire)
+        s->stats.expired += n;
+    else
+        s->stats.acks++;
+    pthread_mutex_unlock(&s->mu);
+    return ST_OK;
+}
+
+static void s_complete(st_req *r)
+{
+    r->done(r);
+}
+
+/* Applies the appends [first, end) of the round's list as one group commit
+ * and completes them. */
+static void s_commit_appends(s_writer *w, st_req *first, st_req *end)
+{
+    st_shard *s = w->s;
+    int64_t now = s_now(s);
+    s_ov_reset(&w->ov);
+    rocksdb_writebatch_clear(w->wb);
+    st_error err = {0};
+    int rc = ST_OK;
+    uint64_t stored = 0, dups = 0, full = 0, puts = 0;
+    for (st_req *r = first; r != end && !rc; r = r->next_) {
+        for (size_t i = 0; i < r->nputs && !rc; i++) {
+            st_put *p = &r->puts[i];
+            rc = s_apply_put(w, p, now, &err);
+            puts++;
+            if (rc)
+                break;
+            if (p->code == ST_EFULL)
+                full++;
+            else if (p->duplicate)
+                dups++;
+            else
+                stored++;
+        }
+    }
+    if (!rc && stored) {
+        s_ov_flush(&w->ov, w->wb);
+        char *rerr = NULL;
+        rocksdb_write(s->db, s->wo_sync, w->wb, &rerr);
+        if (rerr)
+            rc = s_rocks_err(&err, "commit", rerr);
+    }
+    pthread_mutex_lock(&s->mu);
+    if (!rc) {
+        s->stats.appends += stored;
+        s->stats.duplicates += dups;
+        s->stats.full += full;
+        if (stored) {
+            s->stats.commits++;
+            if (puts > s->stats.max_batch)
+                s->stats.max_batch = puts;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (st_req *r = first, *next; r != end; r = next) {
+        next = r->next_;
+        if (rc) {
+            r->err = err;
+            for (size_t i = 0; i < r->nputs; i++) {
+                r->puts[i].code = rc;
+                r->puts[i].error = "storage error: the message was not stored";
+                r->puts[i].duplicate = false;
+                r->puts[i].seq = 0;
+            }
+        } else {
+            s_ok(&r->err);
+        }
+        s_complete(r);
+    }
+}
+
+/* One round: acks and expiries first (in order), then the appends in
+ * group commits of at most max_batch puts. */
+static void s_round(s_writer *w, st_req *list)
+{
+    st_req *appends = NULL, **atail = &appends;
+    for (st_req *r = list, *next; r; r = next) {
+        next = r->next_;
+        if (r->type == ST_REQ_APPEND) {
+            r->next_ = NULL;
+            *atail = r;
+            atail = &r->next_;
+            continue;
+        }
+        r->deleted = 0;
+        s_ok(&r->err);
+        s_exec_ack(w, r, s_now(w->s));
+        s_complete(r);
+    }
+    while (appends) {
+        st_req *end = appends;
+        size_t puts = 0;
+        do {
+            puts += end->nputs;
+            end = end->next_;
+        } while (end && puts + end->nputs <= w->s->o.max_batch);
+        s_commit_appends(w, appends, end);
+        appends = end;
+    }
+}
+
+static void *s_writer_main(void *arg)
+{
+    st_shard *s = arg;
+    s_writer w = {.s = s};
+    w.wb = rocksdb_writebatch_create();
+    w.rec = malloc(ST_MSG_FIXED + ST_UID_MAX + ST_MSGID_MAX + ST_CONTENT_MAX);
+    assert(w.rec && "out of memory at writer start");
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->head && !s->closing)
+            pthread_cond_wait(&s->cv, &s->mu);
+        st_req *list = s->head;
+        s->head = s->tail = NULL;
+        bool closing = s->closing;
+        pthread_mutex_unlock(&s->mu);
+        if (!list && closing)
+            break;
+        s_round(&w, list);
+    }
+    s_ov_free(&w.ov);
+    free(w.rec);
+    rocksdb_writebatch_destroy(w.wb);
+    return NULL;
+}
+
+/* ------------------------------------------------------- open and close */
+
+void st_options_init(st_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->max_inbox = ST_DEF_MAX_INBOX;
+    o->ttl_ms = ST_DEF_TTL_MS;
+    o->dedup_window_ms = ST_DEF_DEDUP_MS;
+    o->max_content = ST_CONTENT_MAX;
+    o->max_batch = ST_DEF_MAX_BATCH;
+    o->sync = true;
+    o->block_cache_bytes = ST_DEF_CACHE;
+    o->clock = s_default_clock;
+}
+
+static void s_free(st_shard *s)
+{
+    if (s->db)
+        rocksdb_close(s->db);
+    if (s->dbopts)
+        rocksdb_options_destroy(s->dbopts);
+    if (s->table)
+        rocksdb_block_based_options_destroy(s->table);
+    if (s->cache)
+        rocksdb_cache_destroy(s->cache);
+    /* The options own the prefix extractor once set; the filter is ours. */
+    if (s->filter)
+        rocksdb_compactionfilter_destroy(s->filter);
+    if (s->wo_sync)
+        rocksdb_writeoptions_destroy(s->wo_sync);
+    if (s->wo_async)
+        rocksdb_writeoptions_destroy(s->wo_async);
+    if (s->ro_get)
+        rocksdb_readoptions_destroy(s->ro_get);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+static int s_check_format(st_shard *s, st_error *err)
+{
+    static const uint8_t key[2] = {'V', 0};
+    char *rerr = NULL;
+    size_t vn = 0;
+    char *v = rocksdb_get(s->db, s->ro_get, (const char *)key, 2, &vn, &rerr);
+    if (rerr)
+        return s_rocks_err(err, "format marker", rerr);
+    if (v) {
+        int ok = vn == strlen(ST_FORMAT) && memcmp(v, ST_FORMAT, vn) == 0;
+        rocksdb_free(v);
+        if (!ok)
+            return s_err(err, ST_ECORRUPT, "not an %s database", ST_FORMAT);
+        return ST_OK;
+    }
+    rocksdb_put(s->db, s->wo_sync, (const char *)key, 2, ST_FORMAT, strlen(ST_FORMAT), &rerr);
+    return rerr ? s_rocks_err(err, "format marker", rerr) : ST_OK;
+}
+
+int st_open(const char *dir, const st_options *o, st_shard **out, st_error *err)
+{
+    assert(dir && out);
+    *out = NULL;
+    st_shard *s = calloc(1, sizeof *s);
+    if (!s)
+        return s_err(err, ST_ENOMEM, "out of memory");
+    if (o)
+        s->o = *o;
+    else
+        st_options_init(&s->o);
+    if (!s->o.clock)
+        s->o.clock = s_default_clock;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    if (s->o.max_content > ST_CONTENT_MAX || s->o.max_batch == 0 || s->o.max_inbox == 0 ||
+        s->o.dedup_window_ms < 0 || s->o.ttl_ms < 0) {
+        s_err(err, ST_EINVAL, "options: max_content <= %d, max_batch and max_inbox > 0, "
+                              "windows >= 0", ST_CONTENT_MAX);
+        s_free(s);
+        return ST_EINVAL;
+    }
+
+    s->dbopts = rocksdb_options_create();
+    rocksdb_options_set_create_if_missing(s->dbopts, 1);
+    rocksdb_options_increase_parallelism(s->dbopts, 2);
+    s->prefix = rocksdb_slicetransform_create(NULL, s_noop_destroy, s_prefix_transform,
+                                              s_prefix_in_domain, s_prefix_in_range,
+                                              s_prefix_name);
+    rocksdb_options_set_prefix_extractor(s->dbopts, s->prefix);
+    rocksdb_options_set_memtable_prefix_bloom_size_ratio(s->dbopts, 0.1);
+    s->table = rocksdb_block_based_options_create();
+    rocksdb_block_based_options_set_filter_policy(s->table,
+                                                  rocksdb_filterpolicy_create_bloom(10));
+    s->cache = rocksdb_cache_create_lru(s->o.block_cache_bytes);
+    rocksdb_block_based_options_set_block_cache(s->table, s->cache);
+    rocksdb_options_set_block_based_table_factory(s->dbopts, s->table);
+    s->filter = rocksdb_compactionfilter_create(s, s_noop_destroy, s_filter, s_filter_name);
+    rocksdb_options_set_compaction_filter(s->dbopts, s->filter);
+
+    s->wo_sync = rocksdb_writeoptions_create();
+    rocksdb_writeoptions_set_sync(s->wo_sync, s->o.sync);
+    s->wo_async = rocksdb_writeoptions_create();
+    s->ro_get = rocksdb_readoptions_create();
+
+    char *rerr = NULL;
+    s->db = rocksdb_open(s->dbopts, dir, &rerr);
+    if (rerr) {
+        s_err(err, ST_EIO, "open %s: %s", dir, rerr);
+        rocksdb_free(rerr);
+        s_free(s);
+        return ST_EIO;
+    }
+    int rc = s_check_format(s, err);
+    if (rc) {
+        s_free(s);
+        return rc;
+    }
+    if ((rc = pthread_create(&s->writer, NULL, s_writer_main, s))) {
+        s_err(err, ST_ENOMEM, "writer thread: %s", strerror(rc));
+        s_free(s);
+        return ST_ENOMEM;
+    }
+    s_ok(err);
+    *out = s;
+    return ST_OK;
+}
+
+void st_close(st_shard **sp)
+{
+    if (!sp || !*sp)
+        return;
+    st_shard *s = *sp;
+    pthread_mutex_lock(&s->mu);
+    s->closing = true;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->writer, NULL);
+    s_free(s);
+    *sp = NULL;
+}
+
+/* --------------------------------------------------------------- submit */
+
+int st_submit(st_shard *s, st_req *r)
+{
+    assert(s && r && r->done);
+    st_error *err = &r->err;
+    s_ok(err);
+    switch (r->type) {
+    case ST_REQ_APPEND:
+        if (r->nputs == 0 || !r->puts)
+            return s_err(err, ST_EINVAL, "puts: empty append");
+        for (size_t i = 0; i < r->nputs; i++)
+            if (s_check_put(s, &r->puts[i], i, err))
+                return ST_EINVAL;
+        for (size_t i = 0; i < r->nputs; i++) {
+            r->puts[i].code = ST_OK;
+            r->puts[i].error = NULL;
+            r->puts[i].duplicate = false;
+            r->puts[i].seq = 0;
+            r->puts[i].send_time_ms = 0;
+        }
+        break;
+    case ST_REQ_ACK:
+    case ST_REQ_EXPIRE:
+        if (st_check_uid(r->uid, "uid", err))
+            return ST_EINVAL;
+        if (r->sender && st_check_uid(r->sender, "sender", err))
+            return ST_EINVAL;
+        if (r->type == ST_REQ_EXPIRE)
+            r->sender = NULL;
+        break;
+    default:
+        return s_err(err, ST_EINVAL, "request type %d unknown", (int)r->type);
+    }
+    r->next_ = NULL;
+    pthread_mutex_lock(&s->mu);
+    if (s->closing) {
+        pthread_mutex_unlock(&s->mu);
+        return s_err(err, ST_ECLOSED, "shard is closing");
+    }
+    if (s->tail)
+        s->tail->next_ = r;
+    else
+        s->head = r;
+    s->tail = r;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return ST_OK;
+}
+
+/* A request waited on by the submitting thread. */
+typedef struct s_waiter {
+    st_req req;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+} s_waiter;
+
+static void s_waiter_done(st_req *r)
+{
+    s_waiter *wt = r->arg;
+    pthread_mutex_lock(&wt->mu);
+    wt->done = true;
+    pthread_cond_signal(&wt->cv);
+    pthread_mutex_unlock(&wt->mu);
+}
+
+static int s_submit_wait(st_shard *s, s_waiter *wt, st_error *err)
+{
+    wt->req.done = s_waiter_done;
+    wt->req.arg = wt;
+    wt->done = false;
+    pthread_mutex_init(&wt->mu, NULL);
+    pthread_cond_init(&wt->cv, NULL);
+    int rc = st_submit(s, &wt->req);
+    if (rc == ST_OK) {
+        pthread_mutex_lock(&wt->mu);
+        while (!wt->done)
+            pthread_cond_wait(&wt->cv, &wt->mu);
+        pthread_mutex_unlock(&wt->mu);
+        rc = wt->req.err.code;
+    }
+    pthread_cond_destroy(&wt->cv);
+    pthread_mutex_destroy(&wt->mu);
+    if (err)
+        *err = wt->req.err;
+    return rc;
+}
+
+int st_append(st_shard *s, st_put *puts, size_t n, st_error *err)
+{
+    s_waiter wt = {.req = {.type = ST_REQ_APPEND, .puts = puts, .nputs = n}};
+    return s_submit_wait(s, &wt, err);
+}
+
+int st_ack(st_shard *s, const char *uid, const char *sender, uint64_t upto,
+           uint64_t *deleted, st_error *err)
+{
+    s_waiter wt = {.req = {.type = ST_REQ_ACK, .uid = uid, .sender = sender, .upto = upto}};
+    int rc = s_submit_wait(s, &wt, err);
+    if (deleted)
+        *deleted = rc == ST_OK ? wt.req.deleted : 0;
+    return rc;
+}
+
+static int s_expire_inbox(st_shard *s, const char *uid, uint64_t *purged, st_error *err)
+{
+    s_waiter wt = {.req = {.type = ST_REQ_EXPIRE, .uid = uid}};
+    int rc = s_submit_wait(s, &wt, err);
+    if (purged)
+        *purged = rc == ST_OK ? wt.req.deleted : 0;
+    return rc;
+}
+
+/* ----------------------------------------------------------------- reads */
+
+void st_page_free(st_page *p)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->n; i++)
+        free((void *)p->msgs[i].sender); /* the block of the message */
+    free(p->msgs);
+    memset(p, 0, sizeof *p);
+}
+
+/* Copies a record into one block: sender\0 msg_id\0 content. */
+static int s_page_add(st_page *p, uint64_t seq, const s_rec *r)
+{
+    char *b = malloc(r->sender_len + r->msg_id_len + 2 + r->content_len);
+    if (!b)
+        return ST_ENOMEM;
+    st_msg *m = &p->msgs[p->n++];
+    m->seq = seq;
+    m->send_time_ms = r->send_time_ms;
+    m->msg_type = r->msg_type;
+    memcpy(b, r->sender, r->sender_len);
+    b[r->sender_len] = 0;
+    m->sender = b;
+    b += r->sender_len + 1;
+    memcpy(b, r->msg_id, r->msg_id_len);
+    b[r->msg_id_len] = 0;
+    m->msg_id = b;
+    b += r->msg_id_len + 1;
+    if (r->content_len)
+        memcpy(b, r->content, r->content_len);
+    m->content = (const uint8_t *)b;
+    m->content_len = r->content_len;
+    return ST_OK;
+}
+
+static void s_expire_done(st_req *r)
+{
+    free(r);
+}
+
+/* Fire-and-forget purge of an inbox's expired prefix, after a read met it. */
+static void s_expire_later(st_shard *s, const char *uid)
+{
+    size_t n = strlen(uid);
+    st_req *r = calloc(1, sizeof *r + n + 1);
+    if (!r)
+        return; /* the sweep will do it */
+    char *u = (char *)(r + 1);
+    memcpy(u, uid, n + 1);
+    r->type = ST_REQ_EXPIRE;
+    r->uid = u;
+    r->done = s_expire_done;
+    if (st_submit(s, r))
+        free(r);
+}
+
+/* Decodes the record v of seq into the page unless it is expired; returns
+ * 1 added, 0 skipped, or an error. */
+static int s_page_take(st_shard *s, st_page *p, uint64_t seq, const uint8_t *v, size_t vn,
+                       int64_t now, size_t *bytes, size_t max_bytes, st_error *err)
+{
+    s_rec r;
+    if (s_rec_decode(v, vn, &r))
+        return s_err(err, ST_ECORRUPT, "message %llu does not decode",
+                     (unsigned long long)seq);
+    if (s_expired(s, r.send_time_ms, now))
+        return 0;
+    if (max_bytes && p->n > 0 && *bytes + r.content_len > max_bytes)
+        return 2; /* does not fit: the page ends before it */
+    if (s_page_add(p, seq, &r))
+        return s_err(err, ST_ENOMEM, "out of memory");
+    *bytes += r.content_len;
+    return 1;
+}
+
+int st_read(st_shard *s, const char *uid, const char *sender, uint64_t after,
+            uint32_t limit, size_t max_bytes, st_page *out, st_error *err)
+{
+    assert(s && out);
+    memset(out, 0, sizeof *out);
+    if (st_check_uid(uid, "uid", err))
+        return ST_EINVAL;
+    if (sender && st_check_uid(sender, "sender", err))
+        return ST_EINVAL;
+    if (limit == 0 || limit > ST_PAGE_MAX)
+        return s_err(err, ST_EINVAL, "limit: %u, must be 1..%d", limit, ST_PAGE_MAX);
+    st_inbox h;
+    int rc = s_get_head(s, uid, &h, err);
+    if (rc)
+        return rc;
+    if (after > h.high)
+        return s_err(err, ST_ECURSOR, "cursor: seq %llu is beyond the inbox's last message %llu",
+                     (unsigned long long)after, (unsigned long long)h.high);
+    out->high = h.high;
+    out->msgs = malloc(limit * sizeof *out->msgs);
+    if (!out->msgs)
+        return s_err(err, ST_ENOMEM, "out of memory");
+
+    int64_t now = s_now(s);
+    size_t bytes = 0, expired = 0;
+    uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX], k[ST_KEY_MAX];
+    s_iter it;
+    if (!sender) {
+        uint64_t from = (after > h.floor ? after : h.floor) + 1;
+        size_t lon = s_key_msg(lo, uid, from);
+        size_t hin = s_key_upper(hi, lo, lon - 8);
+        s_iter_open(s, &it, lo, lon, hi, hin, false);
+        for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it)) {
+            size_t kl, vl;
+            const uint8_t *kk = (const uint8_t *)rocksdb_iter_key(it.it, &kl);
+            const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it.it, &vl);
+            if (out->n == limit) {
+                out->more = true;
+                break;
+            }
+            if (kl != lon) {
+                rc = s_err(err, ST_ECORRUPT, "message key of inbox '%s'", uid);
+                break;
+            }
+            int t = s_page_take(s, out, s_get64(kk + kl - 8), v, vl, now, &bytes, max_bytes, err);
+            if (t < 0) {
+                rc = t;
+                break;
+            }
+            if (t == 0)
+                expired++;
+            if (t == 2) {
+                out->more = true;
+                break;
+            }
+        }
+    } else {
+        size_t lon = s_key_sidx(lo, uid, sender, after + 1);
+        size_t hin = s_key_upper(hi, lo, lon - 8);
+        s_iter_open(s, &it, lo, lon, hi, hin, false);
+        for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it)) {
+            size_t kl;
+            const uint8_t *kk = (const uint8_t *)rocksdb_iter_key(it.it, &kl);
+            if (out->n == limit) {
+                out->more = true;
+                break;
+            }
+            if (kl != lon) {
+                rc = s_err(err, ST_ECORRUPT, "sender index of inbox '%s'", uid);
+                break;
+            }
+            uint64_t seq = s_get64(kk + kl - 8);
+            size_t mk = s_key_msg(k, uid, seq);
+            char *rerr = NULL;
+            size_t vl = 0;
+            char *v = rocksdb_get(s->db, s->ro_get, (const char *)k, mk, &vl, &rerr);
+            if (rerr) {
+                rc = s_rocks_err(err, "get", rerr);
+                break;
+            }
+            if (!v)
+                continue; /* acked between the index scan and this get */
+            int t = s_page_take(s, out, seq, (const uint8_t *)v, vl, now, &bytes, max_bytes, err);
+            rocksdb_free(v);
+            if (t < 0) {
+                rc = t;
+                break;
+            }
+            if (t == 0)
+                expired++;
+            if (t == 2) {
+                out->more = true;
+                break;
+            }
+        }
+    }
+    int irc = s_iter_close(&it, err);
+    if (!rc)
+        rc = irc;
+    if (rc) {
+        st_page_free(out);
+        return rc;
+    }
+    if (expired)
+        s_expire_later(s, uid);
+    s_ok(err);
+    return ST_OK;
+}
+
+int st_inbox_info(st_shard *s, const char *uid, st_inbox *out, st_error *err)
+{
+    assert(s && out);
+    memset(out, 0, sizeof *out);
+    if (st_check_uid(uid, "uid", err))
+        return ST_EINVAL;
+    int rc = s_get_head(s, uid, out, err);
+    if (!rc)
+        s_ok(err);
+    return rc;
+}
+
+/* Whether the oldest stored message of an inbox has expired (one seek). */
+static int s_oldest_expired(st_shard *s, const char *uid, const st_inbox *h, bool *yes,
+                            st_error *err)
+{
+    uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX];
+    size_t lon = s_key_msg(lo, uid, h->floor + 1);
+    size_t hin = s_key_upper(hi, lo, lon - 8);
+    s_iter it;
+    *yes = false;
+    s_iter_open(s, &it, lo, lon, hi, hin, false);
+    if (rocksdb_iter_valid(it.it)) {
+        size_t vl;
+        const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it.it, &vl);
+        s_rec r;
+        if (s_rec_decode(v, vl, &r) == ST_OK)
+            *yes = s_expired(s, r.send_time_ms, s_now(s));
+    }
+    return s_iter_close(&it, err);
+}
+
+static int s_count_cmp(const void *a, const void *b)
+{
+    const st_count *x = a, *y = b;
+    if (x->last_send_time_ms != y->last_send_time_ms)
+        return x->last_send_time_ms > y->last_send_time_ms ? -1 : 1;
+    return strcmp(x->sender, y->sender);
+}
+
+int st_counts(st_shard *s, const char *uid, st_count **out, size_t *n, uint64_t *total,
+              st_error *err)
+{
+    assert(s && out && n && total);
+    *out = NULL;
+    *n = 0;
+    *total = 0;
+    if (st_check_uid(uid, "uid", err))
+        return ST_EINVAL;
+    st_inbox h;
+    bool old;
+    int rc = s_get_head(s, uid, &h, err);
+    if (!rc && h.count)
+        rc = s_oldest_expired(s, uid, &h, &old, err);
+    if (!rc && h.count && old)
+        rc = s_expire_inbox(s, uid, NULL, err);
+    if (rc)
+        return rc;
+
+    uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX];
+    size_t lon = s_key_prefix(lo, 'C', uid);
+    size_t hin = s_key_upper(hi, lo, lon);
+    s_iter it;
+    size_t cap = 0;
+    st_count *v = NULL;
+    s_iter_open(s, &it, lo, lon, hi, hin, false);
+    for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it)) {
+        size_t kl, vl;
+        const char *kk = rocksdb_iter_key(it.it, &kl);
+        const uint8_t *val = (const uint8_t *)rocksdb_iter_value(it.it, &vl);
+        size_t sl = kl - lon;
+        if (vl != ST_CNT_LEN || sl == 0 || sl > ST_UID_MAX) {
+            rc = s_err(err, ST_ECORRUPT, "counter of inbox '%s'", uid);
+            break;
+        }
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 16;
+            st_count *nv = realloc(v, cap * sizeof *v);
+            if (!nv) {
+                rc = s_err(err, ST_ENOMEM, "out of memory");
+                break;
+            }
+            v = nv;
+        }
+        st_count *c = &v[(*n)++];
+        memcpy(c->sender, kk + lon, sl);
+        c->sender[sl] = 0;
+        c->count = s_get64(val + 1);
+        c->last_send_time_ms = (int64_t)s_get64(val + 9);
+        *total += c->count;
+    }
+    int irc = s_iter_close(&it, err);
+    if (!rc)
+        rc = irc;
+    if (rc) {
+        free(v);
+        *n = 0;
+        *total = 0;
+        return rc;
+    }
+    if (*n)
+        qsort(v, *n, sizeof *v, s_count_cmp);
+    *out = v;
+    s_ok(err);
+    return ST_OK;
+}
+
+/* ---------------------------------------------------------- maintenance */
+
+int st_expire(st_shard *s, uint64_t *purged, st_error *err)
+{
+    assert(s);
+    uint64_t total = 0;
+    static const uint8_t lo[1] = {'I'}, hi[1] = {'J'};
+    s_iter it;
+    int rc = ST_OK;
+    s_iter_open(s, &it, lo, 1, hi, 1, true);
+    for (; rocksdb_iter_valid(it.it) && !rc; rocksdb_iter_next(it.it)) {
+        size_t kl, vl;
+        const char *kk = rocksdb_iter_key(it.it, &kl);
+        const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it.it, &vl);
+        if (kl < 3 || kl - 2 > ST_UID_MAX || vl != ST_HEAD_LEN) {
+            rc = s_err(err, ST_ECORRUPT, "inbox head key of %zu bytes", kl);
+            break;
+        }
+        char uid[ST_UID_MAX + 1];
+        memcpy(uid, kk + 1, kl - 2);
+        uid[kl - 2] = 0;
+        st_inbox h;
+        s_head_decode(v, &h);
+        bool old = false;
+        uint64_t n = 0;
+        if (h.count && !(rc = s_oldest_expired(s, uid, &h, &old, err)) && old)
+            rc = s_expire_inbox(s, uid, &n, err);
+        total += n;
+    }
+    int irc = s_iter_close(&it, err);
+    if (!rc)
+        rc = irc;
+    if (purged)
+        *purged = total;
+    if (!rc)
+        s_ok(err);
+    return rc;
+}
+
+int st_compact(st_shard *s, st_error *err)
+{
+    assert(s);
+    rocksdb_compact_range(s->db, NULL, 0, NULL, 0);
+    s_ok(err);
+    return ST_OK;
+}
+
+void st_stats_get(st_shard *s, st_stats *out)
+{
+    assert(s && out);
+    pthread_mutex_lock(&s->mu);
+    *out = s->stats;
+    pthread_mutex_unlock(&s->mu);
+}
+
+uint64_t st_debug_keys(st_shard *s, char table)
+{
+    assert(s);
+    uint8_t lo[1] = {(uint8_t)table}, hi[1] = {(uint8_t)(table + 1)};
+    s_iter it;
+    uint64_t n = 0;
+    s_iter_open(s, &it, lo, 1, hi, 1, true);
+    for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it))
+        n++;
+    s_iter_close(&it, NULL);
+    return n;
+}

@@ -1,0 +1,274 @@
+/*
+ * st.h - the inbox engine of one storage shard.
+ *
+ * A shard holds the offline inboxes of the receivers that hash to it, in one
+ * RocksDB database at a directory. Each inbox is an ordered log: every stored
+ * message gets the next sequence number of its receiver's inbox (1, 2, ...,
+ * never reused, even after everything was acked and the process restarted).
+ * Readers page through an inbox after a sequence number ("cursor"); an ack up
+ * to a sequence number deletes everything up to it with one range delete.
+ * The on-disk format is documented at the top of st.c.
+ *
+ * Durability: st_append() and st_submit(ST_REQ_APPEND) report success only
+ * after the message is in an fsync'ed write-ahead log. Appends that arrive
+ * while a commit is in flight are gathered into the next commit (group
+ * commit: one WriteBatch, one fsync for all of them). Acks are not fsync'ed:
+ * an ack lost in a crash only causes a redelivery, which receivers dedup.
+ *
+ * Threads: every function may be called from any thread, concurrently, except
+ * st_close(). Writes are executed by one internal writer thread in the order
+ * they were submitted; reads run on the caller's thread against the last
+ * committed state (a read never sees an append that is not yet durable).
+ *
+ * Errors: functions return ST_OK (0) or a negative st_code and fill the
+ * caller's st_error (if not NULL) with the code and a message naming the
+ * field or the cause. A refused call changes nothing. Programmer mistakes
+ * (NULL shard, NULL output pointers) are assertions, not error codes.
+ *
+ * Strings: uids, sender uids and msg_ids are NUL-terminated. A uid is 1..64
+ * bytes of valid UTF-8 without control characters (so never containing 0x00,
+ * which the key layout uses as separator); a msg_id is 1..128 bytes, any
+ * bytes but 0x00. Content is (pointer, length), up to 64 KiB, any bytes.
+ */
+#ifndef IMBOX_ST_H
+#define IMBOX_ST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Result codes. Each maps to one gRPC status at the gateway. */
+typedef enum st_code {
+    ST_OK = 0,
+    ST_EINVAL = -1,     /* malformed input (INVALID_ARGUMENT) */
+    ST_EFULL = -2,      /* inbox quota reached (RESOURCE_EXHAUSTED) */
+    ST_ECURSOR = -3,    /* cursor beyond anything stored (INVALID_ARGUMENT) */
+    ST_EIO = -4,        /* RocksDB failed; nothing was acknowledged (INTERNAL) */
+    ST_ECORRUPT = -5,   /* a stored record does not decode (DATA_LOSS) */
+    ST_ECLOSED = -6,    /* the shard is closing (UNAVAILABLE) */
+    ST_ENOMEM = -7,     /* allocation failed (RESOURCE_EXHAUSTED) */
+} st_code;
+
+/* Hard ceilings of the format; the configurable limits must stay below. */
+#define ST_UID_MAX 64        /* bytes of a uid (receiver or sender) */
+#define ST_MSGID_MAX 128     /* bytes of a msg_id */
+#define ST_CONTENT_MAX 65536 /* bytes of content */
+#define ST_PAGE_MAX 1000     /* messages per page */
+
+typedef struct st_error {
+    int code;      /* an st_code */
+    char msg[192]; /* NUL-terminated, names the field or the cause */
+} st_error;
+
+/* Returns a static name for a code ("ST_EFULL"...). */
+const char *st_code_name(int code);
+
+/*
+ * Checks a uid: 1..ST_UID_MAX bytes of valid UTF-8 without control
+ * characters (C0, DEL, C1). On error fills err with a message that starts
+ * with `field`. The one rule for uids, shared by every layer.
+ */
+int st_check_uid(const char *uid, const char *field, st_error *err);
+
+/* ---------------------------------------------------------------- options */
+
+typedef int64_t (*st_clock_fn)(void *ctx); /* ms since the Unix epoch */
+
+typedef struct st_options {
+    uint64_t max_inbox;         /* messages per inbox (default 100000) */
+    int64_t ttl_ms;             /* stored messages expire (default 30 days) */
+    int64_t dedup_window_ms;    /* dedup index kept after a write (24 h) */
+    uint32_t max_content;       /* bytes (default 64 KiB, <= ST_CONTENT_MAX) */
+    uint32_t max_batch;         /* appends per group commit (default 4096) */
+    bool sync;                  /* fsync appends (default true; false only
+                                   for tests that do not test durability) */
+    size_t block_cache_bytes;   /* RocksDB block cache (default 64 MiB) */
+    st_clock_fn clock;          /* default: CLOCK_REALTIME */
+    void *clock_ctx;
+} st_options;
+
+/* Fills *o with the defaults above. */
+void st_options_init(st_options *o);
+
+/* --------------------------------------------------------- open and close */
+
+typedef struct st_shard st_shard;
+
+/*
+ * Opens (creating if needed) the shard at directory `dir`. `o` may be NULL
+ * for the defaults; it is copied. On success *out owns the shard until
+ * st_close(). On failure *out is NULL and err says why.
+ */
+int st_open(const char *dir, const st_options *o, st_shard **out, st_error *err);
+
+/*
+ * Stops accepting requests, completes every request already accepted (their
+ * callbacks run before this returns), closes the database, frees the shard
+ * and sets *s to NULL. NULL or *s == NULL is a no-op.
+ */
+void st_close(st_shard **s);
+
+/* ---------------------------------------------------------------- writes */
+
+/* One message for one receiver: inputs, then outputs filled by the engine. */
+typedef struct st_put {
+    const char *receiver;   /* in: inbox owner */
+    const char *sender;     /* in: authenticated sender uid */
+    const char *msg_id;     /* in: dedup key */
+    int32_t msg_type;       /* in */
+    const void *content;    /* in: may be NULL when content_len == 0 */
+    size_t content_len;     /* in */
+
+    int code;               /* out: ST_OK, ST_EFULL, ST_EIO... */
+    const char *error;      /* out: static reason when code != ST_OK */
+    bool duplicate;         /* out: already stored within the dedup window */
+    uint64_t seq;           /* out: the message's sequence in its inbox */
+    int64_t send_time_ms;   /* out: when stored (the original, if duplicate) */
+} st_put;
+
+typedef enum st_req_type {
+    ST_REQ_APPEND = 1, /* store req->puts (durable when done) */
+    ST_REQ_ACK,        /* delete req->uid's messages with seq <= req->upto
+                          (only req->sender's when it is not NULL) */
+    ST_REQ_EXPIRE,     /* purge req->uid's expired messages (req->deleted) */
+} st_req_type;
+
+typedef struct st_req st_req;
+typedef void (*st_done_fn)(st_req *req);
+
+/*
+ * A write request. The caller owns it and everything it points to, and keeps
+ * them alive and unchanged from st_submit() until `done` is called.
+ */
+struct st_req {
+    st_req_type type;
+    /* ST_REQ_APPEND */
+    st_put *puts;
+    size_t nputs;
+    /* ST_REQ_ACK */
+    const char *uid;
+    const char *sender; /* NULL: whole inbox; else one conversation */
+    uint64_t upto;      /* 0 acks nothing */
+    uint64_t deleted;   /* out: messages this ack deleted */
+
+    st_error err;       /* out: request-level result (err.code) */
+    st_done_fn done;    /* called exactly once, on the writer thread, when
+                           the request is complete; must not block long */
+    void *arg;          /* for the caller */
+
+    st_req *next_;      /* private to the engine */
+};
+
+/*
+ * Validates and queues a write. On ST_OK the request was accepted and
+ * req->done will be called exactly once (also when the shard closes). On
+ * error nothing was queued, `done` is never called, and both the return
+ * value and req->err say why (ST_EINVAL for malformed input: then no put of
+ * the request is stored, ST_ECLOSED after st_close began).
+ *
+ * Append outcome: req->err.code is ST_OK when every put has its own result
+ * (ST_OK, or ST_EFULL when that inbox is at quota: nothing is dropped
+ * silently); ST_EIO when the commit failed (then every put has ST_EIO too).
+ * Ack outcome: ST_OK, ST_ECURSOR when upto is beyond the inbox's highest
+ * sequence ever assigned (nothing deleted), ST_EIO.
+ */
+int st_submit(st_shard *s, st_req *req);
+
+/* Synchronous wrappers: submit and wait for completion. */
+int st_append(st_shard *s, st_put *puts, size_t n, st_error *err);
+int st_ack(st_shard *s, const char *uid, const char *sender, uint64_t upto,
+           uint64_t *deleted, st_error *err);
+
+/* ----------------------------------------------------------------- reads */
+
+typedef struct st_msg {
+    uint64_t seq;
+    int64_t send_time_ms;
+    int32_t msg_type;
+    const char *sender;  /* NUL-terminated, owned by the page */
+    const char *msg_id;  /* NUL-terminated, owned by the page */
+    const uint8_t *content;
+    size_t content_len;
+} st_msg;
+
+typedef struct st_page {
+    st_msg *msgs;        /* oldest first */
+    size_t n;
+    bool more;           /* more messages wait after the last one */
+    uint64_t high;       /* highest sequence ever assigned in this inbox */
+    void *mem_;          /* private */
+} st_page;
+
+/*
+ * Reads up to `limit` (1..ST_PAGE_MAX) messages of inbox `uid` with
+ * seq > after, oldest first; with `sender` != NULL only that sender's (the
+ * cost then grows with that conversation, not with the inbox). `max_bytes`
+ * (0 = no limit) caps the summed content size of the page; the first message
+ * is always returned. Expired messages are never returned. The page is
+ * written to *out and must be freed with st_page_free() on ST_OK (on error
+ * it holds nothing). `after` beyond the inbox's highest sequence is
+ * ST_ECURSOR.
+ */
+int st_read(st_shard *s, const char *uid, const char *sender, uint64_t after,
+            uint32_t limit, size_t max_bytes, st_page *out, st_error *err);
+
+void st_page_free(st_page *p);
+
+typedef struct st_count {
+    char sender[ST_UID_MAX + 1];
+    uint64_t count;
+    int64_t last_send_time_ms;
+} st_count;
+
+/*
+ * Per-sender counts of the messages waiting in inbox `uid`, most recent
+ * last_send_time_ms first (ties by sender). *out is malloc'ed (free() it;
+ * NULL when *n == 0); *total is the inbox's message count. Expired messages
+ * are purged before counting.
+ */
+int st_counts(st_shard *s, const char *uid, st_count **out, size_t *n,
+              uint64_t *total, st_error *err);
+
+/* State of one inbox; all zero for an inbox that never existed. */
+typedef struct st_inbox {
+    uint64_t high;          /* highest sequence ever assigned */
+    uint64_t count;         /* messages stored (acked ones excluded) */
+    uint64_t floor;         /* every seq <= floor is deleted */
+    int64_t last_time_ms;   /* send time of the newest message ever */
+} st_inbox;
+
+int st_inbox_info(st_shard *s, const char *uid, st_inbox *out, st_error *err);
+
+/* ------------------------------------------------------------ maintenance */
+
+/*
+ * Purges every expired message of every inbox (counts stay exact). Meant to
+ * be called periodically by the service (reads already hide expired ones and
+ * purge them lazily). *purged (may be NULL) gets how many were deleted.
+ */
+int st_expire(st_shard *s, uint64_t *purged, st_error *err);
+
+/* Compacts the whole database (runs the dedup-window compaction filter). */
+int st_compact(st_shard *s, st_error *err);
+
+typedef struct st_stats {
+    uint64_t appends;      /* puts stored (duplicates excluded) */
+    uint64_t duplicates;   /* puts answered from the dedup index */
+    uint64_t full;         /* puts refused by the inbox quota */
+    uint64_t commits;      /* group commits (one fsync each when sync) */
+    uint64_t max_batch;    /* most puts in one commit */
+    uint64_t acks;         /* ack requests executed */
+    uint64_t deleted;      /* messages deleted by acks and expiry */
+    uint64_t expired;      /* of which by expiry */
+} st_stats;
+
+void st_stats_get(st_shard *s, st_stats *out);
+
+/*
+ * Diagnostics for tests and tools: the number of live keys of one table of
+ * the format ('M' messages, 'S' sender index, 'C' counters, 'D' dedup,
+ * 'I' inbox heads). A full scan: not for the serving path.
+ */
+uint64_t st_debug_keys(st_shard *s, char table);
+
+#endif
