@@ -32,15 +32,15 @@
  * within an inbox (it is max(clock, last_time_ms)), so the expired messages
  * of an inbox are always a prefix of it.
  *
- * WRITES. One writer thread owns every mutation. It takes everything queued,
- * runs the acks first (each as its own small WriteBatch, not fsync'ed: a lost
- * ack is a redelivery, which receivers dedup), then gathers the appends into
- * one WriteBatch, writes it with sync (one fsync for all of them: group
- * commit) and only then calls their callbacks. Appends in one batch see each
- * other's effects through a per-batch overlay (s_ov) of the 'I', 'C' and 'D'
- * rows they read and modify. Acks run before the appends of the same round:
- * an ack's cursor came from a read, which only sees committed messages, so
- * no ack can concern an append of the same round.
+ * WRITES. One writer thread owns every mutation. It takes everything queued
+ * and gathers the appends into one WriteBatch, written with sync (one fsync
+ * for all of them: group commit); only then are their callbacks called.
+ * Appends in one batch see each other's effects through a per-batch overlay
+ * (s_ov) of the 'I', 'C' and 'D' rows they read and modify. An ack runs at
+ * once as its own small WriteBatch, not fsync'ed (a lost ack is only a
+ * redelivery, which receivers dedup); if the open batch appends to the
+ * ack's inbox, that batch is committed first, so that every inbox sees its
+ * writes in submission order.
  *
  * ACKS. A whole-inbox ack up to seq N scans the 'M' rows in (floor, N] (the
  * rows the receiver has just read, so they are cached) to learn how many
@@ -626,12 +626,22 @@ static void s_ov_flush(const s_ov *ov, rocksdb_writebatch_t *wb)
 
 /* --------------------------------------------------------- the writer */
 
-/* Everything the writer thread owns between rounds. */
+/* Everything the writer thread owns. The open append batch (ov, wb and the
+ * requests in it) is committed when it is full, when an ack concerns one
+ * of its inboxes, or at the end of a round. Acks use their own aov/awb. */
 typedef struct s_writer {
     st_shard *s;
-    s_ov ov;
-    rocksdb_writebatch_t *wb;
-    uint8_t *rec;       /* scratch for one encoded record */
+    s_ov ov;                  /* the open batch's 'I', 'C', 'D' rows */
+    rocksdb_writebatch_t *wb; /* the open batch */
+    st_req *first, **last;    /* the open batch's requests */
+    size_t puts;              /* puts in the open batch */
+    uint64_t stored, dups, full;
+    int rc;                   /* first error while building the batch */
+    st_error err;
+    int64_t now;
+    s_ov aov;
+    rocksdb_writebatch_t *awb;
+    uint8_t *rec;             /* scratch for one encoded record */
 } s_writer;
 
 /* Applies one put to the batch (results into p). */
@@ -713,7 +723,7 @@ static int s_tally(s_writer *w, const char *uid, const char *sender, size_t send
     size_t kn = s_key_prefix(k, 'C', uid);
     memcpy(k + kn, sender, sender_len);
     kn += sender_len;
-    s_ov_ent *ce = s_ov_load(w->s, &w->ov, k, kn, ST_CNT_LEN, err);
+    s_ov_ent *ce = s_ov_load(w->s, &w->aov, k, kn, ST_CNT_LEN, err);
     if (!ce)
         return err->code;
     uint64_t cnt = ce->vn ? s_get64(ce->val + 1) : 0;
@@ -731,8 +741,8 @@ static int s_tally(s_writer *w, const char *uid, const char *sender, size_t send
 static void s_tally_flush(s_writer *w, uint64_t upto)
 {
     uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX];
-    for (size_t i = 0; i < w->ov.n; i++) {
-        s_ov_ent *e = &w->ov.ents[i];
+    for (size_t i = 0; i < w->aov.n; i++) {
+        s_ov_ent *e = &w->aov.ents[i];
         if (!e->dirty)
             continue;
         /* 'C' uid 0 sender -> 'S' uid 0 sender 0 seq */
@@ -742,12 +752,12 @@ static void s_tally_flush(s_writer *w, uint64_t upto)
         memcpy(hi, lo, e->kn + 1);
         s_put64(lo + e->kn + 1, 0);
         s_put64(hi + e->kn + 1, upto + 1);
-        rocksdb_writebatch_delete_range(w->wb, (const char *)lo, e->kn + 9,
+        rocksdb_writebatch_delete_range(w->awb, (const char *)lo, e->kn + 9,
                                         (const char *)hi, e->kn + 9);
         if (s_get64(e->val + 1) == 0)
             e->vn = 0;
     }
-    s_ov_flush(&w->ov, w->wb);
+    s_ov_flush(&w->aov, w->awb);
 }
 
 /* Executes one ack or expiry as its own (not fsync'ed) write batch. */
@@ -766,8 +776,8 @@ static int s_exec_ack(s_writer *w, st_req *r, int64_t now)
               (unsigned long long)upto, (unsigned long long)h.high);
         return ST_ECURSOR;
     }
-    s_ov_reset(&w->ov);
-    rocksdb_writebatch_clear(w->wb);
+    s_ov_reset(&w->aov);
+    rocksdb_writebatch_clear(w->awb);
     uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX], k[ST_KEY_MAX];
     uint64_t n = 0, last = 0;
     s_iter it;
@@ -805,7 +815,7 @@ static int s_exec_ack(s_writer *w, st_req *r, int64_t now)
         s_tally_flush(w, upto);
         s_key_msg(lo, r->uid, from);
         s_key_msg(hi, r->uid, upto + 1);
-        rocksdb_writebatch_delete_range(w->wb, (const char *)lo, lon, (const char *)hi, lon);
+        rocksdb_writebatch_delete_range(w->awb, (const char *)lo, lon, (const char *)hi, lon);
         h.floor = upto;
     } else {
         size_t lon = s_key_sidx(lo, r->uid, r->sender, 1);
@@ -820,7 +830,7 @@ static int s_exec_ack(s_writer *w, st_req *r, int64_t now)
                 break;
             }
             size_t mk = s_key_msg(k, r->uid, s_get64(kk + kl - 8));
-            rocksdb_writebatch_delete(w->wb, (const char *)k, mk);
+            rocksdb_writebatch_delete(w->awb, (const char *)k, mk);
             if ((rc = s_tally(w, r->uid, r->sender, strlen(r->sender), err)))
                 break;
             n++;
@@ -836,9 +846,9 @@ static int s_exec_ack(s_writer *w, st_req *r, int64_t now)
     uint8_t hv[ST_HEAD_LEN];
     s_head_encode(hv, &h);
     size_t kn = s_key_prefix(k, 'I', r->uid);
-    rocksdb_writebatch_put(w->wb, (const char *)k, kn, (const char *)hv, sizeof hv);
+    rocksdb_writebatch_put(w->awb, (const char *)k, kn, (const char *)hv, sizeof hv);
     char *rerr = NULL;
-    rocksdb_write(s->db, s->wo_async, w->wb, &rerr);
+    rocksdb_write(s->db, s->wo_async, w->awb, &rerr);
     if (rerr)
         return s_rocks_err(err, "ack write", rerr);
     r->deleted = n;
@@ -857,57 +867,66 @@ static void s_complete(st_req *r)
     r->done(r);
 }
 
-/* Applies the appends [first, end) of the round's list as one group commit
- * and completes them. */
-static void s_commit_appends(s_writer *w, st_req *first, st_req *end)
+/* Adds an append request to the open batch (opening one if needed). */
+static void s_batch_add(s_writer *w, st_req *r)
+{
+    if (!w->first) {
+        s_ov_reset(&w->ov);
+        rocksdb_writebatch_clear(w->wb);
+        w->last = &w->first;
+        w->puts = w->stored = w->dups = w->full = 0;
+        w->rc = ST_OK;
+        w->now = s_now(w->s);
+    }
+    r->next_ = NULL;
+    *w->last = r;
+    w->last = &r->next_;
+    w->puts += r->nputs;
+    for (size_t i = 0; i < r->nputs && !w->rc; i++) {
+        st_put *p = &r->puts[i];
+        w->rc = s_apply_put(w, p, w->now, &w->err);
+        if (w->rc)
+            break;
+        if (p->code == ST_EFULL)
+            w->full++;
+        else if (p->duplicate)
+            w->dups++;
+        else
+            w->stored++;
+    }
+}
+
+/* Writes the open batch with one fsync, then completes its requests. */
+static void s_batch_commit(s_writer *w)
 {
     st_shard *s = w->s;
-    int64_t now = s_now(s);
-    s_ov_reset(&w->ov);
-    rocksdb_writebatch_clear(w->wb);
-    st_error err = {0};
-    int rc = ST_OK;
-    uint64_t stored = 0, dups = 0, full = 0, puts = 0;
-    for (st_req *r = first; r != end && !rc; r = r->next_) {
-        for (size_t i = 0; i < r->nputs && !rc; i++) {
-            st_put *p = &r->puts[i];
-            rc = s_apply_put(w, p, now, &err);
-            puts++;
-            if (rc)
-                break;
-            if (p->code == ST_EFULL)
-                full++;
-            else if (p->duplicate)
-                dups++;
-            else
-                stored++;
-        }
-    }
-    if (!rc && stored) {
+    if (!w->first)
+        return;
+    if (!w->rc && w->stored) {
         s_ov_flush(&w->ov, w->wb);
         char *rerr = NULL;
         rocksdb_write(s->db, s->wo_sync, w->wb, &rerr);
         if (rerr)
-            rc = s_rocks_err(&err, "commit", rerr);
+            w->rc = s_rocks_err(&w->err, "commit", rerr);
     }
     pthread_mutex_lock(&s->mu);
-    if (!rc) {
-        s->stats.appends += stored;
-        s->stats.duplicates += dups;
-        s->stats.full += full;
-        if (stored) {
+    if (!w->rc) {
+        s->stats.appends += w->stored;
+        s->stats.duplicates += w->dups;
+        s->stats.full += w->full;
+        if (w->stored) {
             s->stats.commits++;
-            if (puts > s->stats.max_batch)
-                s->stats.max_batch = puts;
+            if (w->puts > s->stats.max_batch)
+                s->stats.max_batch = w->puts;
         }
     }
     pthread_mutex_unlock(&s->mu);
-    for (st_req *r = first, *next; r != end; r = next) {
+    for (st_req *r = w->first, *next; r; r = next) {
         next = r->next_;
-        if (rc) {
-            r->err = err;
+        if (w->rc) {
+            r->err = w->err;
             for (size_t i = 0; i < r->nputs; i++) {
-                r->puts[i].code = rc;
+                r->puts[i].code = w->rc;
                 r->puts[i].error = "storage error: the message was not stored";
                 r->puts[i].duplicate = false;
                 r->puts[i].seq = 0;
@@ -917,36 +936,46 @@ static void s_commit_appends(s_writer *w, st_req *first, st_req *end)
         }
         s_complete(r);
     }
+    w->first = NULL;
 }
 
-/* One round: acks and expiries first (in order), then the appends in
- * group commits of at most max_batch puts. */
+/* Whether the open batch appends to inbox uid. */
+static bool s_batch_touches(s_writer *w, const char *uid)
+{
+    if (!w->first || !w->ov.nslots)
+        return false;
+    uint8_t k[ST_KEY_MAX];
+    size_t kn = s_key_prefix(k, 'I', uid);
+    size_t j = s_hash(k, kn) & (w->ov.nslots - 1);
+    for (; w->ov.slots[j]; j = (j + 1) & (w->ov.nslots - 1)) {
+        const s_ov_ent *e = &w->ov.ents[w->ov.slots[j] - 1];
+        if (e->kn == kn && memcmp(e->key, k, kn) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* One round, in submission order as far as any inbox can tell: appends
+ * gather into the open batch (group commit); an ack runs at once, after
+ * committing the open batch only if that batch appends to its inbox. */
 static void s_round(s_writer *w, st_req *list)
 {
-    st_req *appends = NULL, **atail = &appends;
     for (st_req *r = list, *next; r; r = next) {
         next = r->next_;
         if (r->type == ST_REQ_APPEND) {
-            r->next_ = NULL;
-            *atail = r;
-            atail = &r->next_;
+            if (w->first && w->puts + r->nputs > w->s->o.max_batch)
+                s_batch_commit(w);
+            s_batch_add(w, r);
             continue;
         }
+        if (s_batch_touches(w, r->uid))
+            s_batch_commit(w);
         r->deleted = 0;
         s_ok(&r->err);
         s_exec_ack(w, r, s_now(w->s));
         s_complete(r);
     }
-    while (appends) {
-        st_req *end = appends;
-        size_t puts = 0;
-        do {
-            puts += end->nputs;
-            end = end->next_;
-        } while (end && puts + end->nputs <= w->s->o.max_batch);
-        s_commit_appends(w, appends, end);
-        appends = end;
-    }
+    s_batch_commit(w);
 }
 
 static void *s_writer_main(void *arg)
@@ -954,6 +983,7 @@ static void *s_writer_main(void *arg)
     st_shard *s = arg;
     s_writer w = {.s = s};
     w.wb = rocksdb_writebatch_create();
+    w.awb = rocksdb_writebatch_create();
     w.rec = malloc(ST_MSG_FIXED + ST_UID_MAX + ST_MSGID_MAX + ST_CONTENT_MAX);
     assert(w.rec && "out of memory at writer start");
     for (;;) {
@@ -969,8 +999,10 @@ static void *s_writer_main(void *arg)
         s_round(&w, list);
     }
     s_ov_free(&w.ov);
+    s_ov_free(&w.aov);
     free(w.rec);
     rocksdb_writebatch_destroy(w.wb);
+    rocksdb_writebatch_destroy(w.awb);
     return NULL;
 }
 

@@ -16,9 +16,20 @@
  * an ack lost in a crash only causes a redelivery, which receivers dedup.
  *
  * Threads: every function may be called from any thread, concurrently, except
- * st_close(). Writes are executed by one internal writer thread in the order
- * they were submitted; reads run on the caller's thread against the last
- * committed state (a read never sees an append that is not yet durable).
+ * st_close(). Writes are executed by one internal writer thread, in the order
+ * they were submitted as far as any one inbox can tell (an ack waits for the
+ * commit of earlier appends to its own inbox; acks and appends of different
+ * inboxes may complete in another order). Reads run on the caller's thread
+ * against the last committed state (a read never sees an append that is not
+ * yet durable). The clock (st_options.clock) is also called from RocksDB's
+ * background threads, by the dedup compaction filter: it must be
+ * thread-safe.
+ *
+ * Time: a message's send_time_ms is max(clock, the inbox's previous
+ * send_time_ms), so times never decrease within an inbox and its expired
+ * messages are always its oldest ones. Expired messages still count toward
+ * the inbox quota until they are purged (by a read that meets them,
+ * st_counts(), or the periodic st_expire()).
  *
  * Errors: functions return ST_OK (0) or a negative st_code and fill the
  * caller's st_error (if not NULL) with the code and a message naming the
