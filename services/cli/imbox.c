@@ -1,0 +1,371 @@
+/*
+ * imbox - the server binary.
+ *
+ *   imbox serve     standalone: one gateway and S shards in one process,
+ *                   over ZeroMQ inproc://, data under --data-dir
+ *   imbox shard     one storage shard on a ZeroMQ tcp:// endpoint
+ *   imbox gateway   the gRPC API in front of shards on tcp:// endpoints
+ *   imbox token     prints a token for a uid (its last line of output)
+ *
+ * Every flag --some-name also reads the environment variable IMBOX_SOME_NAME
+ * (for Kubernetes); the command line wins. SIGTERM or SIGINT stops a server
+ * gracefully: calls in flight finish, accepted writes complete, exit 0.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <grpc/grpc.h>
+#include <zmq.h>
+
+#include "gw_server.h"
+#include "im_auth.h"
+#include "sh_service.h"
+#include "st.h"
+
+#define IMBOX_GRACE_MS 3000   /* SIGTERM: calls still running then are cancelled */
+#define IMBOX_MAX_SHARDS 1024
+
+typedef struct flag {
+    const char *name;  /* without the leading "--" */
+    const char *def;   /* NULL = required */
+    const char *help;
+    const char *val;
+} flag;
+
+static void s_usage(FILE *f, const char *cmd, const flag *flags)
+{
+    fprintf(f, "usage: imbox %s", cmd);
+    for (const flag *x = flags; x->name; x++)
+        fprintf(f, x->def ? " [--%s V]" : " --%s V", x->name);
+    fprintf(f, "\n");
+    for (const flag *x = flags; x->name; x++) {
+        char env[64] = "IMBOX_";
+        for (size_t i = 0; x->name[i] && i < 50; i++)
+            env[6 + i] = x->name[i] == '-' ? '_' : (char)(x->name[i] & ~0x20);
+        fprintf(f, "  --%-14s %s (env %s%s%s)\n", x->name, x->help, env,
+                x->def ? ", default " : "", x->def ? x->def : "");
+    }
+}
+
+/* Fills flags[].val from the environment, then from argv. Returns 0, or 2
+ * after printing a usage error. */
+static int s_parse(const char *cmd, flag *flags, int argc, char **argv)
+{
+    for (flag *x = flags; x->name; x++) {
+        char env[64] = "IMBOX_";
+        size_t i = 0;
+        for (; x->name[i] && i < 50; i++)
+            env[6 + i] = x->name[i] == '-' ? '_' : (char)(x->name[i] & ~0x20);
+        env[6 + i] = 0;
+        const char *v = getenv(env);
+        x->val = v && *v ? v : x->def;
+    }
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            s_usage(stdout, cmd, flags);
+            exit(0);
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(stderr, "imbox %s: unexpected argument '%s'\n", cmd, a);
+            s_usage(stderr, cmd, flags);
+            return 2;
+        }
+        const char *eq = strchr(a + 2, '=');
+        size_t n = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+        flag *x = flags;
+        for (; x->name; x++)
+            if (strlen(x->name) == n && !strncmp(x->name, a + 2, n))
+                break;
+        if (!x->name) {
+            fprintf(stderr, "imbox %s: unknown flag '%s'\n", cmd, a);
+            s_usage(stderr, cmd, flags);
+            return 2;
+        }
+        if (eq) {
+            x->val = eq + 1;
+        } else if (i + 1 < argc) {
+            x->val = argv[++i];
+        } else {
+            fprintf(stderr, "imbox %s: --%s needs a value\n", cmd, x->name);
+            return 2;
+        }
+    }
+    for (flag *x = flags; x->name; x++)
+        if (!x->val) {
+            fprintf(stderr, "imbox %s: --%s is required\n", cmd, x->name);
+            s_usage(stderr, cmd, flags);
+            return 2;
+        }
+    return 0;
+}
+
+static const char *s_get(const flag *flags, const char *name)
+{
+    for (const flag *x = flags; x->name; x++)
+        if (!strcmp(x->name, name))
+            return x->val;
+    fprintf(stderr, "imbox: internal error: no flag %s\n", name);
+    abort();
+}
+
+/* Parses a decimal integer in [lo, hi] or exits 2 naming the flag. */
+static long long s_int(const flag *flags, const char *name, long long lo, long long hi)
+{
+    const char *v = s_get(flags, name);
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi) {
+        fprintf(stderr, "imbox: --%s: '%s' is not an integer in %lld..%lld\n", name, v, lo, hi);
+        exit(2);
+    }
+    return x;
+}
+
+/* Blocks SIGINT and SIGTERM in this thread and every thread started after,
+ * so that only sigwait() in the main thread sees them. */
+static sigset_t s_block_signals(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    return set;
+}
+
+static void s_wait_signal(sigset_t set)
+{
+    int sig = 0;
+    sigwait(&set, &sig);
+    fprintf(stderr, "imbox: %s received, stopping\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+#define ENGINE_FLAGS                                                                 \
+    {"max-inbox", "100000", "messages per inbox before RESOURCE_EXHAUSTED", NULL},  \
+    {"ttl", "2592000", "seconds a stored message lives (30 days)", NULL},           \
+    {"dedup-window", "86400", "seconds a msg_id stays deduplicated (24 h)", NULL}
+
+static void s_engine_options(const flag *flags, st_options *o)
+{
+    st_options_init(o);
+    o->max_inbox = (uint64_t)s_int(flags, "max-inbox", 1, 1LL << 40);
+    o->ttl_ms = s_int(flags, "ttl", 1, 100LL * 365 * 86400) * 1000;
+    o->dedup_window_ms = s_int(flags, "dedup-window", 0, 100LL * 365 * 86400) * 1000;
+}
+
+static int s_secret(const char *dir, im_secret *s)
+{
+    char err[256];
+    if (im_secret_load_or_create(dir, s, err, sizeof err)) {
+        fprintf(stderr, "imbox: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+    flag flags[] = {
+        {"listen", "127.0.0.1:50051", "gRPC address HOST:PORT", NULL},
+        {"data-dir", "./data", "directory of the shards and auth.secret", NULL},
+        {"shards", "4", "number of shards (threads) in this process", NULL},
+        ENGINE_FLAGS,
+        {0},
+    };
+    int rc = s_parse("serve", flags, argc, argv);
+    if (rc)
+        return rc;
+    int S = (int)s_int(flags, "shards", 1, 64);
+    const char *dir = s_get(flags, "data-dir");
+    st_options so;
+    s_engine_options(flags, &so);
+    sigset_t sigs = s_block_signals();
+    im_secret secret;
+    if (s_secret(dir, &secret))
+        return 1;
+    void *zctx = zmq_ctx_new();
+    grpc_init();
+    sh_service *shards[64] = {0};
+    char *eps[64] = {0};
+    char err[256];
+    gw_server *gw = NULL;
+    for (int i = 0; i < S && !rc; i++) {
+        char sdir[PATH_MAX];
+        snprintf(sdir, sizeof sdir, "%s/shard-%d", dir, i);
+        if (asprintf(&eps[i], "inproc://imbox-shard-%d", i) < 0) {
+            rc = 1;
+            break;
+        }
+        sh_config c = {.index = i, .count = S, .endpoint = eps[i], .dir = sdir, .st = so,
+                       .zctx = zctx};
+        if (!(shards[i] = sh_start(&c, err, sizeof err))) {
+            fprintf(stderr, "imbox serve: %s\n", err);
+            rc = 1;
+        }
+    }
+    if (!rc) {
+        gw_config gc = {.listen = s_get(flags, "listen"), .shards = eps, .nshards = S,
+                        .secret = secret, .zctx = zctx};
+        if (!(gw = gw_start(&gc, err, sizeof err))) {
+            fprintf(stderr, "imbox serve: %s\n", err);
+            rc = 1;
+        }
+    }
+    if (!rc) {
+        fprintf(stderr, "imbox: serving imbox.v1.Inbox on %s (%d shards, data in %s)\n",
+                s_get(flags, "listen"), S, dir);
+        s_wait_signal(sigs);
+    }
+    gw_stop(&gw, IMBOX_GRACE_MS);
+    for (int i = 0; i < S; i++) {
+        sh_stop(&shards[i]);
+        free(eps[i]);
+    }
+    zmq_ctx_term(zctx);
+    grpc_shutdown();
+    return rc;
+}
+
+static int cmd_shard(int argc, char **argv)
+{
+    flag flags[] = {
+        {"index", NULL, "this shard's index, 0..count-1", NULL},
+        {"count", NULL, "number of shards in the cluster", NULL},
+        {"listen", NULL, "ZeroMQ endpoint to bind, tcp://HOST:PORT", NULL},
+        {"data-dir", NULL, "the shard's data directory", NULL},
+        ENGINE_FLAGS,
+        {0},
+    };
+    int rc = s_parse("shard", flags, argc, argv);
+    if (rc)
+        return rc;
+    int count = (int)s_int(flags, "count", 1, IMBOX_MAX_SHARDS);
+    int index = (int)s_int(flags, "index", 0, count - 1);
+    sigset_t sigs = s_block_signals();
+    sh_config c = {.index = index, .count = count, .endpoint = s_get(flags, "listen"),
+                   .dir = s_get(flags, "data-dir"), .zctx = zmq_ctx_new()};
+    s_engine_options(flags, &c.st);
+    char err[256];
+    sh_service *sh = sh_start(&c, err, sizeof err);
+    if (!sh) {
+        fprintf(stderr, "imbox shard: %s\n", err);
+        zmq_ctx_term(c.zctx);
+        return 1;
+    }
+    fprintf(stderr, "imbox: shard %d of %d on %s (data in %s)\n", index, count, c.endpoint,
+            c.dir);
+    s_wait_signal(sigs);
+    sh_stop(&sh);
+    zmq_ctx_term(c.zctx);
+    return 0;
+}
+
+static int cmd_gateway(int argc, char **argv)
+{
+    flag flags[] = {
+        {"listen", "127.0.0.1:50051", "gRPC address HOST:PORT", NULL},
+        {"shards", NULL, "shard endpoints in index order, tcp://H:P,tcp://H:P,...", NULL},
+        {"data-dir", "./data", "directory holding auth.secret", NULL},
+        {"shard-timeout-ms", "5000", "UNAVAILABLE when a shard has not answered by then",
+         NULL},
+        {0},
+    };
+    int rc = s_parse("gateway", flags, argc, argv);
+    if (rc)
+        return rc;
+    int timeout = (int)s_int(flags, "shard-timeout-ms", 1, 600000);
+    char *list = strdup(s_get(flags, "shards"));
+    char *eps[IMBOX_MAX_SHARDS];
+    int S = 0;
+    for (char *save = NULL, *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (S == IMBOX_MAX_SHARDS) {
+            fprintf(stderr, "imbox gateway: more than %d shards\n", IMBOX_MAX_SHARDS);
+            free(list);
+            return 2;
+        }
+        eps[S++] = t;
+    }
+    if (S == 0) {
+        fprintf(stderr, "imbox gateway: --shards lists no endpoint\n");
+        free(list);
+        return 2;
+    }
+    sigset_t sigs = s_block_signals();
+    gw_config gc = {.listen = s_get(flags, "listen"), .shards = eps, .nshards = S,
+                    .zctx = zmq_ctx_new(), .shard_timeout_ms = timeout};
+    if (s_secret(s_get(flags, "data-dir"), &gc.secret)) {
+        free(list);
+        return 1;
+    }
+    grpc_init();
+    char err[256];
+    gw_server *gw = gw_start(&gc, err, sizeof err);
+    if (!gw) {
+        fprintf(stderr, "imbox gateway: %s\n", err);
+        rc = 1;
+    } else {
+        fprintf(stderr, "imbox: gateway on %s in front of %d shards\n", gc.listen, S);
+        s_wait_signal(sigs);
+        gw_stop(&gw, IMBOX_GRACE_MS);
+    }
+    zmq_ctx_term(gc.zctx);
+    grpc_shutdown();
+    free(list);
+    return rc;
+}
+
+static int cmd_token(int argc, char **argv)
+{
+    flag flags[] = {
+        {"uid", NULL, "the user id the token stands for", NULL},
+        {"ttl", "86400", "seconds the token stays valid", NULL},
+        {"data-dir", "./data", "directory holding auth.secret", NULL},
+        {0},
+    };
+    int rc = s_parse("token", flags, argc, argv);
+    if (rc)
+        return rc;
+    long long ttl = s_int(flags, "ttl", 1, 10LL * 365 * 86400);
+    im_secret secret;
+    if (s_secret(s_get(flags, "data-dir"), &secret))
+        return 1;
+    char tok[IM_TOKEN_MAX];
+    if (im_token_make(&secret, s_get(flags, "uid"), (int64_t)time(NULL) + ttl, tok, sizeof tok)) {
+        fprintf(stderr, "imbox token: invalid uid '%s' (1..64 bytes of UTF-8, no control "
+                        "characters)\n", s_get(flags, "uid"));
+        return 2;
+    }
+    printf("%s\n", tok);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+        const char *help;
+    } cmds[] = {
+        {"serve", cmd_serve, "standalone server: gateway + shards in one process"},
+        {"shard", cmd_shard, "one storage shard (cluster)"},
+        {"gateway", cmd_gateway, "the gRPC gateway in front of shards (cluster)"},
+        {"token", cmd_token, "print a token for a uid"},
+    };
+    if (argc >= 2)
+        for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+            if (!strcmp(argv[1], cmds[i].name))
+                return cmds[i].fn(argc - 2, argv + 2);
+    FILE *f = argc >= 2 && strcmp(argv[1], "--help") && strcmp(argv[1], "help") ? stderr : stdout;
+    fprintf(f, "usage: imbox COMMAND [flags]   (imbox COMMAND --help for its flags)\n");
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        fprintf(f, "  %-8s %s\n", cmds[i].name, cmds[i].help);
+    return f == stdout ? 0 : 2;
+}

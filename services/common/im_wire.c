@@ -1,0 +1,120 @@
+/* im_wire.c - see im_wire.h. */
+#include "im_wire.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "st.h"
+
+int im_status_of_st(int code)
+{
+    switch (code) {
+    case ST_OK: return IM_OK;
+    case ST_EINVAL:
+    case ST_ECURSOR: return IM_INVALID_ARGUMENT;
+    case ST_EFULL:
+    case ST_ENOMEM: return IM_RESOURCE_EXHAUSTED;
+    case ST_ECORRUPT: return IM_DATA_LOSS;
+    case ST_ECLOSED: return IM_UNAVAILABLE;
+    default: return IM_INTERNAL;
+    }
+}
+
+/* Makes room for n more bytes. */
+static int s_reserve(im_buf *b, size_t n)
+{
+    if (b->n + n <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->n + n)
+        cap *= 2;
+    uint8_t *q = realloc(b->p, cap);
+    if (!q)
+        return -1;
+    b->p = q;
+    b->cap = cap;
+    return 0;
+}
+
+int im_buf_append(im_buf *b, const void *p, size_t n)
+{
+    if (s_reserve(b, n))
+        return -1;
+    if (n)
+        memcpy(b->p + b->n, p, n);
+    b->n += n;
+    return 0;
+}
+
+void im_buf_free(im_buf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+int im_pb_append_submsg(im_buf *b, uint32_t tag, const pb_msgdesc_t *fields, const void *msg)
+{
+    size_t size;
+    if (!pb_get_encoded_size(&size, fields, msg))
+        return -1;
+    uint8_t head[16];
+    pb_ostream_t hs = pb_ostream_from_buffer(head, sizeof head);
+    if (!pb_encode_tag(&hs, PB_WT_STRING, tag) || !pb_encode_varint(&hs, size))
+        return -1;
+    if (im_buf_append(b, head, hs.bytes_written) || s_reserve(b, size))
+        return -1;
+    size_t at = b->n;
+    pb_ostream_t s = pb_ostream_from_buffer(b->p + at, size);
+    if (!pb_encode(&s, fields, msg) || s.bytes_written != size)
+        return -1;
+    b->n = at + size;
+    return 0;
+}
+
+int im_pb_encode(const pb_msgdesc_t *fields, const void *msg, const uint8_t *prefix,
+                 size_t prefix_len, uint8_t **out, size_t *len)
+{
+    size_t size;
+    *out = NULL;
+    *len = 0;
+    if (!pb_get_encoded_size(&size, fields, msg))
+        return -1;
+    uint8_t *p = malloc(prefix_len + size + 1);
+    if (!p)
+        return -1;
+    if (prefix_len)
+        memcpy(p, prefix, prefix_len);
+    pb_ostream_t s = pb_ostream_from_buffer(p + prefix_len, size);
+    if (!pb_encode(&s, fields, msg)) {
+        free(p);
+        return -1;
+    }
+    *out = p;
+    *len = prefix_len + size;
+    return 0;
+}
+
+bool im_pb_write_bytes(pb_ostream_t *s, const pb_field_t *f, void *const *arg)
+{
+    const im_bytes_out *o = *arg;
+    if (!o)
+        return true;
+    return pb_encode_tag_for_field(s, f) && pb_encode_string(s, o->p, o->n);
+}
+
+bool im_pb_read_bytes(pb_istream_t *s, const pb_field_t *f, void **arg)
+{
+    (void)f;
+    im_bytes_in *in = *arg;
+    if (!in || in->p || in->over)
+        PB_RETURN_ERROR(s, "bytes field repeated");
+    if (s->bytes_left > in->max) {
+        in->over = s->bytes_left;
+        return pb_read(s, NULL, s->bytes_left);
+    }
+    in->n = s->bytes_left;
+    in->p = malloc(in->n ? in->n : 1);
+    if (!in->p)
+        PB_RETURN_ERROR(s, "out of memory");
+    return pb_read(s, in->p, in->n);
+}

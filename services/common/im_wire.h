@@ -1,0 +1,81 @@
+/*
+ * im_wire.h - nanopb glue shared by the services: growable byte buffers,
+ * encoding to malloc'ed memory, bounded callbacks for bytes fields, and the
+ * one mapping from storage codes to gRPC status codes.
+ *
+ * Threads: no shared state; every function is safe from any thread.
+ */
+#ifndef IMBOX_IM_WIRE_H
+#define IMBOX_IM_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <pb.h>
+#include <pb_decode.h>
+#include <pb_encode.h>
+
+/* gRPC status codes, by number, for code that does not include grpc.h. */
+enum {
+    IM_OK = 0,
+    IM_CANCELLED = 1,
+    IM_INVALID_ARGUMENT = 3,
+    IM_DEADLINE_EXCEEDED = 4,
+    IM_FAILED_PRECONDITION = 9,
+    IM_RESOURCE_EXHAUSTED = 8,
+    IM_UNIMPLEMENTED = 12,
+    IM_INTERNAL = 13,
+    IM_UNAVAILABLE = 14,
+    IM_DATA_LOSS = 15,
+    IM_UNAUTHENTICATED = 16,
+};
+
+/* The gRPC status for an st_code (st.h). */
+int im_status_of_st(int st_code);
+
+/* A growable buffer; zero-initialise, free with im_buf_free. */
+typedef struct im_buf {
+    uint8_t *p;
+    size_t n, cap;
+} im_buf;
+
+int im_buf_append(im_buf *b, const void *p, size_t n); /* 0 or -1 (ENOMEM) */
+void im_buf_free(im_buf *b);
+
+/*
+ * Appends field `tag` holding the submessage `msg` (length-delimited) to b,
+ * so that a page of entries can be built once and forwarded as raw bytes.
+ */
+int im_pb_append_submsg(im_buf *b, uint32_t tag, const pb_msgdesc_t *fields, const void *msg);
+
+/*
+ * Encodes msg into *out (malloc'ed, caller frees) with `prefix` (may be
+ * NULL/0) copied in front of it: protobuf fields may be concatenated, so a
+ * pre-encoded repeated field plus the rest of a message is a valid message.
+ */
+int im_pb_encode(const pb_msgdesc_t *fields, const void *msg, const uint8_t *prefix,
+                 size_t prefix_len, uint8_t **out, size_t *len);
+
+/* Encode side of a bytes/string FT_CALLBACK field: set
+ * cb.funcs.encode = im_pb_write_bytes, cb.arg = an im_bytes_out. */
+typedef struct im_bytes_out {
+    const void *p;
+    size_t n;
+} im_bytes_out;
+bool im_pb_write_bytes(pb_ostream_t *s, const pb_field_t *f, void *const *arg);
+
+/* Decode side: cb.funcs.decode = im_pb_read_bytes, cb.arg = an im_bytes_in
+ * with max set; the field's bytes land in malloc'ed p (caller frees). A field
+ * longer than max is skipped and its size recorded in `over` (p stays NULL),
+ * so the caller can name the field and its size in the error. A field seen
+ * twice fails the decode. */
+typedef struct im_bytes_in {
+    uint8_t *p;
+    size_t n;
+    size_t max;
+    size_t over;
+} im_bytes_in;
+bool im_pb_read_bytes(pb_istream_t *s, const pb_field_t *f, void **arg);
+
+#endif

@@ -1,0 +1,311 @@
+/* gw_bus.c - see gw_bus.h. */
+#include "gw_bus.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "im_wire.h"
+#include "im_zmq.h"
+
+#define BUS_BUCKETS 4096     /* pending-by-id hash buckets (power of two) */
+#define BUS_HWM 100000       /* messages queued per socket before EAGAIN */
+
+typedef struct bus_req {
+    int shard;
+    uint8_t *body;
+    size_t len;
+    gw_bus_fn fn;
+    void *arg;
+    uint64_t id;
+    int64_t deadline;
+    struct bus_req *next;               /* incoming queue / bucket chain */
+    struct bus_req *older, *newer;      /* pending, by deadline */
+} bus_req;
+
+struct gw_bus {
+    void **dealers;
+    char **endpoints;
+    int n;
+    int timeout_ms;
+    int efd;
+    pthread_t thread;
+    pthread_mutex_t mu;      /* guards queue, closing */
+    bus_req *queue, *qtail;
+    bool closing;
+    /* bus-thread state */
+    uint64_t next_id;
+    bus_req *buckets[BUS_BUCKETS];
+    bus_req *oldest, *newest;
+};
+
+static int64_t s_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void s_pending_add(gw_bus *b, bus_req *r)
+{
+    bus_req **head = &b->buckets[r->id & (BUS_BUCKETS - 1)];
+    r->next = *head;
+    *head = r;
+    r->older = b->newest;
+    r->newer = NULL;
+    if (b->newest)
+        b->newest->newer = r;
+    else
+        b->oldest = r;
+    b->newest = r;
+}
+
+/* Finds and unlinks the pending request with this id (NULL if none). */
+static bus_req *s_pending_take(gw_bus *b, uint64_t id)
+{
+    bus_req **pp = &b->buckets[id & (BUS_BUCKETS - 1)];
+    for (; *pp; pp = &(*pp)->next) {
+        bus_req *r = *pp;
+        if (r->id != id)
+            continue;
+        *pp = r->next;
+        if (r->older)
+            r->older->newer = r->newer;
+        else
+            b->oldest = r->newer;
+        if (r->newer)
+            r->newer->older = r->older;
+        else
+            b->newest = r->older;
+        return r;
+    }
+    return NULL;
+}
+
+static void s_finish(bus_req *r, int status, const char *why, const uint8_t *reply, size_t len)
+{
+    r->fn(r->arg, status, why, reply, len);
+    free(r->body);
+    free(r);
+}
+
+static void s_fail(gw_bus *b, bus_req *r, const char *what)
+{
+    char why[192];
+    snprintf(why, sizeof why, "shard %d (%s) %s", r->shard, b->endpoints[r->shard], what);
+    s_finish(r, IM_UNAVAILABLE, why, NULL, 0);
+}
+
+static void s_send_queued(gw_bus *b)
+{
+    uint64_t v;
+    if (read(b->efd, &v, sizeof v) < 0 && errno != EAGAIN)
+        fprintf(stderr, "imbox gateway: eventfd: %s\n", strerror(errno));
+    pthread_mutex_lock(&b->mu);
+    bus_req *r = b->queue;
+    b->queue = b->qtail = NULL;
+    pthread_mutex_unlock(&b->mu);
+    int64_t now = s_mono_ms();
+    while (r) {
+        bus_req *next = r->next;
+        r->id = ++b->next_id;
+        void *d = b->dealers[r->shard];
+        if (zmq_send(d, &r->id, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+            s_fail(b, r, errno == EAGAIN ? "is not connected" : zmq_strerror(errno));
+        } else if (zmq_send(d, r->body, r->len, ZMQ_DONTWAIT) < 0) {
+            /* cannot happen after the first frame went (atomic multipart) */
+            s_fail(b, r, zmq_strerror(errno));
+        } else {
+            free(r->body);
+            r->body = NULL;
+            r->deadline = now + b->timeout_ms;
+            s_pending_add(b, r);
+        }
+        r = next;
+    }
+}
+
+static void s_recv_replies(gw_bus *b, int shard)
+{
+    zmq_msg_t parts[2];
+    int n;
+    while ((n = im_zmq_recv(b->dealers[shard], parts, 2)) > 0) {
+        if (n == 2 && zmq_msg_size(&parts[0]) == 8) {
+            uint64_t id;
+            memcpy(&id, zmq_msg_data(&parts[0]), 8);
+            bus_req *r = s_pending_take(b, id);
+            if (r) /* else: a late reply to a request that timed out */
+                s_finish(r, IM_OK, NULL, zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]));
+        } else {
+            fprintf(stderr, "imbox gateway: malformed reply from shard %d dropped\n", shard);
+        }
+        im_zmq_close(parts, n, 2);
+    }
+}
+
+static void s_expire(gw_bus *b, int64_t now, bool all)
+{
+    char what[64];
+    snprintf(what, sizeof what, "did not answer within %d ms", b->timeout_ms);
+    while (b->oldest && (all || b->oldest->deadline <= now)) {
+        bus_req *r = s_pending_take(b, b->oldest->id);
+        s_fail(b, r, all ? "is unreachable: the gateway is stopping" : what);
+    }
+}
+
+static void *s_main(void *arg)
+{
+    gw_bus *b = arg;
+    int n = b->n + 1;
+    zmq_pollitem_t *items = calloc((size_t)n, sizeof *items);
+    if (!items) {
+        fprintf(stderr, "imbox gateway: out of memory in the bus thread\n");
+        abort();
+    }
+    items[0].fd = b->efd;
+    items[0].events = ZMQ_POLLIN;
+    for (int i = 0; i < b->n; i++) {
+        items[i + 1].socket = b->dealers[i];
+        items[i + 1].events = ZMQ_POLLIN;
+    }
+    for (;;) {
+        long wait = -1;
+        if (b->oldest) {
+            int64_t d = b->oldest->deadline - s_mono_ms();
+            wait = d > 0 ? d : 0;
+        }
+        if (zmq_poll(items, n, wait) < 0 && errno != EINTR) {
+            fprintf(stderr, "imbox gateway: bus poll: %s\n", zmq_strerror(errno));
+            break;
+        }
+        if (items[0].revents & ZMQ_POLLIN)
+            s_send_queued(b);
+        for (int i = 0; i < b->n; i++)
+            if (items[i + 1].revents & ZMQ_POLLIN)
+                s_recv_replies(b, i);
+        s_expire(b, s_mono_ms(), false);
+        pthread_mutex_lock(&b->mu);
+        bool stop = b->closing && !b->queue;
+        pthread_mutex_unlock(&b->mu);
+        if (stop)
+            break;
+    }
+    s_expire(b, 0, true);
+    free(items);
+    return NULL;
+}
+
+int gw_bus_send(gw_bus *b, int shard, uint8_t *body, size_t len, gw_bus_fn fn, void *arg)
+{
+    bus_req *r = calloc(1, sizeof *r);
+    if (!r) {
+        free(body);
+        return -1;
+    }
+    r->shard = shard;
+    r->body = body;
+    r->len = len;
+    r->fn = fn;
+    r->arg = arg;
+    pthread_mutex_lock(&b->mu);
+    if (b->closing) {
+        pthread_mutex_unlock(&b->mu);
+        free(body);
+        free(r);
+        return -1;
+    }
+    if (b->qtail)
+        b->qtail->next = r;
+    else
+        b->queue = r;
+    b->qtail = r;
+    pthread_mutex_unlock(&b->mu);
+    uint64_t one = 1;
+    if (write(b->efd, &one, sizeof one) < 0)
+        fprintf(stderr, "imbox gateway: eventfd write: %s\n", strerror(errno));
+    return 0;
+}
+
+static void s_free(gw_bus *b)
+{
+    for (int i = 0; i < b->n; i++) {
+        if (b->dealers[i])
+            zmq_close(b->dealers[i]);
+        free(b->endpoints[i]);
+    }
+    free(b->dealers);
+    free(b->endpoints);
+    if (b->efd >= 0)
+        close(b->efd);
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
+
+gw_bus *gw_bus_new(void *zctx, char *const *endpoints, int n, int timeout_ms, char *err,
+                   size_t errlen)
+{
+    gw_bus *b = calloc(1, sizeof *b);
+    if (!b) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&b->mu, NULL);
+    b->n = n;
+    b->timeout_ms = timeout_ms;
+    b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    b->dealers = calloc((size_t)n, sizeof *b->dealers);
+    b->endpoints = calloc((size_t)n, sizeof *b->endpoints);
+    if (b->efd < 0 || !b->dealers || !b->endpoints) {
+        snprintf(err, errlen, "out of memory or eventfd");
+        s_free(b);
+        return NULL;
+    }
+    int one = 1, zero = 0, hwm = BUS_HWM, ivl = 100, ivl_max = 1000;
+    for (int i = 0; i < n; i++) {
+        b->endpoints[i] = strdup(endpoints[i]);
+        void *d = b->dealers[i] = zmq_socket(zctx, ZMQ_DEALER);
+        if (!b->endpoints[i] || !d || zmq_setsockopt(d, ZMQ_IMMEDIATE, &one, sizeof one) ||
+            zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof zero) ||
+            zmq_setsockopt(d, ZMQ_SNDHWM, &hwm, sizeof hwm) ||
+            zmq_setsockopt(d, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
+            zmq_setsockopt(d, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl) ||
+            zmq_setsockopt(d, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max) ||
+            zmq_connect(d, endpoints[i])) {
+            snprintf(err, errlen, "shard %d: connect %s: %s", i, endpoints[i],
+                     zmq_strerror(errno));
+            s_free(b);
+            return NULL;
+        }
+    }
+    int rc = pthread_create(&b->thread, NULL, s_main, b);
+    if (rc) {
+        snprintf(err, errlen, "bus thread: %s", strerror(rc));
+        s_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+void gw_bus_destroy(gw_bus **bp)
+{
+    if (!bp || !*bp)
+        return;
+    gw_bus *b = *bp;
+    pthread_mutex_lock(&b->mu);
+    b->closing = true;
+    pthread_mutex_unlock(&b->mu);
+    uint64_t one = 1;
+    if (write(b->efd, &one, sizeof one) < 0)
+        fprintf(stderr, "imbox gateway: eventfd write: %s\n", strerror(errno));
+    pthread_join(b->thread, NULL);
+    s_free(b);
+    *bp = NULL;
+}

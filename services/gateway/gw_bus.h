@@ -1,0 +1,42 @@
+/*
+ * gw_bus.h - the gateway's connections to the shards: one ZeroMQ DEALER per
+ * shard, owned by one bus thread.
+ *
+ * Any thread hands a request to gw_bus_send(); the bus thread frames it as
+ * [id][body] (shard.proto), sends it, and pairs the reply by id, so many
+ * requests are in flight per shard and replies may come in any order. Each
+ * accepted request's callback runs exactly once, on the bus thread: with the
+ * reply, or with UNAVAILABLE when the shard is not connected (DEALERs are
+ * ZMQ_IMMEDIATE, so a dead shard fails fast instead of queueing) or did not
+ * answer within the timeout. A late reply after a timeout is dropped.
+ *
+ * Wake-up: other threads push onto a mutex-protected queue and write an
+ * eventfd that the bus thread polls beside its sockets, so an idle bus
+ * sleeps in zmq_poll (no busy polling) and a request costs no timer tick.
+ */
+#ifndef IMBOX_GW_BUS_H
+#define IMBOX_GW_BUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct gw_bus gw_bus;
+
+/* status: 0 with the reply body (valid only during the call), or a gRPC
+ * status code (UNAVAILABLE) with why. */
+typedef void (*gw_bus_fn)(void *arg, int status, const char *why, const uint8_t *reply,
+                          size_t len);
+
+/* Connects to endpoints[0..n-1] (shard i at endpoints[i]). NULL on error. */
+gw_bus *gw_bus_new(void *zctx, char *const *endpoints, int n, int timeout_ms, char *err,
+                   size_t errlen);
+
+/* Queues body (malloc'ed; the bus takes it and frees it) for shard. Returns
+ * 0 (fn will be called once) or -1 when the bus is closing (fn is never
+ * called; body is freed). */
+int gw_bus_send(gw_bus *b, int shard, uint8_t *body, size_t len, gw_bus_fn fn, void *arg);
+
+/* Fails what is pending with UNAVAILABLE, stops the thread, frees *b. */
+void gw_bus_destroy(gw_bus **b);
+
+#endif

@@ -1,0 +1,42 @@
+/*
+ * gw_server.h - the gateway: the public gRPC API (imbox.v1.Inbox and
+ * grpc.health.v1.Health/Check) on the gRPC C core, in front of the shards.
+ *
+ * Request path. One completion-queue thread accepts calls (registered
+ * methods, payload delivered with the call), authenticates the token,
+ * decodes and validates the request, and hands it to the bus (gw_bus.h) for
+ * the receiver's shard: a multi-receiver Send is split by shard and sent to
+ * all of them at once. The bus thread gets the shard replies and answers the
+ * call itself (grpc_call_start_batch may be called from any thread), so no
+ * thread ever waits for a shard and no cross-thread wake-up of the
+ * completion queue is needed. The completion-queue thread frees a call when
+ * both of its batches (receive-close, send-status) have completed.
+ *
+ * Threads: gw_start and gw_stop from one controlling thread.
+ */
+#ifndef IMBOX_GW_SERVER_H
+#define IMBOX_GW_SERVER_H
+
+#include <stddef.h>
+
+#include "im_auth.h"
+
+typedef struct gw_config {
+    const char *listen;        /* HOST:PORT */
+    char *const *shards;       /* ZeroMQ endpoints, shard i at shards[i] */
+    int nshards;
+    im_secret secret;          /* tokens and cursors */
+    void *zctx;                /* ZeroMQ context; the caller keeps it alive */
+    int shard_timeout_ms;      /* 0 = default 5000 */
+} gw_config;
+
+typedef struct gw_server gw_server;
+
+/* Binds and starts serving. NULL on failure with err (e.g. port in use). */
+gw_server *gw_start(const gw_config *c, char *err, size_t errlen);
+
+/* Graceful stop: refuses new calls, lets the calls in flight finish (those
+ * still running after grace_ms are cancelled), then frees *g. */
+void gw_stop(gw_server **g, int grace_ms);
+
+#endif

@@ -1,0 +1,603 @@
+/* sh_service.c - see sh_service.h. */
+#include "sh_service.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#include "im_hash.h"
+#include "im_wire.h"
+#include "im_zmq.h"
+#include "imbox/internal/v1/shard.pb.h"
+#include "imbox/v1/imbox.pb.h"
+
+#define SH_SWEEP_MS (10 * 60 * 1000) /* expiry sweep: cheap, and reads hide
+                                        expired messages meanwhile */
+#define SH_IDENT_MAX 256             /* ZeroMQ peer identities are <= 255 */
+#define SH_MAX_RECEIVERS 1024       /* per StoreOp (the API allows 1000) */
+#define SH_RECV_BURST 256            /* requests taken per wake-up before
+                                        replies get a turn */
+
+typedef enum { JOB_STORE = 1, JOB_READ, JOB_ACK } sh_kind;
+
+/* A request waiting for the engine's writer. Owns copies of everything the
+ * engine request points to (the decoded request buffer is reused). */
+typedef struct sh_job {
+    st_req req;
+    sh_kind kind;
+    uint8_t ident[SH_IDENT_MAX];
+    size_t ident_len;
+    uint8_t id[8];
+    char uid[ST_UID_MAX + 1];
+    char sender[ST_UID_MAX + 1];
+    uint32_t limit, max_bytes;
+    st_put *puts;
+    char *blob;             /* receivers, sender, msg_id, content */
+    struct sh_job *next;
+} sh_job;
+
+struct sh_service {
+    sh_config c;
+    st_shard *st;
+    void *router;
+    int efd;
+    pthread_t thread;
+    atomic_bool stop;
+    pthread_mutex_t mu;     /* guards done */
+    sh_job *done;           /* finished jobs, newest first */
+    imbox_internal_v1_ShardRequest *in; /* decode scratch (thread-owned) */
+    imbox_internal_v1_ShardReply *out;  /* encode scratch (thread-owned) */
+    im_buf entries;                     /* page scratch (thread-owned) */
+    char (*recv)[ST_UID_MAX + 1];       /* StoreOp.receivers (thread-owned) */
+    int nrecv;
+};
+
+static int64_t s_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void s_copy(char *dst, size_t cap, const char *src)
+{
+    snprintf(dst, cap, "%s", src);
+}
+
+/* ------------------------------------------------------------- replies */
+
+static bool s_write_entries(pb_ostream_t *s, const pb_field_t *f, void *const *arg)
+{
+    const im_buf *b = *arg;
+    if (!b || b->n == 0)
+        return true;
+    return pb_encode_tag_for_field(s, f) && pb_encode_string(s, b->p, b->n);
+}
+
+static void s_reply_reset(sh_service *sh)
+{
+    memset(sh->out, 0, sizeof *sh->out);
+    sh->entries.n = 0;
+}
+
+/* Sends sh->out (with sh->entries) to the peer. A peer that is gone
+ * (EHOSTUNREACH under ROUTER_MANDATORY) simply loses its reply: the gateway
+ * has already answered its caller UNAVAILABLE. */
+static void s_reply_send(sh_service *sh, const uint8_t *ident, size_t ident_len,
+                         const uint8_t id[8])
+{
+    sh->out->entries.funcs.encode = s_write_entries;
+    sh->out->entries.arg = &sh->entries;
+    uint8_t *buf;
+    size_t n;
+    if (im_pb_encode(imbox_internal_v1_ShardReply_fields, sh->out, NULL, 0, &buf, &n)) {
+        fprintf(stderr, "imbox shard %d: reply does not encode\n", sh->c.index);
+        return;
+    }
+    if (zmq_send(sh->router, ident, ident_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(sh->router, id, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(sh->router, buf, n, ZMQ_DONTWAIT) < 0) {
+        if (errno != EHOSTUNREACH)
+            fprintf(stderr, "imbox shard %d: reply lost: %s\n", sh->c.index, zmq_strerror(errno));
+    }
+    free(buf);
+}
+
+static void s_reply_error(sh_service *sh, const uint8_t *ident, size_t ident_len,
+                          const uint8_t id[8], int code, const char *msg)
+{
+    s_reply_reset(sh);
+    sh->out->code = code;
+    s_copy(sh->out->error, sizeof sh->out->error, msg);
+    s_reply_send(sh, ident, ident_len, id);
+}
+
+/* Reads a page and encodes it as imbox.v1.PullResponse field-1 entries. */
+static void s_read_reply(sh_service *sh, const char *uid, const char *sender, uint64_t after,
+                         uint32_t limit, uint32_t max_bytes)
+{
+    st_page pg;
+    st_error err;
+    int rc = st_read(sh->st, uid, sender, after, limit, max_bytes, &pg, &err);
+    if (rc) {
+        sh->out->code = im_status_of_st(rc);
+        s_copy(sh->out->error, sizeof sh->out->error, err.msg);
+        return;
+    }
+    imbox_v1_Message m;
+    im_bytes_out content;
+    for (size_t i = 0; i < pg.n; i++) {
+        const st_msg *x = &pg.msgs[i];
+        memset(&m, 0, sizeof m);
+        s_copy(m.msg_id, sizeof m.msg_id, x->msg_id);
+        s_copy(m.sender_uid, sizeof m.sender_uid, x->sender);
+        s_copy(m.receiver_uid, sizeof m.receiver_uid, uid);
+        m.send_time_ms = x->send_time_ms;
+        m.msg_type = x->msg_type;
+        content.p = x->content;
+        content.n = x->content_len;
+        m.content.funcs.encode = im_pb_write_bytes;
+        m.content.arg = &content;
+        if (im_pb_append_submsg(&sh->entries, imbox_v1_PullResponse_messages_tag,
+                                imbox_v1_Message_fields, &m)) {
+            sh->out->code = IM_RESOURCE_EXHAUSTED;
+            s_copy(sh->out->error, sizeof sh->out->error, "page does not encode (memory)");
+            st_page_free(&pg);
+            return;
+        }
+    }
+    sh->out->count = (uint32_t)pg.n;
+    sh->out->last_seq = pg.n ? pg.msgs[pg.n - 1].seq : after;
+    sh->out->more = pg.more;
+    st_page_free(&pg);
+}
+
+static void s_counts_reply(sh_service *sh, const char *uid)
+{
+    st_count *v;
+    size_t n;
+    uint64_t total;
+    st_error err;
+    int rc = st_counts(sh->st, uid, &v, &n, &total, &err);
+    if (rc) {
+        sh->out->code = im_status_of_st(rc);
+        s_copy(sh->out->error, sizeof sh->out->error, err.msg);
+        return;
+    }
+    imbox_v1_SenderCount c;
+    for (size_t i = 0; i < n; i++) {
+        memset(&c, 0, sizeof c);
+        s_copy(c.sender_uid, sizeof c.sender_uid, v[i].sender);
+        c.count = v[i].count;
+        c.last_send_time_ms = v[i].last_send_time_ms;
+        if (im_pb_append_submsg(&sh->entries, imbox_v1_CountsResponse_senders_tag,
+                                imbox_v1_SenderCount_fields, &c)) {
+            sh->out->code = IM_RESOURCE_EXHAUSTED;
+            s_copy(sh->out->error, sizeof sh->out->error, "counts do not encode (memory)");
+            break;
+        }
+    }
+    sh->out->total = total;
+    free(v);
+}
+
+/* --------------------------------------------------------- engine jobs */
+
+static void s_job_free(sh_job *j)
+{
+    free(j->puts);
+    free(j->blob);
+    free(j);
+}
+
+static void s_job_done(st_req *r);
+
+static void s_job_finish(sh_service *sh, sh_job *j)
+{
+    s_reply_reset(sh);
+    switch (j->kind) {
+    case JOB_STORE:
+        sh->out->results_count = (pb_size_t)j->req.nputs;
+        for (size_t i = 0; i < j->req.nputs; i++) {
+            const st_put *p = &j->puts[i];
+            imbox_internal_v1_StoreResult *res = &sh->out->results[i];
+            res->code = im_status_of_st(p->code);
+            res->duplicate = p->duplicate;
+            res->seq = p->seq;
+            res->send_time_ms = p->send_time_ms;
+        }
+        break;
+    case JOB_ACK:
+        sh->out->code = im_status_of_st(j->req.err.code);
+        s_copy(sh->out->error, sizeof sh->out->error, j->req.err.msg);
+        sh->out->deleted = j->req.deleted;
+        break;
+    case JOB_READ:
+        if (j->req.err.code) {
+            sh->out->code = im_status_of_st(j->req.err.code);
+            s_copy(sh->out->error, sizeof sh->out->error, j->req.err.msg);
+            break;
+        }
+        sh->out->deleted = j->req.deleted;
+        s_read_reply(sh, j->uid, j->sender[0] ? j->sender : NULL, j->req.upto, j->limit,
+                     j->max_bytes);
+        break;
+    }
+    s_reply_send(sh, j->ident, j->ident_len, j->id);
+    s_job_free(j);
+}
+
+/* Takes the finished jobs and answers them, oldest first. */
+static void s_drain_done(sh_service *sh)
+{
+    uint64_t v;
+    if (read(sh->efd, &v, sizeof v) < 0 && errno != EAGAIN)
+        fprintf(stderr, "imbox shard %d: eventfd: %s\n", sh->c.index, strerror(errno));
+    pthread_mutex_lock(&sh->mu);
+    sh_job *list = sh->done;
+    sh->done = NULL;
+    pthread_mutex_unlock(&sh->mu);
+    sh_job *rev = NULL;
+    while (list) {
+        sh_job *n = list->next;
+        list->next = rev;
+        rev = list;
+        list = n;
+    }
+    while (rev) {
+        sh_job *n = rev->next;
+        s_job_finish(sh, rev);
+        rev = n;
+    }
+}
+
+/* ------------------------------------------------------------ requests */
+
+/* Refuses a uid that another shard owns. */
+static bool s_owned(sh_service *sh, const char *uid, const uint8_t *ident, size_t ident_len,
+                    const uint8_t id[8])
+{
+    int owner = im_shard_of(uid, sh->c.count);
+    if (owner == sh->c.index)
+        return true;
+    char msg[160];
+    snprintf(msg, sizeof msg, "uid '%.64s' belongs to shard %d, this is shard %d of %d", uid,
+             owner, sh->c.index, sh->c.count);
+    s_reply_error(sh, ident, ident_len, id, IM_FAILED_PRECONDITION, msg);
+    return false;
+}
+
+static sh_job *s_job_new(sh_service *sh, sh_kind kind, const uint8_t *ident, size_t ident_len,
+                         const uint8_t id[8])
+{
+    sh_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->kind = kind;
+    memcpy(j->ident, ident, ident_len);
+    j->ident_len = ident_len;
+    memcpy(j->id, id, 8);
+    j->req.done = s_job_done;
+    j->req.arg = sh;
+    return j;
+}
+
+/* Submits j to the engine; on refusal answers at once. */
+static void s_job_submit(sh_service *sh, sh_job *j)
+{
+    if (st_submit(sh->st, &j->req) == ST_OK)
+        return;
+    s_reply_error(sh, j->ident, j->ident_len, j->id, im_status_of_st(j->req.err.code),
+                  j->req.err.msg);
+    s_job_free(j);
+}
+
+static void s_store(sh_service *sh, const imbox_internal_v1_StoreOp *op,
+                    const im_bytes_in *content, const uint8_t *ident, size_t ident_len,
+                    const uint8_t id[8])
+{
+    if (sh->nrecv == 0) {
+        s_reply_error(sh, ident, ident_len, id, IM_INVALID_ARGUMENT, "receivers: empty");
+        return;
+    }
+    for (int i = 0; i < sh->nrecv; i++)
+        if (!s_owned(sh, sh->recv[i], ident, ident_len, id))
+            return;
+    sh_job *j = s_job_new(sh, JOB_STORE, ident, ident_len, id);
+    size_t sl = strlen(op->sender) + 1, ml = strlen(op->msg_id) + 1, rl = 0;
+    for (int i = 0; i < sh->nrecv; i++)
+        rl += strlen(sh->recv[i]) + 1;
+    if (j) {
+        j->puts = calloc((size_t)sh->nrecv, sizeof *j->puts);
+        j->blob = malloc(sl + ml + rl + content->n + 1);
+    }
+    if (!j || !j->puts || !j->blob) {
+        if (j)
+            s_job_free(j);
+        s_reply_error(sh, ident, ident_len, id, IM_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    char *b = j->blob;
+    const char *sender = memcpy(b, op->sender, sl);
+    b += sl;
+    const char *msg_id = memcpy(b, op->msg_id, ml);
+    b += ml;
+    const void *body = b;
+    if (content->n)
+        memcpy(b, content->p, content->n);
+    b += content->n;
+    for (int i = 0; i < sh->nrecv; i++) {
+        size_t n = strlen(sh->recv[i]) + 1;
+        st_put *p = &j->puts[i];
+        p->receiver = memcpy(b, sh->recv[i], n);
+        b += n;
+        p->sender = sender;
+        p->msg_id = msg_id;
+        p->msg_type = op->msg_type;
+        p->content = body;
+        p->content_len = content->n;
+    }
+    j->req.type = ST_REQ_APPEND;
+    j->req.nputs = (size_t)sh->nrecv;
+    j->req.puts = j->puts;
+    s_job_submit(sh, j);
+}
+
+static void s_ack_job(sh_service *sh, sh_kind kind, const char *uid, const char *sender,
+                      uint64_t upto, const uint8_t *ident, size_t ident_len, const uint8_t id[8],
+                      uint32_t limit, uint32_t max_bytes)
+{
+    sh_job *j = s_job_new(sh, kind, ident, ident_len, id);
+    if (!j) {
+        s_reply_error(sh, ident, ident_len, id, IM_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    s_copy(j->uid, sizeof j->uid, uid);
+    s_copy(j->sender, sizeof j->sender, sender);
+    j->limit = limit;
+    j->max_bytes = max_bytes;
+    j->req.type = ST_REQ_ACK;
+    j->req.uid = j->uid;
+    j->req.sender = j->sender[0] ? j->sender : NULL;
+    j->req.upto = upto;
+    s_job_submit(sh, j);
+}
+
+/* A read acks first when asked to (on the writer, like every write), then
+ * reads; without an ack it is answered at once. */
+static void s_read_op(sh_service *sh, const imbox_internal_v1_ReadOp *op, const uint8_t *ident,
+                      size_t ident_len, const uint8_t id[8])
+{
+    if (!s_owned(sh, op->uid, ident, ident_len, id))
+        return;
+    if (op->ack_upto) {
+        s_ack_job(sh, JOB_READ, op->uid, op->sender, op->ack_upto, ident, ident_len, id,
+                  op->limit, op->max_bytes);
+        return;
+    }
+    s_reply_reset(sh);
+    s_read_reply(sh, op->uid, op->sender[0] ? op->sender : NULL, 0, op->limit, op->max_bytes);
+    s_reply_send(sh, ident, ident_len, id);
+}
+
+/* StoreOp.receivers, decoded by callback into sh->recv. The gateway has
+ * validated them; anything else talking to this port is refused whole. */
+static bool s_read_receiver(pb_istream_t *s, const pb_field_t *f, void **arg)
+{
+    (void)f;
+    sh_service *sh = *arg;
+    size_t n = s->bytes_left;
+    if (sh->nrecv == SH_MAX_RECEIVERS || n > ST_UID_MAX)
+        PB_RETURN_ERROR(s, "too many receivers or a receiver over 64 bytes");
+    char *dst = sh->recv[sh->nrecv++];
+    if (!pb_read(s, (uint8_t *)dst, n))
+        return false;
+    dst[n] = 0;
+    return true;
+}
+
+static void s_handle(sh_service *sh, const uint8_t *ident, size_t ident_len, const uint8_t id[8],
+                     const uint8_t *body, size_t len)
+{
+    imbox_internal_v1_ShardRequest *in = sh->in;
+    memset(in, 0, sizeof *in);
+    sh->nrecv = 0;
+    im_bytes_in content = {.max = ST_CONTENT_MAX};
+    in->store.receivers.funcs.decode = s_read_receiver;
+    in->store.receivers.arg = sh;
+    in->store.content.funcs.decode = im_pb_read_bytes;
+    in->store.content.arg = &content;
+    pb_istream_t is = pb_istream_from_buffer(body, len);
+    if (!pb_decode(&is, imbox_internal_v1_ShardRequest_fields, in) || content.over) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "request does not decode: %s",
+                 content.over ? "content too large" : PB_GET_ERROR(&is));
+        s_reply_error(sh, ident, ident_len, id, IM_INVALID_ARGUMENT, msg);
+        free(content.p);
+        return;
+    }
+    int ops = in->has_store + in->has_read + in->has_ack + in->has_counts;
+    if (ops != 1) {
+        s_reply_error(sh, ident, ident_len, id, IM_INVALID_ARGUMENT,
+                      "request must hold exactly one operation");
+    } else if (in->has_store) {
+        s_store(sh, &in->store, &content, ident, ident_len, id);
+    } else if (in->has_read) {
+        s_read_op(sh, &in->read, ident, ident_len, id);
+    } else if (in->has_ack) {
+        const imbox_internal_v1_AckOp *op = &in->ack;
+        if (s_owned(sh, op->uid, ident, ident_len, id))
+            s_ack_job(sh, JOB_ACK, op->uid, op->sender, op->upto, ident, ident_len, id, 0, 0);
+    } else if (s_owned(sh, in->counts.uid, ident, ident_len, id)) {
+        s_reply_reset(sh);
+        s_counts_reply(sh, in->counts.uid);
+        s_reply_send(sh, ident, ident_len, id);
+    }
+    free(content.p);
+}
+
+/* Receives one request: [identity][id (8 bytes)][body]. Malformed framing
+ * is dropped (there is no id to answer to). Returns false when none is
+ * waiting. */
+static bool s_recv_one(sh_service *sh)
+{
+    zmq_msg_t parts[3];
+    int n = im_zmq_recv(sh->router, parts, 3);
+    if (n == 3 && zmq_msg_size(&parts[0]) <= SH_IDENT_MAX && zmq_msg_size(&parts[1]) == 8)
+        s_handle(sh, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), zmq_msg_data(&parts[1]),
+                 zmq_msg_data(&parts[2]), zmq_msg_size(&parts[2]));
+    else if (n > 0)
+        fprintf(stderr, "imbox shard %d: dropped a request with %d frames\n", sh->c.index, n);
+    im_zmq_close(parts, n, 3);
+    return n > 0;
+}
+
+static void s_sweep(sh_service *sh)
+{
+    uint64_t purged = 0;
+    st_error err;
+    if (st_expire(sh->st, &purged, &err))
+        fprintf(stderr, "imbox shard %d: expiry sweep: %s\n", sh->c.index, err.msg);
+    else if (purged)
+        fprintf(stderr, "imbox shard %d: purged %llu expired messages\n", sh->c.index,
+                (unsigned long long)purged);
+}
+
+static void *s_main(void *arg)
+{
+    sh_service *sh = arg;
+    int64_t period = sh->c.sweep_ms > 0 ? sh->c.sweep_ms : SH_SWEEP_MS;
+    int64_t next_sweep = s_mono_ms() + period;
+    zmq_pollitem_t items[2] = {
+        {.socket = sh->router, .events = ZMQ_POLLIN},
+        {.fd = sh->efd, .events = ZMQ_POLLIN},
+    };
+    while (!atomic_load(&sh->stop)) {
+        int64_t wait = next_sweep - s_mono_ms();
+        if (zmq_poll(items, 2, wait > 0 ? wait : 0) < 0 && errno != EINTR) {
+            fprintf(stderr, "imbox shard %d: poll: %s\n", sh->c.index, zmq_strerror(errno));
+            break;
+        }
+        if (items[1].revents & ZMQ_POLLIN)
+            s_drain_done(sh);
+        for (int i = 0; i < SH_RECV_BURST && s_recv_one(sh); i++)
+            ;
+        if (s_mono_ms() >= next_sweep) {
+            s_sweep(sh);
+            next_sweep = s_mono_ms() + period;
+        }
+    }
+    /* Every accepted request completes before st_close returns; answer
+     * them while the socket is still open. */
+    st_close(&sh->st);
+    s_drain_done(sh);
+    return NULL;
+}
+
+/* Engine callback, on the writer thread: queue the job, wake the thread. */
+static void s_job_done(st_req *r)
+{
+    sh_service *sh = r->arg;
+    sh_job *j = (sh_job *)r; /* req is the first member */
+    pthread_mutex_lock(&sh->mu);
+    j->next = sh->done;
+    sh->done = j;
+    pthread_mutex_unlock(&sh->mu);
+    uint64_t one = 1;
+    if (write(sh->efd, &one, sizeof one) < 0)
+        fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index, strerror(errno));
+}
+
+/* --------------------------------------------------------- start, stop */
+
+static void s_free(sh_service *sh)
+{
+    st_close(&sh->st);
+    if (sh->router)
+        zmq_close(sh->router);
+    if (sh->efd >= 0)
+        close(sh->efd);
+    pthread_mutex_destroy(&sh->mu);
+    im_buf_free(&sh->entries);
+    free(sh->in);
+    free(sh->out);
+    free(sh->recv);
+    free(sh);
+}
+
+sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
+{
+    sh_service *sh = calloc(1, sizeof *sh);
+    if (!sh) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    sh->c = *c;
+    sh->efd = -1;
+    pthread_mutex_init(&sh->mu, NULL);
+    if (c->count < 1 || c->index < 0 || c->index >= c->count) {
+        snprintf(err, errlen, "shard index %d out of 0..%d", c->index, c->count - 1);
+        s_free(sh);
+        return NULL;
+    }
+    sh->in = malloc(sizeof *sh->in);
+    sh->out = malloc(sizeof *sh->out);
+    sh->recv = malloc(SH_MAX_RECEIVERS * sizeof *sh->recv);
+    sh->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (!sh->in || !sh->out || !sh->recv || sh->efd < 0) {
+        snprintf(err, errlen, "out of memory or eventfd: %s", strerror(errno));
+        s_free(sh);
+        return NULL;
+    }
+    mkdir(c->dir, 0700);
+    st_error e;
+    if (st_open(c->dir, &c->st, &sh->st, &e)) {
+        snprintf(err, errlen, "shard %d: %s", c->index, e.msg);
+        s_free(sh);
+        return NULL;
+    }
+    sh->router = zmq_socket(c->zctx, ZMQ_ROUTER);
+    int one = 1, linger = 1000, hwm = 100000;
+    if (!sh->router || zmq_setsockopt(sh->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
+        zmq_setsockopt(sh->router, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_setsockopt(sh->router, ZMQ_SNDHWM, &hwm, sizeof hwm) ||
+        zmq_setsockopt(sh->router, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
+        zmq_bind(sh->router, c->endpoint)) {
+        snprintf(err, errlen, "shard %d: bind %s: %s", c->index, c->endpoint,
+                 zmq_strerror(errno));
+        s_free(sh);
+        return NULL;
+    }
+    int rc = pthread_create(&sh->thread, NULL, s_main, sh);
+    if (rc) {
+        snprintf(err, errlen, "shard %d: thread: %s", c->index, strerror(rc));
+        s_free(sh);
+        return NULL;
+    }
+    return sh;
+}
+
+void sh_stop(sh_service **sp)
+{
+    if (!sp || !*sp)
+        return;
+    sh_service *sh = *sp;
+    atomic_store(&sh->stop, true);
+    uint64_t one = 1;
+    if (write(sh->efd, &one, sizeof one) < 0)
+        fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index, strerror(errno));
+    pthread_join(sh->thread, NULL);
+    s_free(sh);
+    *sp = NULL;
+}
