@@ -91,7 +91,11 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 /* rm -rf `path`; a missing path is not an error. */
 static int rm_tree(const char *path) {
     struct stat st;
-    if (lstat(path, &st) != 0) return errno == ENOENT ? 0 : -1;
+    if (lstat(path, &st) != 0) {
+        if (errno == ENOENT) return 0;
+        fprintf(stderr, "storage_bench: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
     return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) == 0 ? 0 : -1;
 }
 
@@ -564,9 +568,16 @@ int main(int argc, char **argv) {
         }
         dir = tmpdir;
         own_dir = true;
-    } else if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        fprintf(stderr, "storage_bench: mkdir %s: %s\n", dir, strerror(errno));
-        return 1;
+    } else {
+        struct stat st;
+        if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+            fprintf(stderr, "storage_bench: mkdir %s: %s\n", dir, strerror(errno));
+            return 1;
+        }
+        if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "storage_bench: --dir %s is not a directory\n", dir);
+            return 1;
+        }
     }
 
     char *content = malloc(content_len ? content_len : 1);

@@ -81,6 +81,9 @@ const char *st_code_name(int code);
  */
 int st_check_uid(const char *uid, const char *field, st_error *err);
 
+/* Whether p[0..n) is valid UTF-8 (no overlongs, surrogates, or > U+10FFFF). */
+bool st_utf8_valid(const char *p, size_t n);
+
 /* ---------------------------------------------------------------- options */
 
 typedef int64_t (*st_clock_fn)(void *ctx); /* ms since the Unix epoch */
