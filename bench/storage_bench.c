@@ -305,6 +305,168 @@ out:
     return ret;
 }
 
+/* ------------------------------------------------ async append phase */
+
+/*
+ * The shard service's way of using the engine: one thread, C requests in
+ * flight (st_submit + callback), no thread per appender. Each callback (on
+ * the engine's writer thread) records the latency and submits the next
+ * append at once, so exactly C appends are always waiting or committing.
+ */
+typedef struct aslot {
+    st_req req;
+    st_put put;
+    char receiver[32], msg_id[48];
+    uint64_t t0, n;
+    int id;
+    struct actx *ctx;
+} aslot;
+
+typedef struct actx {
+    st_shard *shard;
+    const char *content;
+    size_t content_len;
+    atomic_bool stop;
+    atomic_int inflight, failed;
+    uint64_t ops;          /* writer thread only */
+    uint64_t *lat;         /* writer thread only */
+    size_t nlat, cap;
+    st_error err;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} actx;
+
+static void aslot_prepare(aslot *a)
+{
+    uint64_t r = 0x9E3779B97F4A7C15ull * (a->n * 1000003u + (uint64_t)a->id + 1);
+    snprintf(a->receiver, sizeof a->receiver, "user-%03u", (unsigned)((r >> 17) % RECEIVERS));
+    snprintf(a->msg_id, sizeof a->msg_id, "a%d-%" PRIu64, a->id, a->n++);
+    a->put = (st_put){.receiver = a->receiver, .sender = "bench", .msg_id = a->msg_id,
+                      .msg_type = 1, .content = a->ctx->content,
+                      .content_len = a->ctx->content_len};
+    a->req.type = ST_REQ_APPEND;
+    a->req.puts = &a->put;
+    a->req.nputs = 1;
+    a->t0 = now_ns();
+}
+
+static void aslot_retire(actx *x)
+{
+    pthread_mutex_lock(&x->mu);
+    if (atomic_fetch_sub(&x->inflight, 1) == 1)
+        pthread_cond_signal(&x->cv);
+    pthread_mutex_unlock(&x->mu);
+}
+
+static void aslot_done(st_req *r)
+{
+    aslot *a = r->arg;
+    actx *x = a->ctx;
+    uint64_t dt = now_ns() - a->t0;
+    if (r->err.code != ST_OK || a->put.code != ST_OK || a->put.duplicate) {
+        x->err = r->err;
+        if (r->err.code == ST_OK)
+            snprintf(x->err.msg, sizeof x->err.msg, "put code %d duplicate %d", a->put.code,
+                     a->put.duplicate);
+        atomic_store(&x->failed, 1);
+        atomic_store(&x->stop, true);
+    } else {
+        if (x->nlat == x->cap) {
+            size_t cap = x->cap ? 2 * x->cap : 65536;
+            uint64_t *l = realloc(x->lat, cap * sizeof *l);
+            if (l) {
+                x->lat = l;
+                x->cap = cap;
+            }
+        }
+        if (x->nlat < x->cap)
+            x->lat[x->nlat++] = dt;
+        x->ops++;
+    }
+    if (!atomic_load(&x->stop)) {
+        aslot_prepare(a);
+        if (st_submit(x->shard, &a->req) == ST_OK)
+            return;
+        atomic_store(&x->failed, 1);
+    }
+    aslot_retire(x);
+}
+
+static int bench_append_async(const char *base, int c, double seconds, const char *content,
+                              size_t content_len)
+{
+    char dir[PATH_MAX];
+    if (snprintf(dir, sizeof dir, "%s/async-%d", base, c) >= (int)sizeof dir ||
+        rm_tree(dir) != 0)
+        return 1;
+    st_options o;
+    st_options_init(&o);
+    actx x = {.content = content, .content_len = content_len};
+    pthread_mutex_init(&x.mu, NULL);
+    pthread_cond_init(&x.cv, NULL);
+    int rc = st_open(dir, &o, &x.shard, &x.err);
+    if (rc != ST_OK) {
+        fail_engine("st_open", rc, &x.err);
+        return 1;
+    }
+    aslot *slots = calloc((size_t)c, sizeof *slots);
+    if (!slots) {
+        st_close(&x.shard);
+        return 1;
+    }
+    double t0 = now_s();
+    for (int i = 0; i < c; i++) {
+        slots[i].id = i;
+        slots[i].ctx = &x;
+        slots[i].req.done = aslot_done;
+        slots[i].req.arg = &slots[i];
+        aslot_prepare(&slots[i]);
+        atomic_fetch_add(&x.inflight, 1);
+        if (st_submit(x.shard, &slots[i].req) != ST_OK) {
+            atomic_fetch_sub(&x.inflight, 1);
+            atomic_store(&x.failed, 1);
+            break;
+        }
+    }
+    while (!atomic_load(&x.stop) && now_s() - t0 < seconds) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    atomic_store(&x.stop, true);
+    pthread_mutex_lock(&x.mu);
+    while (atomic_load(&x.inflight) > 0)
+        pthread_cond_wait(&x.cv, &x.mu);
+    pthread_mutex_unlock(&x.mu);
+    double secs = now_s() - t0;
+    st_stats stats;
+    st_stats_get(x.shard, &stats);
+    st_close(&x.shard);
+    int ret = 1;
+    if (atomic_load(&x.failed)) {
+        fail_engine("async append", x.err.code ? x.err.code : ST_EIO, &x.err);
+    } else {
+        double sum = 0;
+        for (size_t i = 0; i < x.nlat; i++)
+            sum += (double)x.lat[i];
+        qsort(x.lat, x.nlat, sizeof *x.lat, cmp_u64);
+        printf("append_async inflight=%d ops=%" PRIu64 " secs=%.3f ops_per_s=%.0f mean_us=%.1f "
+               "p99_us=%.1f commits=%" PRIu64 " puts_per_commit=%.2f max_batch=%" PRIu64 "\n",
+               c, x.ops, secs, (double)x.ops / secs, x.nlat ? sum / (double)x.nlat / 1e3 : 0,
+               x.nlat ? (double)x.lat[(size_t)((double)(x.nlat - 1) * 0.99)] / 1e3 : 0,
+               stats.commits, stats.commits ? (double)stats.appends / (double)stats.commits : 0,
+               stats.max_batch);
+        fflush(stdout);
+        ret = stats.appends == x.ops ? 0 : 1;
+    }
+    free(x.lat);
+    free(slots);
+    pthread_cond_destroy(&x.cv);
+    pthread_mutex_destroy(&x.mu);
+    if (rm_tree(dir) != 0)
+        ret = 1;
+    return ret;
+}
+
 /* ---------------------------------------------------------- drain phase */
 
 static int fill_inbox(st_shard *s, uint64_t n, const char *content, size_t content_len) {
@@ -599,6 +761,8 @@ int main(int argc, char **argv) {
     int rc = 0;
     for (int i = 0; i < nlevels && rc == 0; i++)
         rc = bench_append(dir, levels[i], seconds, content, (size_t)content_len);
+    for (int i = 0; i < nlevels && rc == 0; i++)
+        rc = bench_append_async(dir, levels[i], seconds, content, (size_t)content_len);
     if (rc == 0 && drain > 0) {
         rc = bench_drain(dir, drain, (uint32_t)page, content, (size_t)content_len);
         if (rc == 0 && page != ST_PAGE_MAX)
