@@ -19,8 +19,11 @@
  *   Parsed from the right: the last 32 bytes are the MAC, before them a ".",
  *   the digits of the expiry, a "." and the uid.
  *
- *   cursor  = b64url( 0x01 | seq | tag )                    (25 bytes)
+ *   cursor  = b64url( 0x01 | seq | n | sender | tag )   (26 + n bytes)
  *     seq    u64 big-endian: the last sequence number the page returned
+ *     n      1 byte, the length of sender (0..64)
+ *     sender the scope: "" for the whole inbox, else the conversation's
+ *            sender (an Ack carries nothing but the cursor)
  *     tag    first 16 bytes of HMAC-SHA256(secret,
  *              "imbox-cursor-v1" 0x00 owner 0x00 sender 0x00 seq)
  *            with sender "" for a whole-inbox cursor and seq the same

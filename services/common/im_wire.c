@@ -1,6 +1,7 @@
 /* im_wire.c - see im_wire.h. */
 #include "im_wire.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -117,4 +118,80 @@ bool im_pb_read_bytes(pb_istream_t *s, const pb_field_t *f, void **arg)
     if (!in->p)
         PB_RETURN_ERROR(s, "out of memory");
     return pb_read(s, in->p, in->n);
+}
+
+bool im_pb_read_str(pb_istream_t *s, const pb_field_t *f, void **arg)
+{
+    (void)f;
+    im_str_in *in = *arg;
+    size_t n = s->bytes_left;
+    in->n = 0;
+    in->over = 0;
+    in->nul = false;
+    in->p[0] = 0;
+    if (n + 1 > in->cap) {
+        in->over = n;
+        return pb_read(s, NULL, n);
+    }
+    if (!pb_read(s, (pb_byte_t *)in->p, n))
+        return false;
+    in->p[n] = 0;
+    in->n = n;
+    in->nul = memchr(in->p, 0, n) != NULL;
+    return true;
+}
+
+int im_str_check(const im_str_in *in, const char *field, size_t max, bool utf8, char *msg,
+                 size_t cap)
+{
+    if (in->over || in->n > max)
+        return snprintf(msg, cap, "%s: %zu bytes, at most %zu", field,
+                        in->over ? in->over : in->n, max), -1;
+    if (in->nul)
+        return snprintf(msg, cap, "%s: contains a NUL byte", field), -1;
+    if (utf8 && !st_utf8_valid(in->p, in->n))
+        return snprintf(msg, cap, "%s: not valid UTF-8", field), -1;
+    return 0;
+}
+
+bool im_pb_check_wire(const pb_msgdesc_t *fields, const uint8_t *buf, size_t len,
+                      const char **why)
+{
+    pb_istream_t s = pb_istream_from_buffer(buf, len);
+    pb_field_iter_t it;
+    bool have = pb_field_iter_begin_const(&it, fields, NULL);
+    while (s.bytes_left) {
+        pb_wire_type_t wt;
+        uint32_t tag;
+        bool eof;
+        if (!pb_decode_tag(&s, &wt, &tag, &eof)) {
+            *why = eof ? "truncated field tag" : PB_GET_ERROR(&s);
+            return false;
+        }
+        if (have && pb_field_iter_find(&it, tag)) {
+            pb_wire_type_t want;
+            switch (PB_LTYPE(it.type)) {
+            case PB_LTYPE_BOOL:
+            case PB_LTYPE_VARINT:
+            case PB_LTYPE_UVARINT:
+            case PB_LTYPE_SVARINT:
+                want = PB_HTYPE(it.type) == PB_HTYPE_REPEATED && wt == PB_WT_STRING
+                           ? PB_WT_STRING /* packed */
+                           : PB_WT_VARINT;
+                break;
+            case PB_LTYPE_FIXED32: want = PB_WT_32BIT; break;
+            case PB_LTYPE_FIXED64: want = PB_WT_64BIT; break;
+            default: want = PB_WT_STRING; break;
+            }
+            if (wt != want) {
+                *why = "a field has the wrong wire type";
+                return false;
+            }
+        }
+        if (!pb_skip_field(&s, wt)) {
+            *why = PB_GET_ERROR(&s);
+            return false;
+        }
+    }
+    return true;
 }

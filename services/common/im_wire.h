@@ -14,6 +14,7 @@
 
 #include <pb.h>
 #include <pb_decode.h>
+#include <pb_common.h>
 #include <pb_encode.h>
 
 /* gRPC status codes, by number, for code that does not include grpc.h. */
@@ -77,5 +78,36 @@ typedef struct im_bytes_in {
     size_t over;
 } im_bytes_in;
 bool im_pb_read_bytes(pb_istream_t *s, const pb_field_t *f, void **arg);
+
+/* Decode side of a string FT_CALLBACK field from a client: cb.funcs.decode
+ * = im_pb_read_str, cb.arg = an im_str_in with p/cap set (cap counts the
+ * NUL). The string lands NUL-terminated in p; a longer one is skipped and
+ * its size recorded in `over`; `nul` flags an embedded 0x00. Check both
+ * before using p (im_str_check). A field seen twice keeps the last value,
+ * as protobuf says. */
+typedef struct im_str_in {
+    char *p;
+    size_t cap;
+    size_t n;
+    size_t over;
+    bool nul;
+} im_str_in;
+bool im_pb_read_str(pb_istream_t *s, const pb_field_t *f, void **arg);
+
+/*
+ * Checks that every top-level field of the encoded message buf[0..len) that
+ * `fields` knows has the wire type of its declared type (nanopb checks this
+ * for static fields but hands a callback field's bytes over whatever wire
+ * type arrived). Unknown fields are allowed, as protobuf says. Returns true,
+ * or false with *why set.
+ */
+bool im_pb_check_wire(const pb_msgdesc_t *fields, const uint8_t *buf, size_t len,
+                      const char **why);
+
+/* Formats into msg (cap bytes) why the string `field` is unusable: too long
+ * (over max bytes), a NUL byte, or (when utf8) not UTF-8. Returns 0 when it
+ * is fine. */
+int im_str_check(const im_str_in *in, const char *field, size_t max, bool utf8, char *msg,
+                 size_t cap);
 
 #endif

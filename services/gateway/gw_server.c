@@ -76,6 +76,7 @@ struct gw_call {
     grpc_byte_buffer *payload;
     gw_tag t_new, t_close, t_send;
     int refs;                  /* batches in flight (CQ thread only) */
+    bool accepted;             /* counted in gw_server.active */
     int cancelled;
     grpc_byte_buffer *resp;
     grpc_slice status_details;
@@ -98,10 +99,9 @@ struct gw_server {
     gw_bus *bus;
     pthread_t thread;
     atomic_bool stopping;
+    atomic_int active;        /* calls accepted and not yet freed */
     int shutdown_tag;
-    pthread_mutex_t mu;       /* guards shutdown_done */
-    pthread_cond_t cv;
-    bool shutdown_done;
+    atomic_bool shutdown_done;
     /* scratch, owned by the CQ thread */
     imbox_v1_SendRequest *send_req;
     imbox_internal_v1_ShardRequest *shard_req;
@@ -113,6 +113,8 @@ struct gw_server {
 
 static void s_call_free(gw_call *c)
 {
+    if (c->accepted)
+        atomic_fetch_sub(&c->g->active, 1);
     if (c->call)
         grpc_call_unref(c->call);
     grpc_metadata_array_destroy(&c->md);
@@ -269,15 +271,27 @@ static int s_decode(gw_call *c, const pb_msgdesc_t *fields, void *msg, const cha
     }
     grpc_slice s = grpc_byte_buffer_reader_readall(&r);
     grpc_byte_buffer_reader_destroy(&r);
+    const char *why = NULL;
     pb_istream_t is = pb_istream_from_buffer(GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s));
-    bool ok = pb_decode(&is, fields, msg);
+    bool ok = im_pb_check_wire(fields, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s), &why) &&
+              pb_decode(&is, fields, msg);
     grpc_slice_unref(s);
     if (!ok) {
         s_respond_errf(c, IM_INVALID_ARGUMENT, "%s does not decode: %s", name,
-                       PB_GET_ERROR(&is));
+                       why ? why : PB_GET_ERROR(&is));
         return -1;
     }
     return 0;
+}
+
+/* Checks a string field decoded by im_pb_read_str; answers on error. */
+static int s_str(gw_call *c, const im_str_in *in, const char *field, size_t max, bool utf8)
+{
+    char msg[160];
+    if (im_str_check(in, field, max, utf8, msg, sizeof msg) == 0)
+        return 0;
+    s_respond(c, IM_INVALID_ARGUMENT, msg, NULL, 0);
+    return -1;
 }
 
 /* Encodes g->shard_req and sends it to shard; fn(arg) gets the reply. */
@@ -412,15 +426,16 @@ static bool s_read_uid(pb_istream_t *s, const pb_field_t *f, void **arg)
 }
 
 /* Field checks of a decoded SendRequest; all or nothing. 0 or answers. */
-static int s_send_check(gw_call *c, const imbox_v1_SendRequest *q, const gw_uids *u,
+static int s_send_check(gw_call *c, const im_str_in *msg_id, const gw_uids *u,
                         const im_bytes_in *content)
 {
-    size_t idn = strlen(q->msg_id);
-    if (idn == 0 || idn > GW_MAX_MSGID) {
-        s_respond_errf(c, IM_INVALID_ARGUMENT, "msg_id: %zu bytes, must be 1..%d", idn,
+    if (msg_id->n == 0 && !msg_id->over) {
+        s_respond_errf(c, IM_INVALID_ARGUMENT, "msg_id: empty, must be 1..%d bytes",
                        GW_MAX_MSGID);
         return -1;
     }
+    if (s_str(c, msg_id, "msg_id", GW_MAX_MSGID, true))
+        return -1;
     if (u->total == 0 || u->total > GW_MAX_RECEIVERS) {
         s_respond_errf(c, IM_INVALID_ARGUMENT, "receiver_uids: %d receivers, must be 1..%d",
                        u->total, GW_MAX_RECEIVERS);
@@ -528,6 +543,11 @@ static void s_send(gw_call *c)
     memset(&q, 0, sizeof q);
     gw_uids u = {.v = malloc(GW_MAX_RECEIVERS * sizeof *u.v), .bad = -1};
     im_bytes_in content = {.max = GW_MAX_CONTENT};
+    char msg_id[GW_MAX_MSGID + 1];
+    im_str_in mid = {.p = msg_id, .cap = sizeof msg_id};
+    msg_id[0] = 0;
+    q.msg_id.funcs.decode = im_pb_read_str;
+    q.msg_id.arg = &mid;
     q.receiver_uids.funcs.decode = s_read_uid;
     q.receiver_uids.arg = &u;
     q.content.funcs.decode = im_pb_read_bytes;
@@ -538,7 +558,7 @@ static void s_send(gw_call *c)
         goto out;
     }
     if (s_decode(c, imbox_v1_SendRequest_fields, &q, "SendRequest") ||
-        s_send_check(c, &q, &u, &content) || s_send_dups(c, &u))
+        s_send_check(c, &mid, &u, &content) || s_send_dups(c, &u))
         goto out;
     c->nrecv = u.n;
     c->receivers = u.v;
@@ -559,7 +579,7 @@ static void s_send(gw_call *c)
         sr->has_store = true;
         imbox_internal_v1_StoreOp *op = &sr->store;
         snprintf(op->sender, sizeof op->sender, "%s", c->uid);
-        snprintf(op->msg_id, sizeof op->msg_id, "%s", q.msg_id);
+        memcpy(op->msg_id, msg_id, mid.n + 1);
         op->msg_type = q.msg_type;
         op->content.funcs.encode = im_pb_write_bytes;
         op->content.arg = &body;
@@ -594,11 +614,27 @@ static void s_on_pull(void *arg, int status, const char *why, const uint8_t *rep
     free(entries.p);
 }
 
-/* Parses a request's cursor into seq and its scope; answers on error. */
-static int s_cursor(gw_call *c, const char *cursor, uint64_t *seq, char *scope)
+/* A request's cursor, decoded by callback, then parsed. */
+typedef struct gw_cursor {
+    char text[IM_CURSOR_MAX];
+    im_str_in in;
+} gw_cursor;
+
+static void s_cursor_init(gw_cursor *k, pb_callback_t *cb)
+{
+    k->text[0] = 0;
+    k->in = (im_str_in){.p = k->text, .cap = sizeof k->text};
+    cb->funcs.decode = im_pb_read_str;
+    cb->arg = &k->in;
+}
+
+/* Checks and parses a decoded cursor into seq and scope; answers on error. */
+static int s_cursor(gw_call *c, const gw_cursor *k, uint64_t *seq, char *scope)
 {
     const char *why = "cursor: malformed";
-    if (im_cursor_scope(&c->g->c.secret, c->uid, cursor, strlen(cursor), seq, scope, &why)) {
+    if (s_str(c, &k->in, "cursor", sizeof k->text - 1, false))
+        return -1;
+    if (im_cursor_scope(&c->g->c.secret, c->uid, k->text, k->in.n, seq, scope, &why)) {
         s_respond(c, IM_INVALID_ARGUMENT, why, NULL, 0);
         return -1;
     }
@@ -608,6 +644,12 @@ static int s_cursor(gw_call *c, const char *cursor, uint64_t *seq, char *scope)
 static void s_pull(gw_call *c)
 {
     imbox_v1_PullRequest q = {0};
+    gw_cursor k;
+    char sender[ST_UID_MAX + 1] = "";
+    im_str_in sin = {.p = sender, .cap = sizeof sender};
+    s_cursor_init(&k, &q.cursor);
+    q.sender_uid.funcs.decode = im_pb_read_str;
+    q.sender_uid.arg = &sin;
     if (s_decode(c, imbox_v1_PullRequest_fields, &q, "PullRequest"))
         return;
     if (q.page_size > GW_PAGE_MAX) {
@@ -616,28 +658,30 @@ static void s_pull(gw_call *c)
         return;
     }
     st_error e;
-    if (q.sender_uid[0] && st_check_uid(q.sender_uid, "sender_uid", &e)) {
+    if (s_str(c, &sin, "sender_uid", ST_UID_MAX, false))
+        return;
+    if (sender[0] && st_check_uid(sender, "sender_uid", &e)) {
         s_respond(c, IM_INVALID_ARGUMENT, e.msg, NULL, 0);
         return;
     }
     uint64_t seq;
     char scope[ST_UID_MAX + 1] = "";
-    if (s_cursor(c, q.cursor, &seq, scope))
+    if (s_cursor(c, &k, &seq, scope))
         return;
-    if (q.cursor[0] && strcmp(scope, q.sender_uid) != 0) {
+    if (k.in.n && strcmp(scope, sender) != 0) {
         s_respond_errf(c, IM_INVALID_ARGUMENT,
                        "cursor: it belongs to %s%s%s, not to this request's sender_uid",
                        scope[0] ? "the conversation with '" : "the whole inbox", scope,
                        scope[0] ? "'" : "");
         return;
     }
-    snprintf(c->sender, sizeof c->sender, "%.*s", ST_UID_MAX, q.sender_uid);
+    memcpy(c->sender, sender, sizeof c->sender);
     imbox_internal_v1_ShardRequest *sr = c->g->shard_req;
     memset(sr, 0, sizeof *sr);
     sr->has_read = true;
     imbox_internal_v1_ReadOp *op = &sr->read;
     snprintf(op->uid, sizeof op->uid, "%s", c->uid);
-    snprintf(op->sender, sizeof op->sender, "%s", q.sender_uid);
+    memcpy(op->sender, sender, sizeof sender);
     op->ack_upto = seq;
     op->limit = q.page_size ? q.page_size : GW_PAGE_DEFAULT;
     op->max_bytes = GW_PAGE_BYTES;
@@ -658,16 +702,18 @@ static void s_on_ack(void *arg, int status, const char *why, const uint8_t *repl
 static void s_ack(gw_call *c)
 {
     imbox_v1_AckRequest q = {0};
+    gw_cursor k;
+    s_cursor_init(&k, &q.cursor);
     if (s_decode(c, imbox_v1_AckRequest_fields, &q, "AckRequest"))
         return;
-    if (!q.cursor[0]) {
+    if (k.in.n == 0 && !k.in.over) {
         s_respond(c, IM_INVALID_ARGUMENT, "cursor: empty (pass a Pull response's cursor)",
                   NULL, 0);
         return;
     }
     uint64_t seq;
     char scope[ST_UID_MAX + 1] = "";
-    if (s_cursor(c, q.cursor, &seq, scope))
+    if (s_cursor(c, &k, &seq, scope))
         return;
     imbox_internal_v1_ShardRequest *sr = c->g->shard_req;
     memset(sr, 0, sizeof *sr);
@@ -821,10 +867,7 @@ static void *s_main(void *arg)
         if (ev.type != GRPC_OP_COMPLETE)
             continue;
         if (ev.tag == &g->shutdown_tag) {
-            pthread_mutex_lock(&g->mu);
-            g->shutdown_done = true;
-            pthread_cond_signal(&g->cv);
-            pthread_mutex_unlock(&g->mu);
+            atomic_store(&g->shutdown_done, true);
             grpc_completion_queue_shutdown(g->cq);
             continue;
         }
@@ -836,6 +879,8 @@ static void *s_main(void *arg)
                 s_call_free(c);
                 break;
             }
+            c->accepted = true;
+            atomic_fetch_add(&g->active, 1);
             if (!atomic_load(&g->stopping))
                 s_arm(g, c->m);
             s_on_new(c);
@@ -859,8 +904,6 @@ static void s_free(gw_server *g)
         grpc_server_destroy(g->server);
     if (g->cq)
         grpc_completion_queue_destroy(g->cq);
-    pthread_cond_destroy(&g->cv);
-    pthread_mutex_destroy(&g->mu);
     free(g->send_req);
     free(g->shard_req);
     free(g->shard_reply);
@@ -877,8 +920,6 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
     g->c = *c;
     if (g->c.shard_timeout_ms <= 0)
         g->c.shard_timeout_ms = GW_SHARD_TIMEOUT_MS;
-    pthread_mutex_init(&g->mu, NULL);
-    pthread_cond_init(&g->cv, NULL);
     g->send_req = malloc(sizeof *g->send_req);
     g->shard_req = malloc(sizeof *g->shard_req);
     g->shard_reply = malloc(sizeof *g->shard_reply);
@@ -934,24 +975,21 @@ void gw_stop(gw_server **gp, int grace_ms)
     gw_server *g = *gp;
     atomic_store(&g->stopping, true);
     grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += grace_ms / 1000;
-    until.tv_nsec += (long)(grace_ms % 1000) * 1000000;
-    if (until.tv_nsec >= 1000000000) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000;
-    }
-    pthread_mutex_lock(&g->mu);
-    while (!g->shutdown_done)
-        if (pthread_cond_timedwait(&g->cv, &g->mu, &until)) {
-            pthread_mutex_unlock(&g->mu);
+    /* The shutdown tag comes when every call is done and every connection
+     * closed; a client may keep an idle connection open for ever. So once
+     * no call is in flight (or the grace period is over), cancel: that
+     * ends the remaining calls and drops the idle connections. */
+    struct timespec step = {0, 20 * 1000 * 1000};
+    bool cancelled = false;
+    for (int waited = 0;; waited += 20) {
+        if (atomic_load(&g->shutdown_done))
+            break;
+        if (!cancelled && (atomic_load(&g->active) == 0 || waited >= grace_ms)) {
             grpc_server_cancel_all_calls(g->server);
-            pthread_mutex_lock(&g->mu);
-            while (!g->shutdown_done)
-                pthread_cond_wait(&g->cv, &g->mu);
+            cancelled = true;
         }
-    pthread_mutex_unlock(&g->mu);
+        nanosleep(&step, NULL);
+    }
     pthread_join(g->thread, NULL);
     s_free(g);
     *gp = NULL;

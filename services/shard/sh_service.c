@@ -511,11 +511,12 @@ static void s_job_done(st_req *r)
     sh_service *sh = r->arg;
     sh_job *j = (sh_job *)r; /* req is the first member */
     pthread_mutex_lock(&sh->mu);
+    bool wake = !sh->done; /* one eventfd write per batch of completions */
     j->next = sh->done;
     sh->done = j;
     pthread_mutex_unlock(&sh->mu);
     uint64_t one = 1;
-    if (write(sh->efd, &one, sizeof one) < 0)
+    if (wake && write(sh->efd, &one, sizeof one) < 0)
         fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index, strerror(errno));
 }
 
