@@ -573,12 +573,23 @@ typedef struct s_ov_ent {
     bool dirty;   /* write (or delete, if vn == 0) at commit */
 } s_ov_ent;
 
+/* Entries live in chunks that never move, so a pointer returned by
+ * s_ov_load stays valid while later loads grow the table (one put holds its
+ * 'I' and 'D' entries while it loads its 'C' entry). */
+#define OV_CHUNK 256
+
 typedef struct s_ov {
-    s_ov_ent *ents;
-    size_t n, cap_ents;
-    uint32_t *slots; /* index+1 into ents, 0 = empty */
-    size_t nslots;   /* power of two */
+    s_ov_ent **chunks;
+    size_t nchunks;
+    size_t n;        /* entries in use */
+    uint32_t *slots; /* index+1 of an entry, 0 = empty */
+    size_t nslots;   /* power of two, at least twice the entries' capacity */
 } s_ov;
+
+static s_ov_ent *s_ov_at(const s_ov *ov, size_t i)
+{
+    return &ov->chunks[i / OV_CHUNK][i % OV_CHUNK];
+}
 
 static uint64_t s_hash(const uint8_t *p, size_t n)
 {
@@ -597,33 +608,45 @@ static void s_ov_reset(s_ov *ov)
 
 static void s_ov_free(s_ov *ov)
 {
-    free(ov->ents);
+    for (size_t i = 0; i < ov->nchunks; i++)
+        free(ov->chunks[i]);
+    free(ov->chunks);
     free(ov->slots);
     memset(ov, 0, sizeof *ov);
 }
 
+/* Adds a chunk of entries; doubles the slots when they would be more than
+ * half full, rehashing the entries in use. */
 static int s_ov_grow(s_ov *ov)
 {
-    size_t cap = ov->cap_ents ? ov->cap_ents * 2 : 256;
-    s_ov_ent *e = realloc(ov->ents, cap * sizeof *e);
-    uint32_t *sl = calloc(cap * 2, sizeof *sl);
-    if (!e || !sl) {
-        if (e)
-            ov->ents = e;
-        free(sl);
+    s_ov_ent **ch = realloc(ov->chunks, (ov->nchunks + 1) * sizeof *ch);
+    if (!ch)
         return ST_ENOMEM;
+    ov->chunks = ch;
+    if (!(ch[ov->nchunks] = malloc(OV_CHUNK * sizeof **ch)))
+        return ST_ENOMEM;
+    size_t cap = (ov->nchunks + 1) * OV_CHUNK;
+    if (ov->nslots < cap * 2) {
+        size_t nslots = ov->nslots ? ov->nslots : 2 * OV_CHUNK;
+        while (nslots < cap * 2)
+            nslots *= 2;
+        uint32_t *sl = calloc(nslots, sizeof *sl);
+        if (!sl) {
+            free(ch[ov->nchunks]);
+            return ST_ENOMEM;
+        }
+        free(ov->slots);
+        ov->slots = sl;
+        ov->nslots = nslots;
+        for (size_t i = 0; i < ov->n; i++) {
+            const s_ov_ent *e = s_ov_at(ov, i);
+            size_t j = s_hash(e->key, e->kn) & (nslots - 1);
+            while (sl[j])
+                j = (j + 1) & (nslots - 1);
+            sl[j] = (uint32_t)i + 1;
+        }
     }
-    ov->ents = e;
-    ov->cap_ents = cap;
-    free(ov->slots);
-    ov->slots = sl;
-    ov->nslots = cap * 2;
-    for (size_t i = 0; i < ov->n; i++) {
-        size_t j = s_hash(e[i].key, e[i].kn) & (ov->nslots - 1);
-        while (sl[j])
-            j = (j + 1) & (ov->nslots - 1);
-        sl[j] = (uint32_t)i + 1;
-    }
+    ov->nchunks++;
     return ST_OK;
 }
 
@@ -632,17 +655,17 @@ static int s_ov_grow(s_ov *ov)
 static s_ov_ent *s_ov_load(st_shard *s, s_ov *ov, const uint8_t *k, size_t kn,
                            size_t want, st_error *err)
 {
-    if (ov->n == ov->cap_ents && s_ov_grow(ov)) {
+    if (ov->n == ov->nchunks * OV_CHUNK && s_ov_grow(ov)) {
         s_err(err, ST_ENOMEM, "out of memory");
         return NULL;
     }
     size_t j = s_hash(k, kn) & (ov->nslots - 1);
     for (; ov->slots[j]; j = (j + 1) & (ov->nslots - 1)) {
-        s_ov_ent *e = &ov->ents[ov->slots[j] - 1];
+        s_ov_ent *e = s_ov_at(ov, ov->slots[j] - 1);
         if (e->kn == kn && memcmp(e->key, k, kn) == 0)
             return e;
     }
-    s_ov_ent *e = &ov->ents[ov->n];
+    s_ov_ent *e = s_ov_at(ov, ov->n);
     memcpy(e->key, k, kn);
     e->kn = kn;
     e->dirty = false;
@@ -657,7 +680,7 @@ static s_ov_ent *s_ov_load(st_shard *s, s_ov *ov, const uint8_t *k, size_t kn,
 static void s_ov_flush(const s_ov *ov, rocksdb_writebatch_t *wb)
 {
     for (size_t i = 0; i < ov->n; i++) {
-        const s_ov_ent *e = &ov->ents[i];
+        const s_ov_ent *e = s_ov_at(ov, i);
         if (!e->dirty)
             continue;
         if (e->vn)
@@ -785,7 +808,7 @@ static void s_tally_flush(s_writer *w, uint64_t upto)
 {
     uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX];
     for (size_t i = 0; i < w->aov.n; i++) {
-        s_ov_ent *e = &w->aov.ents[i];
+        s_ov_ent *e = s_ov_at(&w->aov, i);
         if (!e->dirty)
             continue;
         /* 'C' uid 0 sender -> 'S' uid 0 sender 0 seq */
@@ -995,7 +1018,7 @@ static bool s_batch_touches(s_writer *w, const char *uid)
     size_t kn = s_key_prefix(k, 'I', uid);
     size_t j = s_hash(k, kn) & (w->ov.nslots - 1);
     for (; w->ov.slots[j]; j = (j + 1) & (w->ov.nslots - 1)) {
-        const s_ov_ent *e = &w->ov.ents[w->ov.slots[j] - 1];
+        const s_ov_ent *e = s_ov_at(&w->ov, w->ov.slots[j] - 1);
         if (e->kn == kn && memcmp(e->key, k, kn) == 0)
             return true;
     }

@@ -2454,6 +2454,43 @@ static void test_code_names(void)
     EXPECT_TRUE(st_code_name(12345) != NULL);
 }
 
+/* 20. One group commit touching many inboxes: the batch's overlay grows
+ * while a put holds its entries (a realloc that moved them was a
+ * use-after-free under ASan, and silent corruption without it). 1000
+ * receivers, twice the same msg_id, then a second sender: every inbox ends
+ * with exactly two messages, seqs 1 and 2, and the retry is a duplicate. */
+static void test_wide_batch(void)
+{
+    fx f;
+    if (!fx_start(&f, false))
+        return;
+    enum { N = 1000 };
+    static char uids[N][16];
+    static st_put puts[N];
+    for (int round = 0; round < 3; round++) {
+        const char *snd = round == 2 ? "other" : "wide";
+        for (int i = 0; i < N; i++) {
+            snprintf(uids[i], sizeof uids[i], "w%04d", i);
+            puts[i] = mkput_s(uids[i], snd, "same-id", "x");
+        }
+        if (!append_n(&f, puts, N))
+            break;
+        for (int i = 0; i < N; i++) {
+            EXPECT_CODE(puts[i].code, ST_OK);
+            EXPECT_TRUE(puts[i].duplicate == (round == 1));
+            EXPECT_U64(puts[i].seq, round == 2 ? 2 : 1);
+        }
+    }
+    for (int i = 0; i < N; i += 97) {
+        st_inbox h = inbox_(HERE, &f, uids[i]);
+        EXPECT_U64(h.count, 2);
+        EXPECT_U64(h.high, 2);
+    }
+    EXPECT_U64(st_debug_keys(f.s, 'M'), 2 * N);
+    EXPECT_U64(st_debug_keys(f.s, 'C'), 2 * N);
+    fx_finish(&f);
+}
+
 /* ================================================================= runner */
 
 static const struct {
@@ -2479,6 +2516,7 @@ static const struct {
     {"crash_keeps_acknowledged_appends", test_crash_keeps_acknowledged_appends},
     {"open_errors", test_open_errors},
     {"code_names", test_code_names},
+    {"wide_batch", test_wide_batch},
 };
 
 int main(int argc, char **argv)
