@@ -89,15 +89,22 @@ static const char s_usage_text[] =
 
 /* ------------------------------------------------------------- reporting */
 
+/* Prints "imboxctl: MESSAGE" and `tail` to stderr; returns `code`. */
+static int s_vreport(int code, const char *tail, const char *fmt, va_list ap)
+{
+    fputs("imboxctl: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs(tail, stderr);
+    return code;
+}
+
 static int s_usage_error(const char *fmt, ...)
 {
     va_list ap;
-    fputs("imboxctl: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    int rc = s_vreport(2, "\nTry 'imboxctl --help'.\n", fmt, ap);
     va_end(ap);
-    fputs("\nTry 'imboxctl --help'.\n", stderr);
-    return 2;
+    return rc;
 }
 
 static int s_rpc_failed(const rpc_error *e)
@@ -110,12 +117,10 @@ static int s_rpc_failed(const rpc_error *e)
 static int s_failed(const char *fmt, ...)
 {
     va_list ap;
-    fputs("imboxctl: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    int rc = s_vreport(1, "\n", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
-    return 1;
+    return rc;
 }
 
 /* ISO 8601 UTC with milliseconds: 2024-05-01T12:00:00.123Z */

@@ -50,6 +50,8 @@
 
 #include <CUnit/Basic.h>
 
+#include "im_cunit.h"
+
 #include "rpc_client.h"
 
 #define S_READY_MS 15000  /* a process must be serving within this */
@@ -1058,10 +1060,7 @@ static void test_sigterm_restart(void)
 
 /* ------------------------------------------------------------------ main */
 
-static const struct {
-    const char *name;
-    CU_TestFunc fn;
-} s_tests[] = {
+static const im_cunit_test s_tests[] = {
     {"send A->B, B drains 5 in pages of 2", test_send_pull},
     {"counts per sender", test_counts},
     {"ack deletes exactly one page, once", test_ack},
@@ -1119,12 +1118,7 @@ int main(void)
             !CU_add_test(cluster, s_tests[i].name, s_tests[i].fn))
             return 2;
     }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_basic_run_tests();
-    unsigned failed = CU_get_number_of_failures() +
-                      CU_get_number_of_suites_failed() +
-                      CU_get_number_of_tests_failed();
-    CU_cleanup_registry();
+    int rc = im_cunit_run();
     free(s_env);
-    return failed ? 1 : 0;
+    return rc;
 }

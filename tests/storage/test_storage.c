@@ -16,6 +16,8 @@
 #include "st.h"
 
 #include <CUnit/Basic.h>
+
+#include "im_cunit.h"
 #include <CUnit/CUnit.h>
 #include <rocksdb/c.h>
 
@@ -2493,10 +2495,7 @@ static void test_wide_batch(void)
 
 /* ================================================================= runner */
 
-static const struct {
-    const char *name;
-    CU_TestFunc fn;
-} tests[] = {
+static const im_cunit_test tests[] = {
     {"append_read_roundtrip", test_append_read_roundtrip},
     {"restart_keeps_messages_and_high", test_restart_keeps_messages_and_high},
     {"ack_cursor_across_restart", test_ack_cursor_across_restart},
@@ -2523,41 +2522,6 @@ int main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "--crash-child") == 0)
         return crash_child(argv[2], atoi(argv[3]));
-    const char *only = argc > 1 ? argv[1] : NULL;
-    if (CU_initialize_registry() != CUE_SUCCESS) {
-        fprintf(stderr, "CU_initialize_registry: %s\n", CU_get_error_msg());
-        return 2;
-    }
-    CU_pSuite suite = CU_add_suite("storage", NULL, NULL);
-    if (suite == NULL) {
-        fprintf(stderr, "CU_add_suite: %s\n", CU_get_error_msg());
-        CU_cleanup_registry();
-        return 2;
-    }
-    int added = 0;
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        if (only && strcmp(only, tests[i].name) != 0)
-            continue;
-        if (CU_add_test(suite, tests[i].name, tests[i].fn) == NULL) {
-            fprintf(stderr, "CU_add_test: %s\n", CU_get_error_msg());
-            CU_cleanup_registry();
-            return 2;
-        }
-        added++;
-    }
-    if (added == 0) {
-        fprintf(stderr, "no test named %s\n", only);
-        CU_cleanup_registry();
-        return 2;
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_ErrorCode rc = CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures();
-    unsigned failed_tests = CU_get_number_of_tests_failed();
-    CU_cleanup_registry();
-    if (rc != CUE_SUCCESS) {
-        fprintf(stderr, "CUnit error %d\n", (int)rc);
-        return 2;
-    }
-    return failures == 0 && failed_tests == 0 ? 0 : 1;
+    return im_cunit_main("storage", tests, sizeof tests / sizeof tests[0],
+                         argc > 1 ? argv[1] : NULL);
 }

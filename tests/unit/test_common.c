@@ -21,6 +21,8 @@
 #include "im_hash.h"
 
 #include <CUnit/Basic.h>
+
+#include "im_cunit.h"
 #include <CUnit/CUnit.h>
 
 #include <openssl/evp.h>
@@ -1202,10 +1204,7 @@ static void test_shard_distribution(void)
 
 /* ================================================================= runner */
 
-static const struct {
-    const char *name;
-    CU_TestFunc fn;
-} tests[] = {
+static const im_cunit_test tests[] = {
     {"b64url_vectors", test_b64url_vectors},
     {"b64url_rejections", test_b64url_rejections},
     {"token_roundtrip", test_token_roundtrip},
@@ -1231,41 +1230,6 @@ static const struct {
 
 int main(int argc, char **argv)
 {
-    const char *only = argc > 1 ? argv[1] : NULL;
-    if (CU_initialize_registry() != CUE_SUCCESS) {
-        fprintf(stderr, "CU_initialize_registry: %s\n", CU_get_error_msg());
-        return 2;
-    }
-    CU_pSuite suite = CU_add_suite("common", NULL, NULL);
-    if (suite == NULL) {
-        fprintf(stderr, "CU_add_suite: %s\n", CU_get_error_msg());
-        CU_cleanup_registry();
-        return 2;
-    }
-    int added = 0;
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        if (only && strcmp(only, tests[i].name) != 0)
-            continue;
-        if (CU_add_test(suite, tests[i].name, tests[i].fn) == NULL) {
-            fprintf(stderr, "CU_add_test: %s\n", CU_get_error_msg());
-            CU_cleanup_registry();
-            return 2;
-        }
-        added++;
-    }
-    if (added == 0) {
-        fprintf(stderr, "no test named %s\n", only);
-        CU_cleanup_registry();
-        return 2;
-    }
-    CU_basic_set_mode(CU_BRM_VERBOSE);
-    CU_ErrorCode rc = CU_basic_run_tests();
-    unsigned failures = CU_get_number_of_failures();
-    unsigned failed_tests = CU_get_number_of_tests_failed();
-    CU_cleanup_registry();
-    if (rc != CUE_SUCCESS) {
-        fprintf(stderr, "CUnit error %d\n", (int)rc);
-        return 2;
-    }
-    return failures == 0 && failed_tests == 0 ? 0 : 1;
+    return im_cunit_main("common", tests, sizeof tests / sizeof tests[0],
+                         argc > 1 ? argv[1] : NULL);
 }
