@@ -41,35 +41,10 @@
 
 /* ============================================================ assertions */
 
-/* Where an expectation is written, so that helpers report their caller. */
-typedef struct loc {
-    const char *file;
-    int line;
-    const char *func;
-} loc;
-
-#define HERE ((loc){__FILE__, __LINE__, __func__})
-
-/* Records one CUnit assertion; on failure the message says what was seen. */
-static bool record(loc L, bool ok, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static bool record(loc L, bool ok, const char *fmt, ...)
-{
-    if (ok) {
-        CU_assertImplementation(CU_TRUE, (unsigned)L.line, "", L.file, L.func,
-                                CU_FALSE);
-        return true;
-    }
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    CU_assertImplementation(CU_FALSE, (unsigned)L.line, buf, L.file, L.func,
-                            CU_FALSE);
-    return false;
-}
+/* loc, HERE and record() are the shared ones of im_cunit.h. */
+typedef im_loc loc;
+#define HERE IM_HERE
+#define record im_cunit_record
 
 static bool expect_u64(loc L, uint64_t got, uint64_t want, const char *a,
                        const char *b)

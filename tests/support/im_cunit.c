@@ -1,10 +1,25 @@
 /* im_cunit.c - see im_cunit.h. */
 #include "im_cunit.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include <CUnit/Basic.h>
+
+bool im_cunit_record(im_loc L, bool ok, const char *fmt, ...)
+{
+    char buf[1024] = "";
+    if (!ok) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, sizeof buf, fmt, ap);
+        va_end(ap);
+    }
+    CU_assertImplementation(ok ? CU_TRUE : CU_FALSE, (unsigned)L.line, buf, L.file, L.func,
+                            CU_FALSE);
+    return ok;
+}
 
 int im_cunit_run(void)
 {

@@ -5,9 +5,24 @@
 #ifndef IMBOX_IM_CUNIT_H
 #define IMBOX_IM_CUNIT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <CUnit/CUnit.h>
+
+/* Where an expectation is written, so that helpers report their caller. */
+typedef struct im_loc {
+    const char *file;
+    int line;
+    const char *func;
+} im_loc;
+
+#define IM_HERE ((im_loc){__FILE__, __LINE__, __func__})
+
+/* Records one CUnit assertion at L; on failure the message (printf-style)
+ * says what was seen. Returns ok. */
+bool im_cunit_record(im_loc L, bool ok, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 typedef struct im_cunit_test {
     const char *name;

@@ -45,34 +45,10 @@
 
 /* ============================================================ assertions */
 
-typedef struct loc {
-    const char *file;
-    int line;
-    const char *func;
-} loc;
-
-#define HERE ((loc){__FILE__, __LINE__, __func__})
-
-static bool record(loc L, bool ok, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/* Records one CUnit assertion; on failure the message says what was seen. */
-static bool record(loc L, bool ok, const char *fmt, ...)
-{
-    if (ok) {
-        CU_assertImplementation(CU_TRUE, (unsigned)L.line, "", L.file, L.func,
-                                CU_FALSE);
-        return true;
-    }
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    CU_assertImplementation(CU_FALSE, (unsigned)L.line, buf, L.file, L.func,
-                            CU_FALSE);
-    return false;
-}
+/* loc, HERE and record() are the shared ones of im_cunit.h. */
+typedef im_loc loc;
+#define HERE IM_HERE
+#define record im_cunit_record
 
 #define EXPECT(cond, ...) record(HERE, (cond), __VA_ARGS__)
 #define EXPECT_TRUE(cond) record(HERE, (cond), "%s", #cond)
