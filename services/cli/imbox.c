@@ -153,6 +153,20 @@ static void s_wait_signal(sigset_t set)
     {"ttl", "2592000", "seconds a stored message lives (30 days)", NULL},           \
     {"dedup-window", "86400", "seconds a msg_id stays deduplicated (24 h)", NULL}
 
+#define GATEWAY_FLAGS                                                              \
+    {"max-receivers", "1000", "receivers per Send (at most 1000)", NULL},         \
+    {"max-content", "65536", "bytes of content per message (at most 65536)", NULL}, \
+    {"max-page", "1000", "messages per Pull page (at most 1000)", NULL}
+
+static gw_limits s_gateway_limits(const flag *flags)
+{
+    return (gw_limits){
+        .max_receivers = (int)s_int(flags, "max-receivers", 1, GW_MAX_RECEIVERS),
+        .max_content = (size_t)s_int(flags, "max-content", 1, GW_MAX_CONTENT),
+        .max_page = (unsigned)s_int(flags, "max-page", 1, GW_PAGE_MAX),
+    };
+}
+
 static void s_engine_options(const flag *flags, st_options *o)
 {
     st_options_init(o);
@@ -181,6 +195,7 @@ static int cmd_serve(int argc, char **argv)
          * with 4; docs/BENCHMARKS.md). More shards are for more disks. */
         {"shards", "1", "number of shards (threads) in this process", NULL},
         ENGINE_FLAGS,
+        GATEWAY_FLAGS,
         {0},
     };
     int rc = s_parse("serve", flags, argc, argv);
@@ -190,6 +205,8 @@ static int cmd_serve(int argc, char **argv)
     const char *dir = s_get(flags, "data-dir");
     st_options so;
     s_engine_options(flags, &so);
+    gw_limits limits = s_gateway_limits(flags);
+    so.max_content = (uint32_t)limits.max_content;
     sigset_t sigs = s_block_signals();
     im_secret secret;
     if (s_secret(dir, &secret))
@@ -216,7 +233,7 @@ static int cmd_serve(int argc, char **argv)
     }
     if (!rc) {
         gw_config gc = {.listen = s_get(flags, "listen"), .shards = eps, .nshards = S,
-                        .secret = secret, .zctx = zctx};
+                        .secret = secret, .zctx = zctx, .limits = limits};
         if (!(gw = gw_start(&gc, err, sizeof err))) {
             fprintf(stderr, "imbox serve: %s\n", err);
             rc = 1;
@@ -279,6 +296,7 @@ static int cmd_gateway(int argc, char **argv)
         {"data-dir", "./data", "directory holding auth.secret", NULL},
         {"shard-timeout-ms", "5000", "UNAVAILABLE when a shard has not answered by then",
          NULL},
+        GATEWAY_FLAGS,
         {0},
     };
     int rc = s_parse("gateway", flags, argc, argv);
@@ -303,7 +321,8 @@ static int cmd_gateway(int argc, char **argv)
     }
     sigset_t sigs = s_block_signals();
     gw_config gc = {.listen = s_get(flags, "listen"), .shards = eps, .nshards = S,
-                    .zctx = zmq_ctx_new(), .shard_timeout_ms = timeout};
+                    .zctx = zmq_ctx_new(), .shard_timeout_ms = timeout,
+                    .limits = s_gateway_limits(flags)};
     if (s_secret(s_get(flags, "data-dir"), &gc.secret)) {
         free(list);
         return 1;

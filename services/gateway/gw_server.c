@@ -24,11 +24,8 @@
 #include "st.h"
 
 /* Limits of the public API (API.md); the storage engine re-checks its own. */
-#define GW_MAX_RECEIVERS 1000
 #define GW_MAX_MSGID 128
-#define GW_MAX_CONTENT 65536
 #define GW_PAGE_DEFAULT 100
-#define GW_PAGE_MAX 1000
 #define GW_PAGE_BYTES (3u << 20) /* content per page: under gRPC's 4 MiB */
 #define GW_REPLY_MAX (8u << 20)  /* largest shard reply accepted */
 #define GW_SHARD_TIMEOUT_MS 5000 /* a shard's commit takes milliseconds */
@@ -436,9 +433,10 @@ static int s_send_check(gw_call *c, const im_str_in *msg_id, const gw_uids *u,
     }
     if (s_str(c, msg_id, "msg_id", GW_MAX_MSGID, true))
         return -1;
-    if (u->total == 0 || u->total > GW_MAX_RECEIVERS) {
+    const gw_limits *lim = &c->g->c.limits;
+    if (u->total == 0 || u->total > lim->max_receivers) {
         s_respond_errf(c, IM_INVALID_ARGUMENT, "receiver_uids: %d receivers, must be 1..%d",
-                       u->total, GW_MAX_RECEIVERS);
+                       u->total, lim->max_receivers);
         return -1;
     }
     if (u->bad >= 0) {
@@ -449,8 +447,8 @@ static int s_send_check(gw_call *c, const im_str_in *msg_id, const gw_uids *u,
         return -1;
     }
     if (content->over) {
-        s_respond_errf(c, IM_INVALID_ARGUMENT, "content: %zu bytes, at most %d", content->over,
-                       GW_MAX_CONTENT);
+        s_respond_errf(c, IM_INVALID_ARGUMENT, "content: %zu bytes, at most %zu", content->over,
+                       c->g->c.limits.max_content);
         return -1;
     }
     for (int i = 0; i < u->n; i++) {
@@ -542,7 +540,7 @@ static void s_send(gw_call *c)
     imbox_v1_SendRequest q;
     memset(&q, 0, sizeof q);
     gw_uids u = {.v = malloc(GW_MAX_RECEIVERS * sizeof *u.v), .bad = -1};
-    im_bytes_in content = {.max = GW_MAX_CONTENT};
+    im_bytes_in content = {.max = g->c.limits.max_content};
     char msg_id[GW_MAX_MSGID + 1];
     im_str_in mid = {.p = msg_id, .cap = sizeof msg_id};
     msg_id[0] = 0;
@@ -652,9 +650,10 @@ static void s_pull(gw_call *c)
     q.sender_uid.arg = &sin;
     if (s_decode(c, imbox_v1_PullRequest_fields, &q, "PullRequest"))
         return;
-    if (q.page_size > GW_PAGE_MAX) {
-        s_respond_errf(c, IM_INVALID_ARGUMENT, "page_size: %u, at most %d", q.page_size,
-                       GW_PAGE_MAX);
+    unsigned max_page = c->g->c.limits.max_page;
+    if (q.page_size > max_page) {
+        s_respond_errf(c, IM_INVALID_ARGUMENT, "page_size: %u, at most %u", q.page_size,
+                       max_page);
         return;
     }
     st_error e;
@@ -683,7 +682,8 @@ static void s_pull(gw_call *c)
     snprintf(op->uid, sizeof op->uid, "%s", c->uid);
     memcpy(op->sender, sender, sizeof sender);
     op->ack_upto = seq;
-    op->limit = q.page_size ? q.page_size : GW_PAGE_DEFAULT;
+    op->limit = q.page_size ? q.page_size
+                : GW_PAGE_DEFAULT < max_page ? GW_PAGE_DEFAULT : max_page;
     op->max_bytes = GW_PAGE_BYTES;
     s_to_shard(c, im_shard_of(c->uid, c->g->c.nshards), s_on_pull, c);
 }
@@ -920,6 +920,17 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
     g->c = *c;
     if (g->c.shard_timeout_ms <= 0)
         g->c.shard_timeout_ms = GW_SHARD_TIMEOUT_MS;
+    gw_limits *lim = &g->c.limits;
+    lim->max_receivers = lim->max_receivers ? lim->max_receivers : GW_MAX_RECEIVERS;
+    lim->max_content = lim->max_content ? lim->max_content : GW_MAX_CONTENT;
+    lim->max_page = lim->max_page ? lim->max_page : GW_PAGE_MAX;
+    if (lim->max_receivers < 1 || lim->max_receivers > GW_MAX_RECEIVERS ||
+        lim->max_content > GW_MAX_CONTENT || lim->max_page > GW_PAGE_MAX) {
+        snprintf(err, errlen, "limits: receivers 1..%d, content 0..%d, page 1..%d",
+                 GW_MAX_RECEIVERS, GW_MAX_CONTENT, GW_PAGE_MAX);
+        free(g);
+        return NULL;
+    }
     g->send_req = malloc(sizeof *g->send_req);
     g->shard_req = malloc(sizeof *g->shard_req);
     g->shard_reply = malloc(sizeof *g->shard_reply);

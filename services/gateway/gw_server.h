@@ -21,6 +21,18 @@
 
 #include "im_auth.h"
 
+/* Request limits (API.md "Limits"); 0 = the default, which is also the
+ * ceiling the formats allow. */
+#define GW_MAX_RECEIVERS 1000 /* receivers per Send */
+#define GW_MAX_CONTENT 65536  /* bytes of content (= ST_CONTENT_MAX) */
+#define GW_PAGE_MAX 1000      /* messages per page (= ST_PAGE_MAX) */
+
+typedef struct gw_limits {
+    int max_receivers;        /* 1..GW_MAX_RECEIVERS */
+    size_t max_content;       /* 0..GW_MAX_CONTENT */
+    unsigned max_page;        /* 1..GW_PAGE_MAX */
+} gw_limits;
+
 typedef struct gw_config {
     const char *listen;        /* HOST:PORT */
     char *const *shards;       /* ZeroMQ endpoints, shard i at shards[i] */
@@ -28,11 +40,13 @@ typedef struct gw_config {
     im_secret secret;          /* tokens and cursors */
     void *zctx;                /* ZeroMQ context; the caller keeps it alive */
     int shard_timeout_ms;      /* 0 = default 5000 */
+    gw_limits limits;          /* zero fields = defaults */
 } gw_config;
 
 typedef struct gw_server gw_server;
 
-/* Binds and starts serving. NULL on failure with err (e.g. port in use). */
+/* Binds and starts serving. NULL on failure with err (port in use, a
+ * limit above its ceiling). */
 gw_server *gw_start(const gw_config *c, char *err, size_t errlen);
 
 /* Graceful stop: refuses new calls, lets the calls in flight finish (those

@@ -470,5 +470,39 @@ class BadInputTest(h.ImboxTestCase):
         self.assertEqual(self.b.counts().total, 0)
 
 
+
+class ConfiguredLimitsTest(h.ImboxTestCase):
+    """The request limits are configurable (API.md "Limits"): a server
+    started with lower ones enforces them, names them, and stores nothing."""
+
+    def test_lowered_limits_are_enforced_and_named(self):
+        dep = self.serve(shards=2, extra_args=['--max-receivers', '3', '--max-content', '10',
+                                               '--max-page', '5'])
+        a = dep.client(h.uid('A'))
+        rcv = [h.uid('R') for _ in range(4)]
+        details = self.assertRpcError(INVALID, a.send, h.new_msg_id('lim'), rcv)
+        self.assertIn('receiver_uids', details)
+        self.assertIn('3', details)
+        details = self.assertRpcError(INVALID, a.send, h.new_msg_id('lim'), rcv[:1],
+                                      content=b'x' * 11)
+        self.assertIn('content', details)
+        self.assertIn('10', details)
+        b = dep.client(rcv[0])
+        self.assertEqual(b.counts().total, 0, 'a refused Send stores nothing')
+
+        # At the limits, everything is accepted.
+        for k in range(6):
+            r = a.send(h.new_msg_id('ok%d' % k), rcv[:3], content=b'y' * 10).receipts
+            self.assertEqual([x.code for x in r], [0, 0, 0])
+        details = self.assertRpcError(INVALID, b.pull, '', page_size=6)
+        self.assertIn('page_size', details)
+        self.assertIn('5', details)
+        page = b.pull('', page_size=5)
+        self.assertEqual(len(page.messages), 5)
+        self.assertTrue(page.more)
+        # page_size 0 means the default (100), capped by the lowered maximum.
+        self.assertEqual(len(b.pull('').messages), 5)
+
+
 if __name__ == '__main__':
     unittest.main()
