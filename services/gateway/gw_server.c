@@ -23,7 +23,7 @@
 #include "imbox/v1/imbox.pb.h"
 #include "st.h"
 
-/* Limits of the public API (API.md); the storage engine re-checks its own. */
+/* Fixed limits and tunables (the configurable limits are in gw_server.h). */
 #define GW_MAX_MSGID 128
 #define GW_PAGE_DEFAULT 100
 #define GW_PAGE_BYTES (3u << 20) /* content per page: under gRPC's 4 MiB */
@@ -100,7 +100,6 @@ struct gw_server {
     int shutdown_tag;
     atomic_bool shutdown_done;
     /* scratch, owned by the CQ thread */
-    imbox_v1_SendRequest *send_req;
     imbox_internal_v1_ShardRequest *shard_req;
     /* scratch, owned by the bus thread (used only in bus callbacks) */
     imbox_internal_v1_ShardReply *shard_reply;
@@ -195,13 +194,12 @@ static int s_shard_reply(gw_call *c, int status, const char *why, const uint8_t 
                          size_t len, im_bytes_in *entries)
 {
     imbox_internal_v1_ShardReply *r = c->g->shard_reply;
-    *entries = (im_bytes_in){0};
+    *entries = (im_bytes_in){.max = GW_REPLY_MAX};
     if (status) {
         s_respond(c, status, why, NULL, 0);
         return -1;
     }
     memset(r, 0, sizeof *r);
-    *entries = (im_bytes_in){.max = GW_REPLY_MAX};
     r->entries.funcs.decode = im_pb_read_bytes;
     r->entries.arg = entries;
     pb_istream_t is = pb_istream_from_buffer(reply, len);
@@ -904,7 +902,6 @@ static void s_free(gw_server *g)
         grpc_server_destroy(g->server);
     if (g->cq)
         grpc_completion_queue_destroy(g->cq);
-    free(g->send_req);
     free(g->shard_req);
     free(g->shard_reply);
     free(g);
@@ -931,10 +928,9 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
         free(g);
         return NULL;
     }
-    g->send_req = malloc(sizeof *g->send_req);
     g->shard_req = malloc(sizeof *g->shard_req);
     g->shard_reply = malloc(sizeof *g->shard_reply);
-    if (!g->send_req || !g->shard_req || !g->shard_reply || c->nshards < 1) {
+    if (!g->shard_req || !g->shard_reply || c->nshards < 1) {
         snprintf(err, errlen, c->nshards < 1 ? "no shards" : "out of memory");
         s_free(g);
         return NULL;
