@@ -534,6 +534,20 @@ static void s_msg_free(rpc_msg *m)
 }
 
 /* Message.content: at most RPC_CONTENT_MAX bytes, into the message. */
+/* Doubles the array v of *cap elements of elem bytes (starting at 16, at
+ * most max) and returns it; NULL when out of memory (v and *cap are then
+ * unchanged). */
+static void *s_grow(void *v, size_t *cap, size_t elem, size_t max)
+{
+    size_t n = *cap ? *cap * 2 : 16;
+    if (n > max)
+        n = max;
+    void *p = realloc(v, n * elem);
+    if (p)
+        *cap = n;
+    return p;
+}
+
 static bool s_dec_content(pb_istream_t *is, const pb_field_t *field,
                           void **arg)
 {
@@ -563,14 +577,10 @@ static bool s_dec_message(pb_istream_t *is, const pb_field_t *field,
     if (x->n == RPC_PAGE_MAX)
         PB_RETURN_ERROR(is, "more than 1000 messages in a page");
     if (x->n == x->cap) {
-        size_t cap = x->cap ? x->cap * 2 : 16;
-        if (cap > RPC_PAGE_MAX)
-            cap = RPC_PAGE_MAX;
-        rpc_msg *v = realloc(x->v, cap * sizeof *v);
+        rpc_msg *v = s_grow(x->v, &x->cap, sizeof *v, RPC_PAGE_MAX);
         if (!v)
             PB_RETURN_ERROR(is, "out of memory");
         x->v = v;
-        x->cap = cap;
     }
     rpc_msg *m = &x->v[x->n];
     memset(m, 0, sizeof *m);
@@ -691,14 +701,10 @@ static bool s_dec_sender(pb_istream_t *is, const pb_field_t *field,
     if (x->n == RPC_SENDERS_MAX)
         PB_RETURN_ERROR(is, "more than 100000 senders");
     if (x->n == x->cap) {
-        size_t cap = x->cap ? x->cap * 2 : 16;
-        if (cap > RPC_SENDERS_MAX)
-            cap = RPC_SENDERS_MAX;
-        rpc_sender_count *v = realloc(x->v, cap * sizeof *v);
+        rpc_sender_count *v = s_grow(x->v, &x->cap, sizeof *v, RPC_SENDERS_MAX);
         if (!v)
             PB_RETURN_ERROR(is, "out of memory");
         x->v = v;
-        x->cap = cap;
     }
     imbox_v1_SenderCount sc = imbox_v1_SenderCount_init_zero;
     if (!pb_decode(is, imbox_v1_SenderCount_fields, &sc))
