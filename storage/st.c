@@ -43,13 +43,45 @@
  * ack's inbox, that batch is committed first, so that every inbox sees its
  * writes in submission order.
  *
- * ACKS. A whole-inbox ack up to seq N scans the 'M' rows in (floor, N] (the
- * rows the receiver has just read, so they are cached) to learn how many
- * belong to each sender, then writes one DeleteRange over 'M' and one per
- * sender over 'S', and updates the counters. A conversation ack deletes the
- * sender's 'S' range and the 'M' rows it points to (those are scattered in
- * the inbox, so they are point deletes; the cost grows with the
- * conversation, not with the inbox).
+ * ACKS: DELETIONS WHOSE COST DOES NOT GROW WITH THE ACKS BEFORE THEM. An
+ * ack removes 'M' and 'S' rows and rewrites one 'I' row and the 'C' rows of
+ * the senders concerned. A whole-inbox ack up to seq N first scans the 'M'
+ * rows in (floor, N] (the rows the receiver has just read, so they are
+ * cached) to learn which sender each belongs to, then deletes each run of
+ * rows by the cheaper of two means:
+ *  - a run of at most ST_ACK_POINT_MAX (8) rows, row by row: the 'M' rows
+ *    of an ack of a few messages (a small page, every message pushed to a
+ *    live stream), and the 'S' rows of a sender with few messages in it;
+ *  - a longer run, by one range deletion: 'M' (floor, N], and a sender's
+ *    'S' rows in (floor, N]. A page of 1000 from one sender costs two
+ *    entries, not 2000.
+ * Measured (docs/BENCHMARKS.md, ack_bench): a point delete costs the ack
+ * about 2 us; a range deletion costs little to write but a few us and
+ * about 250 bytes at every flush and restart until compaction, so ranges for
+ * every ack (100,000 single-message acks: 200,000 ranges) made a restart
+ * take 1.2 s and a flush 0.6 s, and points for pages of 50 halved the
+ * drain rate. Either way an ack writes at most two entries per message
+ * and at most 2/ST_ACK_POINT_MAX range deletions per message.
+ * Every range deletion starts above the previous floor and ends at the
+ * new one: no two range deletions of a table ever overlap, and all
+ * of them lie at or below the floor. RocksDB fragments overlapping ranges
+ * pairwise (the first format deleted each sender's 'S' rows from seq 0 on
+ * every ack, and 20,000 single-message acks then took 53 s and 7 GB to
+ * replay at restart); disjoint ranges cost it O(n log n) at flush and
+ * recovery. A conversation ack (one sender) point-deletes the sender's 'S'
+ * rows in (floor, N] and the 'M' rows they point to: those are scattered in
+ * the inbox, so ranges would not help, and the cost grows with the
+ * conversation, not with the inbox.
+ *
+ * On disk this means a point tombstone (about a key's size) per message
+ * acked in small acks, and a few range tombstones per large ack, until
+ * compaction drops them; reads seek past them (every scan starts above the
+ * floor). Compatibility: the rows and their meaning did not change, so the
+ * format marker is still "imbox-st-1" and a database written before opens
+ * as it is. Its old range deletions of 'S' rows may lie above the floor
+ * (conversation acks used them); the reads that ignore range deletions
+ * therefore check that an 'S' row's 'M' row exists before they use it (a
+ * conversation ack point-deletes such a stale 'S' row without counting it).
  *
  * EXPIRY. Expired messages are hidden by every read and purged by an ack up
  * to the last expired one (ST_REQ_EXPIRE), lazily when a read meets them and
@@ -86,6 +118,9 @@
 #define ST_DEF_MAX_BATCH 4096u   /* bounds one commit's memory and latency */
 #define ST_DEF_CACHE (64u << 20) /* enough for the hot pages of a shard */
 #define ST_MEMTABLE_BYTES (16u << 20) /* see st_open */
+/* An ack deletes a run of up to this many rows row by row, a longer one
+ * with one range deletion (see ACKS; measured in docs/BENCHMARKS.md). */
+#define ST_ACK_POINT_MAX 8
 
 struct st_shard {
     rocksdb_t *db;
@@ -504,19 +539,17 @@ static int s_get_head(st_shard *s, const rocksdb_readoptions_t *ro, const char *
 
 /*
  * RANGE TOMBSTONES. Every read that starts above an inbox's floor ignores
- * range deletions (rocksdb ignore_range_deletions): each whole-inbox ack
- * leaves a DeleteRange in the memtable, and a read that honours them
- * re-fragments all of them, which made draining an inbox page by page
- * quadratic (measured: 1000 pages of 100 took 6 s, 2000 pages 90 s). This
- * is exact because every range-deleted 'M' row is at or below the floor
- * (whole-inbox acks delete (floor, upto] and raise the floor to upto), and
- * such reads start at floor + 1, with the head and the rows read from one
- * snapshot. Range deletions of 'S' rows made by conversation acks are not
- * below the floor; a conversation read may see such an index row, but its
- * 'M' row was point-deleted, so nothing stale is returned. The one scan
- * that must not see them, the conversation ack's (it updates counters),
- * honours range deletions (S_IT_EXACT). No range deletion covers 'I', 'C'
- * or 'D' rows.
+ * range deletions (rocksdb ignore_range_deletions): a read that honours
+ * them re-fragments every range deletion in the memtable, which made
+ * draining an inbox page by page quadratic (measured: 1000 pages of 100
+ * took 6 s, 2000 pages 90 s). This is exact because every range deletion
+ * lies at or below its inbox's floor (see ACKS), every scan starts above
+ * it, and a page read takes the head and the rows from one snapshot. The
+ * one exception, the 'S' range deletions of conversation acks in databases
+ * written before, is handled where 'S' rows are read: an index row is used
+ * only when its 'M' row exists ('M' rows above the floor are only ever
+ * point-deleted). No range deletion covers 'I', 'C' or 'D' rows. Only the
+ * diagnostics honour range deletions (S_IT_EXACT).
  */
 #define S_IT_TOTAL 1 /* across prefixes (total order seek) */
 #define S_IT_EXACT 2 /* honour range deletions */
@@ -571,6 +604,7 @@ typedef struct s_ov_ent {
     uint8_t val[OV_VAL_MAX];
     size_t vn;    /* 0 = absent */
     bool dirty;   /* write (or delete, if vn == 0) at commit */
+    uint64_t acked; /* 'C' rows of an ack: the sender's messages it deletes */
 } s_ov_ent;
 
 /* Entries live in chunks that never move, so a pointer returned by
@@ -669,6 +703,7 @@ static s_ov_ent *s_ov_load(st_shard *s, s_ov *ov, const uint8_t *k, size_t kn,
     memcpy(e->key, k, kn);
     e->kn = kn;
     e->dirty = false;
+    e->acked = 0;
     int rc = s_get_fixed(s, s->ro_get, k, kn, e->val, want, err);
     if (rc < 0)
         return NULL;
@@ -705,8 +740,10 @@ typedef struct s_writer {
     int rc;                   /* first error while building the batch */
     st_error err;
     int64_t now;
-    s_ov aov;
+    s_ov aov;                 /* an ack's 'C' rows */
     rocksdb_writebatch_t *awb;
+    struct s_acked *acked;    /* an ack's rows (see s_ack_inbox) */
+    size_t nacked_max;
     uint8_t *rec;             /* scratch for one encoded record */
 } s_writer;
 
@@ -781,9 +818,10 @@ static int s_apply_put(s_writer *w, st_put *p, int64_t now, st_error *err)
 }
 
 /* Per-sender tally of the messages an ack deletes, kept in the overlay as
- * the senders' 'C' rows, decremented in place. */
-static int s_tally(s_writer *w, const char *uid, const char *sender, size_t sender_len,
-                   st_error *err)
+ * the senders' 'C' rows, decremented in place. Returns the sender's entry
+ * (its key is 'C' uid 0x00 sender), or NULL with err set. */
+static s_ov_ent *s_tally(s_writer *w, const char *uid, const char *sender, size_t sender_len,
+                         st_error *err)
 {
     uint8_t k[ST_KEY_MAX];
     size_t kn = s_key_prefix(k, 'C', uid);
@@ -791,39 +829,183 @@ static int s_tally(s_writer *w, const char *uid, const char *sender, size_t send
     kn += sender_len;
     s_ov_ent *ce = s_ov_load(w->s, &w->aov, k, kn, ST_CNT_LEN, err);
     if (!ce)
-        return err->code;
+        return NULL;
     uint64_t cnt = ce->vn ? s_get64(ce->val + 1) : 0;
     if (cnt == 0) {
         s_err(err, ST_ECORRUPT, "counter of a stored message's sender is 0");
-        return ST_ECORRUPT;
+        return NULL;
     }
     s_put64(ce->val + 1, cnt - 1);
     ce->dirty = true;
-    return ST_OK;
+    ce->acked++;
+    return ce;
 }
 
-/* Turns the tallied 'C' rows into sender index range deletes and counter
- * updates (a counter that reaches 0 is deleted). */
-static void s_tally_flush(s_writer *w, uint64_t upto)
+/* The 'S' key of seq from a sender's 'C' key: 'C' uid 0 sender ->
+ * 'S' uid 0 sender 0 seq. */
+static size_t s_key_sidx_of_cnt(uint8_t *k, const s_ov_ent *ce, uint64_t seq)
+{
+    memcpy(k, ce->key, ce->kn);
+    k[0] = 'S';
+    k[ce->kn] = 0;
+    s_put64(k + ce->kn + 1, seq);
+    return ce->kn + 9;
+}
+
+/* Writes the tallied 'C' rows (a counter that reaches 0 is deleted), and
+ * deletes by one range the 'S' rows in [from, upto] of each sender with
+ * more than ST_ACK_POINT_MAX of them in this ack (`ranges`; the caller
+ * point-deletes the others). */
+static void s_tally_flush(s_writer *w, bool ranges, uint64_t from, uint64_t upto)
 {
     uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX];
     for (size_t i = 0; i < w->aov.n; i++) {
         s_ov_ent *e = s_ov_at(&w->aov, i);
         if (!e->dirty)
             continue;
-        /* 'C' uid 0 sender -> 'S' uid 0 sender 0 seq */
-        memcpy(lo, e->key, e->kn);
-        lo[0] = 'S';
-        lo[e->kn] = 0;
-        memcpy(hi, lo, e->kn + 1);
-        s_put64(lo + e->kn + 1, 0);
-        s_put64(hi + e->kn + 1, upto + 1);
-        rocksdb_writebatch_delete_range(w->awb, (const char *)lo, e->kn + 9,
-                                        (const char *)hi, e->kn + 9);
+        if (ranges && e->acked > ST_ACK_POINT_MAX) {
+            size_t n = s_key_sidx_of_cnt(lo, e, from);
+            s_key_sidx_of_cnt(hi, e, upto + 1);
+            rocksdb_writebatch_delete_range(w->awb, (const char *)lo, n, (const char *)hi, n);
+        }
         if (s_get64(e->val + 1) == 0)
             e->vn = 0;
     }
     s_ov_flush(&w->aov, w->awb);
+}
+
+/* One row a whole-inbox ack deletes. */
+typedef struct s_acked {
+    uint64_t seq;
+    const s_ov_ent *cnt; /* its sender's 'C' entry (entries never move) */
+} s_acked;
+
+/* Remembers a row of the ack in w->acked (grown as needed). */
+static int s_acked_add(s_writer *w, size_t n, uint64_t seq, const s_ov_ent *cnt,
+                       st_error *err)
+{
+    if (n == w->nacked_max) {
+        size_t max = w->nacked_max ? 2 * w->nacked_max : 1024;
+        s_acked *v = realloc(w->acked, max * sizeof *v);
+        if (!v)
+            return s_err(err, ST_ENOMEM, "out of memory");
+        w->acked = v;
+        w->nacked_max = max;
+    }
+    w->acked[n] = (s_acked){.seq = seq, .cnt = cnt};
+    return ST_OK;
+}
+
+/* Whole-inbox ack or expiry of inbox r->uid in (h->floor, upto]: fills the
+ * ack batch, raises h->floor and returns the count deleted in *n. A run of
+ * more than ST_ACK_POINT_MAX rows (the 'M' rows, or one sender's 'S' rows)
+ * goes by one range deletion, shorter ones row by row (see ACKS). */
+static int s_ack_inbox(s_writer *w, st_req *r, st_inbox *h, uint64_t upto, int64_t now,
+                       uint64_t *n)
+{
+    st_shard *s = w->s;
+    st_error *err = &r->err;
+    bool expire = r->type == ST_REQ_EXPIRE;
+    uint64_t from = h->floor + 1, last = 0;
+    uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX];
+    size_t lon = s_key_msg(lo, r->uid, from), hin = s_key_msg(hi, r->uid, upto + 1);
+    int rc = ST_OK;
+    s_iter it;
+    s_iter_open(s, &it, lo, lon, hi, hin, 0, NULL);
+    for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it)) {
+        size_t kl, vl;
+        const uint8_t *kk = (const uint8_t *)rocksdb_iter_key(it.it, &kl);
+        const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it.it, &vl);
+        s_rec rec;
+        if (kl != lon || s_rec_decode(v, vl, &rec)) {
+            rc = s_err(err, ST_ECORRUPT, "message record of inbox '%s' does not decode", r->uid);
+            break;
+        }
+        if (expire && !s_expired(s, rec.send_time_ms, now))
+            break;
+        const s_ov_ent *ce = s_tally(w, r->uid, rec.sender, rec.sender_len, err);
+        if (!ce) {
+            rc = err->code;
+            break;
+        }
+        last = s_get64(kk + kl - 8);
+        if ((rc = s_acked_add(w, (size_t)*n, last, ce, err)))
+            break;
+        ++*n;
+    }
+    int irc = s_iter_close(&it, err);
+    if (rc || (rc = irc))
+        return rc;
+    if (expire)
+        upto = last; /* stop before the first live message */
+    if (upto < from)
+        return ST_OK;
+    bool ranges = *n > ST_ACK_POINT_MAX;
+    if (ranges) {
+        s_key_msg(hi, r->uid, upto + 1);
+        rocksdb_writebatch_delete_range(w->awb, (const char *)lo, lon, (const char *)hi, lon);
+    }
+    for (size_t i = 0; i < *n; i++) {
+        const s_acked *a = &w->acked[i];
+        size_t kn;
+        if (!ranges) {
+            kn = s_key_msg(lo, r->uid, a->seq);
+            rocksdb_writebatch_delete(w->awb, (const char *)lo, kn);
+        }
+        if (!ranges || a->cnt->acked <= ST_ACK_POINT_MAX) {
+            kn = s_key_sidx_of_cnt(lo, a->cnt, a->seq);
+            rocksdb_writebatch_delete(w->awb, (const char *)lo, kn);
+        }
+    }
+    s_tally_flush(w, ranges, from, upto);
+    h->floor = upto;
+    return ST_OK;
+}
+
+/* Conversation ack: sender r->sender's messages in (h->floor, upto], point
+ * deletes of their 'S' and 'M' rows. The count deleted goes to *n. */
+static int s_ack_conversation(s_writer *w, st_req *r, const st_inbox *h, uint64_t upto,
+                              uint64_t *n)
+{
+    st_shard *s = w->s;
+    st_error *err = &r->err;
+    uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX], k[ST_KEY_MAX];
+    size_t lon = s_key_sidx(lo, r->uid, r->sender, h->floor + 1);
+    size_t hin = s_key_sidx(hi, r->uid, r->sender, upto + 1);
+    int rc = ST_OK;
+    s_iter it;
+    s_iter_open(s, &it, lo, lon, hi, hin, 0, NULL);
+    for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it)) {
+        size_t kl;
+        const uint8_t *kk = (const uint8_t *)rocksdb_iter_key(it.it, &kl);
+        if (kl != lon) {
+            rc = s_err(err, ST_ECORRUPT, "sender index of inbox '%s' does not decode", r->uid);
+            break;
+        }
+        rocksdb_writebatch_delete(w->awb, (const char *)kk, kl);
+        size_t mk = s_key_msg(k, r->uid, s_get64(kk + kl - 8));
+        char *rerr = NULL;
+        size_t vl = 0;
+        char *v = rocksdb_get(s->db, s->ro_get, (const char *)k, mk, &vl, &rerr);
+        if (rerr) {
+            rc = s_rocks_err(err, "get", rerr);
+            break;
+        }
+        if (!v)
+            continue; /* a stale index row (see ACKS): deleted, not counted */
+        rocksdb_free(v);
+        rocksdb_writebatch_delete(w->awb, (const char *)k, mk);
+        if (!s_tally(w, r->uid, r->sender, strlen(r->sender), err)) {
+            rc = err->code;
+            break;
+        }
+        ++*n;
+    }
+    int irc = s_iter_close(&it, err);
+    if (rc || (rc = irc))
+        return rc;
+    s_tally_flush(w, false, 0, 0);
+    return ST_OK;
 }
 
 /* Executes one ack or expiry as its own (not fsync'ed) write batch. */
@@ -835,81 +1017,24 @@ static int s_exec_ack(s_writer *w, st_req *r, int64_t now)
     int rc = s_get_head(s, s->ro_get, r->uid, &h, err);
     if (rc)
         return rc;
-    bool expire = r->type == ST_REQ_EXPIRE;
-    uint64_t upto = expire ? h.high : r->upto;
+    uint64_t upto = r->type == ST_REQ_EXPIRE ? h.high : r->upto;
     if (upto > h.high) {
         s_err(err, ST_ECURSOR, "cursor: seq %llu is beyond the inbox's last message %llu",
               (unsigned long long)upto, (unsigned long long)h.high);
         return ST_ECURSOR;
     }
+    if (upto <= h.floor)
+        return ST_OK; /* already acked: a retried cursor deletes nothing */
     s_ov_reset(&w->aov);
     rocksdb_writebatch_clear(w->awb);
-    uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX], k[ST_KEY_MAX];
-    uint64_t n = 0, last = 0;
-    s_iter it;
-
-    if (!r->sender) {
-        uint64_t from = h.floor + 1;
-        if (upto < from)
-            return ST_OK; /* already acked: a retried cursor deletes nothing */
-        size_t lon = s_key_msg(lo, r->uid, from), hin = s_key_msg(hi, r->uid, upto + 1);
-        s_iter_open(s, &it, lo, lon, hi, hin, 0, NULL);
-        for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it)) {
-            size_t kl, vl;
-            const uint8_t *kk = (const uint8_t *)rocksdb_iter_key(it.it, &kl);
-            const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it.it, &vl);
-            s_rec rec;
-            if (kl != lon || s_rec_decode(v, vl, &rec)) {
-                s_err(err, ST_ECORRUPT, "message record of inbox '%s' does not decode", r->uid);
-                rc = ST_ECORRUPT;
-                break;
-            }
-            if (expire && !s_expired(s, rec.send_time_ms, now))
-                break;
-            if ((rc = s_tally(w, r->uid, rec.sender, rec.sender_len, err)))
-                break;
-            last = s_get64(kk + kl - 8);
-            n++;
-        }
-        int irc = s_iter_close(&it, err);
-        if (rc || (rc = irc))
-            return rc;
-        if (expire)
-            upto = last; /* stop before the first live message */
-        if (upto < from)
-            return ST_OK;
-        s_tally_flush(w, upto);
-        s_key_msg(lo, r->uid, from);
-        s_key_msg(hi, r->uid, upto + 1);
-        rocksdb_writebatch_delete_range(w->awb, (const char *)lo, lon, (const char *)hi, lon);
-        h.floor = upto;
-    } else {
-        size_t lon = s_key_sidx(lo, r->uid, r->sender, 1);
-        size_t hin = s_key_sidx(hi, r->uid, r->sender, upto + 1);
-        s_iter_open(s, &it, lo, lon, hi, hin, S_IT_EXACT, NULL);
-        for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it)) {
-            size_t kl;
-            const uint8_t *kk = (const uint8_t *)rocksdb_iter_key(it.it, &kl);
-            if (kl != lon) {
-                s_err(err, ST_ECORRUPT, "sender index of inbox '%s' does not decode", r->uid);
-                rc = ST_ECORRUPT;
-                break;
-            }
-            size_t mk = s_key_msg(k, r->uid, s_get64(kk + kl - 8));
-            rocksdb_writebatch_delete(w->awb, (const char *)k, mk);
-            if ((rc = s_tally(w, r->uid, r->sender, strlen(r->sender), err)))
-                break;
-            n++;
-        }
-        int irc = s_iter_close(&it, err);
-        if (rc || (rc = irc))
-            return rc;
-        if (n == 0)
-            return ST_OK;
-        s_tally_flush(w, upto);
-    }
+    uint64_t n = 0, floor = h.floor;
+    rc = r->sender ? s_ack_conversation(w, r, &h, upto, &n) : s_ack_inbox(w, r, &h, upto, now, &n);
+    if (rc)
+        return rc;
+    if (rocksdb_writebatch_count(w->awb) == 0 && h.floor == floor)
+        return ST_OK; /* nothing to delete */
     h.count -= n;
-    uint8_t hv[ST_HEAD_LEN];
+    uint8_t hv[ST_HEAD_LEN], k[ST_KEY_MAX];
     s_head_encode(hv, &h);
     size_t kn = s_key_prefix(k, 'I', r->uid);
     rocksdb_writebatch_put(w->awb, (const char *)k, kn, (const char *)hv, sizeof hv);
@@ -920,7 +1045,7 @@ static int s_exec_ack(s_writer *w, st_req *r, int64_t now)
     r->deleted = n;
     pthread_mutex_lock(&s->mu);
     s->stats.deleted += n;
-    if (expire)
+    if (r->type == ST_REQ_EXPIRE)
         s->stats.expired += n;
     else
         s->stats.acks++;
@@ -1070,6 +1195,7 @@ static void *s_writer_main(void *arg)
     }
     s_ov_free(&w.ov);
     s_ov_free(&w.aov);
+    free(w.acked);
     free(w.rec);
     rocksdb_writebatch_destroy(w.wb);
     rocksdb_writebatch_destroy(w.awb);
@@ -1685,6 +1811,20 @@ int st_compact(st_shard *s, st_error *err)
     return ST_OK;
 }
 
+int st_flush(st_shard *s, st_error *err)
+{
+    assert(s);
+    rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+    rocksdb_flushoptions_set_wait(fo, 1);
+    char *rerr = NULL;
+    rocksdb_flush(s->db, fo, &rerr);
+    rocksdb_flushoptions_destroy(fo);
+    if (rerr)
+        return s_rocks_err(err, "flush", rerr);
+    s_ok(err);
+    return ST_OK;
+}
+
 void st_stats_get(st_shard *s, st_stats *out)
 {
     assert(s && out);
@@ -1704,4 +1844,30 @@ uint64_t st_debug_keys(st_shard *s, char table)
         n++;
     s_iter_close(&it, NULL);
     return n;
+}
+
+/* The number after `name` in RocksDB's "k1=v1; k2=v2" property text. */
+static uint64_t s_prop_u64(const char *text, const char *name)
+{
+    const char *p = strstr(text, name);
+    return p ? strtoull(p + strlen(name), NULL, 10) : 0;
+}
+
+int st_debug_tombstones(st_shard *s, uint64_t *deletes, uint64_t *range_deletes,
+                        st_error *err)
+{
+    assert(s && deletes && range_deletes);
+    *deletes = *range_deletes = 0;
+    int rc = st_flush(s, err);
+    if (rc)
+        return rc;
+    char *p = rocksdb_property_value(s->db, "rocksdb.aggregated-table-properties");
+    if (!p)
+        return s_err(err, ST_EIO, "no aggregated-table-properties");
+    /* RocksDB's "# deletions" counts the range deletions too. */
+    uint64_t all = s_prop_u64(p, "# deletions=");
+    *range_deletes = s_prop_u64(p, "# range deletions=");
+    *deletes = all >= *range_deletes ? all - *range_deletes : 0;
+    rocksdb_free(p);
+    return ST_OK;
 }

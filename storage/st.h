@@ -6,7 +6,8 @@
  * message gets the next sequence number of its receiver's inbox (1, 2, ...,
  * never reused, even after everything was acked and the process restarted).
  * Readers page through an inbox after a sequence number ("cursor"); an ack up
- * to a sequence number deletes everything up to it with one range delete.
+ * to a sequence number deletes everything up to it, at a cost bounded per
+ * message acked that does not grow with the acks before it.
  * The on-disk format is documented at the top of st.c.
  *
  * Durability: st_append() and st_submit(ST_REQ_APPEND) report success only
@@ -265,6 +266,13 @@ int st_expire(st_shard *s, uint64_t *purged, st_error *err);
 /* Compacts the whole database (runs the dedup-window compaction filter). */
 int st_compact(st_shard *s, st_error *err);
 
+/*
+ * Writes the memtables to SST files and waits for it (RocksDB flush), so
+ * that a restart has no write-ahead log to replay. For tools, benchmarks
+ * and tests; the engine needs no explicit flush.
+ */
+int st_flush(st_shard *s, st_error *err);
+
 typedef struct st_stats {
     uint64_t appends;      /* puts stored (duplicates excluded) */
     uint64_t duplicates;   /* puts answered from the dedup index */
@@ -284,5 +292,14 @@ void st_stats_get(st_shard *s, st_stats *out);
  * 'I' inbox heads). A full scan: not for the serving path.
  */
 uint64_t st_debug_keys(st_shard *s, char table);
+
+/*
+ * Diagnostics for tests and tools: flushes the memtables (st_flush), then
+ * reports the deletions held in the live SST files, from RocksDB's own
+ * table properties: *deletes point deletions, *range_deletes range
+ * deletion fragments (nested, overlapping ranges fragment into many).
+ */
+int st_debug_tombstones(st_shard *s, uint64_t *deletes, uint64_t *range_deletes,
+                        st_error *err);
 
 #endif

@@ -10,7 +10,8 @@
  * group commit, is what is tested.
  *
  * Usage: test_storage [test-name]   (no argument: the whole suite)
- *        (test_storage --crash-child DIR N is the child of one test)
+ *        (test_storage --crash-child DIR N and --ack-child DIR N are the
+ *        children of two tests)
  * Exit status: 0 when every assertion held, 1 otherwise.
  */
 #include "st.h"
@@ -2468,6 +2469,308 @@ static void test_wide_batch(void)
     fx_finish(&f);
 }
 
+/* ================================================== acks and tombstones */
+
+/* The point and range deletions in the SST files, after a flush. */
+static void tombstones(fx *f, uint64_t *points, uint64_t *ranges)
+{
+    st_error err;
+    memset(&err, 0, sizeof err);
+    int rc = st_debug_tombstones(f->s, points, ranges, &err);
+    record(HERE, rc == ST_OK, "st_debug_tombstones: %d %s: %s", rc, st_code_name(rc), err.msg);
+}
+
+/* Appends n messages to alice, the i-th (from 0) from senders[i % nsenders],
+ * msg_ids "<tag><i>", in batches. */
+static bool fill_alice(fx *f, const char *tag, int n, const char *const *senders, int nsenders)
+{
+    enum { BATCH = 250 };
+    static char ids[BATCH][24];
+    static st_put puts[BATCH];
+    for (int b = 0; b < n; b += BATCH) {
+        int m = n - b < BATCH ? n - b : BATCH;
+        for (int i = 0; i < m; i++) {
+            snprintf(ids[i], sizeof ids[i], "%s%d", tag, b + i);
+            puts[i] = mkput_s("alice", senders[(b + i) % nsenders], ids[i], ids[i]);
+        }
+        if (!append_n(f, puts, (size_t)m))
+            return false;
+        for (int i = 0; i < m; i++)
+            if (!EXPECT_CODE(puts[i].code, ST_OK))
+                return false;
+    }
+    return true;
+}
+
+/* 21. Small acks leave no range deletion at all (issue: every single-message
+ * ack used to leave two, each sender's 'S' range overlapping all earlier
+ * ones, and a restart after 20,000 of them took 53 s and 7 GB). Whole-inbox
+ * acks of one message, then conversation acks, on one conversation. */
+static void test_small_acks_leave_no_range_deletions(void)
+{
+    enum { N = 600, SINGLE = 300 };
+    static const char *const one[] = {"bob"};
+    static const char *const three[] = {"bob", "carol", "dave"};
+    fx f;
+    rlist r = {0};
+    if (!fx_start(&f, false) || !fill_alice(&f, "a", SINGLE, one, 1) ||
+        !fill_alice(&f, "b", N - SINGLE, three, 3))
+        goto out;
+    /* Pull(cursor) with page 1: one whole-inbox ack per message. */
+    for (uint64_t seq = 1; seq <= SINGLE; seq++)
+        if (!EXPECT_U64(ack_ok(&f, "alice", NULL, seq), 1))
+            goto out;
+    /* A page of 8 (the most an ack deletes row by row) from three senders:
+     * seqs 301..308 (bob 301 304 307, carol 302 305 308, dave 303 306). */
+    EXPECT_U64(ack_ok(&f, "alice", NULL, SINGLE + 8), 8);
+    /* bob's conversation one message at a time (bob's are i % 3 == 0 of
+     * the second fill, seq = 301 + i). */
+    uint64_t bob_acked = 0;
+    for (uint64_t seq = SINGLE + 9; seq <= N; seq++)
+        if ((seq - SINGLE - 1) % 3 == 0)
+            bob_acked += ack_ok(&f, "alice", "bob", seq);
+    EXPECT_U64(bob_acked, 97); /* seqs 310, 313, ..., 598 */
+    /* carol's in one conversation ack (scattered rows: point deletes). */
+    EXPECT_U64(ack_ok(&f, "alice", "carol", N), 97);
+    uint64_t points = 0, ranges = UINT64_MAX;
+    tombstones(&f, &points, &ranges);
+    EXPECT_U64(ranges, 0);
+    /* Each acked message leaves its 'M' and 'S' point tombstones (and a
+     * counter that reached 0 leaves one). */
+    uint64_t acked = SINGLE + 8 + 97 + 97;
+    EXPECT_TRUE(points >= 2 * acked && points <= 2 * acked + 3);
+
+    /* What is left reads exactly, before and after a restart. */
+    for (int pass = 0; pass < 2; pass++) {
+        st_inbox in = inbox(&f, "alice");
+        EXPECT_U64(in.count, N - acked);
+        EXPECT_U64(in.floor, SINGLE + 8);
+        if (read_all(&f, "alice", NULL, &r)) {
+            EXPECT_U64(r.n, N - acked);
+            for (size_t i = 0; i < r.n; i++)
+                EXPECT_STR(r.v[i].sender, "dave");
+        }
+        rlist_free(&r);
+        want_count w[] = {{"dave", N - acked, T0}};
+        expect_counts(&f, "alice", w, 1, N - acked);
+        EXPECT_U64(st_debug_keys(f.s, 'M'), N - acked);
+        EXPECT_U64(st_debug_keys(f.s, 'S'), N - acked);
+        if (pass == 0 && !fx_reopen(&f))
+            break;
+    }
+out:
+    rlist_free(&r);
+    fx_finish(&f);
+}
+
+/* 22. Large acks delete by ranges, never more than one for 'M' and one per
+ * sender for 'S' per ack, and each starts above the previous floor (the
+ * drain reads back exactly, with no stale row resurfacing). */
+static void test_large_acks_use_disjoint_ranges(void)
+{
+    enum { N = 3000, PAGE = 100, SENDERS = 3 };
+    static const char *const three[] = {"bob", "carol", "dave"};
+    fx f;
+    rlist r = {0};
+    if (!fx_start(&f, false) || !fill_alice(&f, "c", N, three, SENDERS))
+        goto out;
+    int acks = 0;
+    for (uint64_t upto = PAGE; upto <= N - PAGE; upto += PAGE, acks++) {
+        if (!EXPECT_U64(ack_ok(&f, "alice", NULL, upto), PAGE))
+            goto out;
+        st_page pg;
+        if (read_page(&f, "alice", NULL, upto, 1, 0, &pg)) {
+            EXPECT_U64(pg.n, 1);
+            if (pg.n)
+                EXPECT_U64(pg.msgs[0].seq, upto + 1);
+            st_page_free(&pg);
+        }
+    }
+    uint64_t points = UINT64_MAX, ranges = 0;
+    tombstones(&f, &points, &ranges);
+    EXPECT_TRUE(ranges >= (uint64_t)acks && ranges <= (uint64_t)acks * (1 + SENDERS));
+    EXPECT_U64(points, 0);
+    if (read_all(&f, "alice", NULL, &r))
+        expect_seq_range(&r, N - PAGE + 1, N);
+    rlist_free(&r);
+    for (int i = 0; i < SENDERS; i++)
+        if (read_all(&f, "alice", three[i], &r)) {
+            EXPECT_TRUE(r.n >= PAGE / SENDERS && r.n <= PAGE / SENDERS + 1);
+            for (size_t j = 0; j < r.n; j++)
+                EXPECT_TRUE(r.v[j].seq > N - PAGE);
+            rlist_free(&r);
+        }
+    EXPECT_U64(st_debug_keys(f.s, 'S'), PAGE);
+out:
+    rlist_free(&r);
+    fx_finish(&f);
+}
+
+/* 23. A process killed after many single-message acks (nothing flushed,
+ * no st_close: the acks are only in the write-ahead log) reopens with the
+ * exact state. The child is this program run again with
+ * "--ack-child DIR N": it appends N messages, acks them one by one, prints
+ * "acked" and _exit()s. */
+#define ACK_CHILD_N 3000
+
+static int ack_child(const char *dir, int n)
+{
+    st_options o;
+    st_options_init(&o);
+    st_shard *s = NULL;
+    st_error err;
+    if (st_open(dir, &o, &s, &err) != ST_OK) {
+        fprintf(stderr, "ack child: st_open: %s\n", err.msg);
+        _exit(3);
+    }
+    enum { BATCH = 500 };
+    static char ids[BATCH][16];
+    static st_put puts[BATCH];
+    for (int b = 0; b < n; b += BATCH) {
+        for (int i = 0; i < BATCH; i++) {
+            snprintf(ids[i], sizeof ids[i], "k%d", b + i);
+            puts[i] = mkput_s("alice", "bob", ids[i], "x");
+        }
+        if (st_append(s, puts, BATCH, &err) != ST_OK)
+            _exit(4);
+    }
+    for (int seq = 1; seq <= n; seq++) {
+        uint64_t deleted = 0;
+        if (st_ack(s, "alice", NULL, (uint64_t)seq, &deleted, &err) != ST_OK || deleted != 1)
+            _exit(5);
+    }
+    if (write(STDOUT_FILENO, "acked\n", 6) != 6)
+        _exit(6);
+    _exit(0); /* dies with the shard open */
+}
+
+static void test_reopen_after_many_small_acks(void)
+{
+    fx f;
+    if (!fx_init(&f, true))
+        goto out;
+    char n[16], buf[16] = {0};
+    snprintf(n, sizeof n, "%d", ACK_CHILD_N);
+    int pfd[2];
+    if (!EXPECT_TRUE(pipe(pfd) == 0))
+        goto out;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(pfd[1], STDOUT_FILENO);
+        close(pfd[0]);
+        close(pfd[1]);
+        execl("/proc/self/exe", "test_storage", "--ack-child", f.path, n, (char *)NULL);
+        _exit(127);
+    }
+    close(pfd[1]);
+    ssize_t got = pid > 0 ? read(pfd[0], buf, sizeof buf - 1) : -1;
+    close(pfd[0]);
+    int status = 0;
+    if (pid > 0)
+        waitpid(pid, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    EXPECT_TRUE(got == 6 && strcmp(buf, "acked\n") == 0);
+    if (!fx_open(&f))
+        goto out;
+    st_inbox in = inbox(&f, "alice");
+    EXPECT_U64(in.high, ACK_CHILD_N);
+    EXPECT_U64(in.floor, ACK_CHILD_N);
+    EXPECT_U64(in.count, 0);
+    expect_counts(&f, "alice", NULL, 0, 0);
+    EXPECT_U64(st_debug_keys(f.s, 'M'), 0);
+    EXPECT_U64(st_debug_keys(f.s, 'S'), 0);
+    EXPECT_U64(st_debug_keys(f.s, 'C'), 0);
+    uint64_t points = 0, ranges = UINT64_MAX;
+    tombstones(&f, &points, &ranges);
+    EXPECT_U64(ranges, 0);
+    /* The sequence goes on (the child ran on the real clock, so the send
+     * time is not checked); a retried ack deletes nothing. */
+    st_put p = append1(&f, "alice", "bob", "after", "x");
+    EXPECT_CODE(p.code, ST_OK);
+    EXPECT_U64(p.seq, ACK_CHILD_N + 1);
+    EXPECT_U64(ack_ok(&f, "alice", NULL, ACK_CHILD_N), 0);
+out:
+    fx_finish(&f);
+}
+
+/* 24. A database written by the first ack code opens and works: its
+ * conversation acks range-deleted the sender's 'S' rows from seq 0, above
+ * the floor. Written here by hand, as that code did: bob 1..5, carol 6..7,
+ * then bob's conversation acked up to 3. */
+static void test_old_conversation_ack_ranges(void)
+{
+    fx f;
+    rlist r = {0};
+    if (!fx_start(&f, true))
+        goto out;
+    for (int i = 1; i <= 7; i++) {
+        char id[8];
+        snprintf(id, sizeof id, "m%d", i);
+        set_now(&f, T0 + i);
+        append_ok(&f, "alice", i <= 5 ? "bob" : "carol", id, id);
+    }
+    st_close(&f.s);
+
+    char *rerr = NULL;
+    rocksdb_options_t *o = rocksdb_options_create();
+    rocksdb_t *db = rocksdb_open(o, f.path, &rerr);
+    if (!record(HERE, rerr == NULL, "rocksdb_open: %s", rerr ? rerr : "")) {
+        rocksdb_free(rerr);
+        rocksdb_options_destroy(o);
+        goto out;
+    }
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    /* 'S' "alice" 0 "bob" 0 u64: [seq 0, seq 4) */
+    uint8_t lo[20] = {'S', 'a', 'l', 'i', 'c', 'e', 0, 'b', 'o', 'b', 0};
+    uint8_t hi[20];
+    memcpy(hi, lo, sizeof hi);
+    hi[18] = 4;
+    rocksdb_writebatch_delete_range(wb, (char *)lo, 19, (char *)hi, 19);
+    for (uint8_t seq = 1; seq <= 3; seq++) {
+        uint8_t mk[15] = {'M', 'a', 'l', 'i', 'c', 'e', 0, 0, 0, 0, 0, 0, 0, 0, seq};
+        rocksdb_writebatch_delete(wb, (char *)mk, sizeof mk);
+    }
+    /* bob's counter 5 -> 2 (last time T0 + 5), alice's head count 7 -> 4. */
+    uint8_t ck[10] = {'C', 'a', 'l', 'i', 'c', 'e', 0, 'b', 'o', 'b'};
+    uint8_t cv[17] = {1, 0, 0, 0, 0, 0, 0, 0, 2};
+    for (int i = 0; i < 8; i++)
+        cv[9 + i] = (uint8_t)((uint64_t)(T0 + 5) >> (56 - 8 * i));
+    rocksdb_writebatch_put(wb, (char *)ck, sizeof ck, (char *)cv, sizeof cv);
+    uint8_t ik[7] = {'I', 'a', 'l', 'i', 'c', 'e', 0};
+    uint8_t iv[33] = {1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 4};
+    for (int i = 0; i < 8; i++)
+        iv[25 + i] = (uint8_t)((uint64_t)(T0 + 7) >> (56 - 8 * i));
+    rocksdb_writebatch_put(wb, (char *)ik, sizeof ik, (char *)iv, sizeof iv);
+    rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
+    rocksdb_write(db, wo, wb, &rerr);
+    record(HERE, rerr == NULL, "rocksdb_write: %s", rerr ? rerr : "");
+    rocksdb_free(rerr);
+    rocksdb_writeoptions_destroy(wo);
+    rocksdb_writebatch_destroy(wb);
+    rocksdb_close(db);
+    rocksdb_options_destroy(o);
+    if (!fx_open(&f))
+        goto out;
+
+    if (read_all(&f, "alice", "bob", &r))
+        expect_seqs(&r, 4, 5);
+    rlist_free(&r);
+    /* The stale index rows 1..3 are not counted again. */
+    EXPECT_U64(ack_ok(&f, "alice", "bob", 5), 2);
+    want_count w[] = {{"carol", 2, T0 + 7}};
+    expect_counts(&f, "alice", w, 1, 2);
+    if (read_all(&f, "alice", NULL, &r))
+        expect_seqs(&r, 6, 7);
+    rlist_free(&r);
+    EXPECT_U64(ack_ok(&f, "alice", NULL, 7), 2);
+    EXPECT_U64(inbox(&f, "alice").count, 0);
+    EXPECT_U64(st_debug_keys(f.s, 'S'), 0);
+    EXPECT_U64(st_debug_keys(f.s, 'C'), 0);
+out:
+    rlist_free(&r);
+    fx_finish(&f);
+}
+
 /* ================================================================= runner */
 
 static const im_cunit_test tests[] = {
@@ -2491,12 +2794,18 @@ static const im_cunit_test tests[] = {
     {"open_errors", test_open_errors},
     {"code_names", test_code_names},
     {"wide_batch", test_wide_batch},
+    {"small_acks_leave_no_range_deletions", test_small_acks_leave_no_range_deletions},
+    {"large_acks_use_disjoint_ranges", test_large_acks_use_disjoint_ranges},
+    {"reopen_after_many_small_acks", test_reopen_after_many_small_acks},
+    {"old_conversation_ack_ranges", test_old_conversation_ack_ranges},
 };
 
 int main(int argc, char **argv)
 {
     if (argc == 4 && strcmp(argv[1], "--crash-child") == 0)
         return crash_child(argv[2], atoi(argv[3]));
+    if (argc == 4 && strcmp(argv[1], "--ack-child") == 0)
+        return ack_child(argv[2], atoi(argv[3]));
     return im_cunit_main("storage", tests, sizeof tests / sizeof tests[0],
                          argc > 1 ? argv[1] : NULL);
 }
