@@ -1,7 +1,7 @@
 """Process and channel harness for the imbox Python end-to-end tests.
 
 Everything here follows docs/PROTOCOL.md (this implementation) and
-../shared/design/API.md (the contract):
+the public API in proto/imbox/v1/imbox.proto:
 
   * ImboxServer  - one `imbox serve` process (random port, temp data dir).
   * ImboxCluster - three `imbox shard` processes and one `imbox gateway`;

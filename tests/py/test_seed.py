@@ -1,4 +1,4 @@
-"""The seed scenarios of imbox (../shared/design/PROTOCOL.md, API.md),
+"""The seed scenarios of imbox (docs/PROTOCOL.md),
 end to end against real processes: offline backlog drained page by page with
 piggy-backed acks, a crash before the ack, counts then one conversation, a
 group send (also on a 3-shard cluster), retried sends, SIGKILL of a shard
