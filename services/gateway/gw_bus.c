@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,7 @@ typedef struct bus_req {
 
 struct gw_bus {
     void **dealers;
+    void **monitors;         /* PAIR per dealer, reading its DISCONNECTED events */
     char **endpoints;
     int n;
     int timeout_ms;
@@ -104,6 +106,10 @@ static void s_fail(gw_bus *b, bus_req *r, const char *what)
     s_finish(r, IM_UNAVAILABLE, why, NULL, 0);
 }
 
+/* Every bus of the process gets its own monitor endpoints: inproc names are
+ * per context, and several buses may share one. */
+static atomic_uint s_bus_seq;
+
 static void s_send_queued(gw_bus *b)
 {
     uint64_t v;
@@ -151,6 +157,43 @@ static void s_recv_replies(gw_bus *b, int shard)
     }
 }
 
+/*
+ * Fails every pending request of shard: its connection dropped, and libzmq
+ * drops with it whatever that connection had not yet delivered, so none of
+ * them can be answered. Walks the deadline list: it is bounded by the
+ * in-flight count and a disconnect is rare, whereas a per-shard list would
+ * cost every request two more links to maintain on its hot path. Callbacks
+ * may call gw_bus_send, which only queues, so `newer` stays valid.
+ */
+static void s_fail_shard(gw_bus *b, int shard)
+{
+    bus_req *r = b->oldest;
+    while (r) {
+        bus_req *newer = r->newer;
+        if (r->shard == shard)
+            s_fail(b, s_pending_take(b, r->id), "connection lost");
+        r = newer;
+    }
+}
+
+/* Drains shard's monitor. On a disconnect, first takes the replies that
+ * arrived before it (they are still readable), then fails the rest. */
+static void s_recv_events(gw_bus *b, int shard)
+{
+    zmq_msg_t parts[2];
+    int n;
+    while ((n = im_zmq_recv(b->monitors[shard], parts, 2)) > 0) {
+        uint16_t event = 0;
+        if (n == 2 && zmq_msg_size(&parts[0]) == 6) /* u16 event, u32 value */
+            memcpy(&event, zmq_msg_data(&parts[0]), 2);
+        im_zmq_close(parts, n, 2);
+        if (event & ZMQ_EVENT_DISCONNECTED) {
+            s_recv_replies(b, shard);
+            s_fail_shard(b, shard);
+        }
+    }
+}
+
 static void s_expire(gw_bus *b, int64_t now, bool all)
 {
     char what[64];
@@ -164,7 +207,7 @@ static void s_expire(gw_bus *b, int64_t now, bool all)
 static void *s_main(void *arg)
 {
     gw_bus *b = arg;
-    int n = b->n + 1;
+    int n = 2 * b->n + 1; /* eventfd, dealers, monitors */
     zmq_pollitem_t *items = calloc((size_t)n, sizeof *items);
     if (!items) {
         fprintf(stderr, "imbox gateway: out of memory in the bus thread\n");
@@ -175,6 +218,8 @@ static void *s_main(void *arg)
     for (int i = 0; i < b->n; i++) {
         items[i + 1].socket = b->dealers[i];
         items[i + 1].events = ZMQ_POLLIN;
+        items[b->n + i + 1].socket = b->monitors[i];
+        items[b->n + i + 1].events = ZMQ_POLLIN;
     }
     for (;;) {
         long wait = -1;
@@ -186,11 +231,17 @@ static void *s_main(void *arg)
             fprintf(stderr, "imbox gateway: bus poll: %s\n", zmq_strerror(errno));
             break;
         }
-        if (items[0].revents & ZMQ_POLLIN)
-            s_send_queued(b);
+        /* Disconnects before sends, which narrows the race told in gw_bus.h:
+         * a request queued meanwhile goes out after the old connection's
+         * pending requests were failed, not before. */
+        for (int i = 0; i < b->n; i++)
+            if (items[b->n + i + 1].revents & ZMQ_POLLIN)
+                s_recv_events(b, i);
         for (int i = 0; i < b->n; i++)
             if (items[i + 1].revents & ZMQ_POLLIN)
                 s_recv_replies(b, i);
+        if (items[0].revents & ZMQ_POLLIN)
+            s_send_queued(b);
         s_expire(b, s_mono_ms(), false);
         pthread_mutex_lock(&b->mu);
         bool stop = b->closing && !b->queue;
@@ -234,19 +285,42 @@ int gw_bus_send(gw_bus *b, int shard, uint8_t *body, size_t len, gw_bus_fn fn, v
     return 0;
 }
 
+/* Frees what gw_bus_new got so far (NULL entries were never made). Stopping
+ * a monitor that was never started is a no-op in libzmq. */
 static void s_free(gw_bus *b)
 {
-    for (int i = 0; i < b->n; i++) {
+    for (int i = 0; b->dealers && i < b->n; i++) {
+        if (b->dealers[i])
+            zmq_socket_monitor(b->dealers[i], NULL, 0);
+        if (b->monitors && b->monitors[i])
+            zmq_close(b->monitors[i]);
         if (b->dealers[i])
             zmq_close(b->dealers[i]);
-        free(b->endpoints[i]);
+        if (b->endpoints)
+            free(b->endpoints[i]);
     }
     free(b->dealers);
+    free(b->monitors);
     free(b->endpoints);
     if (b->efd >= 0)
         close(b->efd);
     pthread_mutex_destroy(&b->mu);
     free(b);
+}
+
+/* Starts the monitor of dealer i (before it connects, so that no event is
+ * missed) and connects b->monitors[i] to it. 0, or -1 with errno. */
+static int s_monitor(gw_bus *b, void *zctx, int i)
+{
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://imbox-gwbus-%u-%d", atomic_fetch_add(&s_bus_seq, 1), i);
+    int zero = 0;
+    if (zmq_socket_monitor(b->dealers[i], ep, ZMQ_EVENT_DISCONNECTED))
+        return -1;
+    void *m = b->monitors[i] = zmq_socket(zctx, ZMQ_PAIR);
+    if (!m || zmq_setsockopt(m, ZMQ_LINGER, &zero, sizeof zero) || zmq_connect(m, ep))
+        return -1;
+    return 0;
 }
 
 gw_bus *gw_bus_new(void *zctx, char *const *endpoints, int n, int timeout_ms, char *err,
@@ -262,8 +336,9 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, int n, int timeout_ms, ch
     b->timeout_ms = timeout_ms;
     b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     b->dealers = calloc((size_t)n, sizeof *b->dealers);
+    b->monitors = calloc((size_t)n, sizeof *b->monitors);
     b->endpoints = calloc((size_t)n, sizeof *b->endpoints);
-    if (b->efd < 0 || !b->dealers || !b->endpoints) {
+    if (b->efd < 0 || !b->dealers || !b->monitors || !b->endpoints) {
         snprintf(err, errlen, "out of memory or eventfd");
         s_free(b);
         return NULL;
@@ -278,7 +353,7 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, int n, int timeout_ms, ch
             zmq_setsockopt(d, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
             zmq_setsockopt(d, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl) ||
             zmq_setsockopt(d, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max) ||
-            zmq_connect(d, endpoints[i])) {
+            s_monitor(b, zctx, i) || zmq_connect(d, endpoints[i])) {
             snprintf(err, errlen, "shard %d: connect %s: %s", i, endpoints[i],
                      zmq_strerror(errno));
             s_free(b);

@@ -6,9 +6,30 @@
  * [id][body] (shard.proto), sends it, and pairs the reply by id, so many
  * requests are in flight per shard and replies may come in any order. Each
  * accepted request's callback runs exactly once, on the bus thread: with the
- * reply, or with UNAVAILABLE when the shard is not connected (DEALERs are
- * ZMQ_IMMEDIATE, so a dead shard fails fast instead of queueing) or did not
- * answer within the timeout. A late reply after a timeout is dropped.
+ * reply, or with UNAVAILABLE and why:
+ *   - "is not connected": the shard has no connection when the request is
+ *     sent (DEALERs are ZMQ_IMMEDIATE, so a dead shard fails fast instead
+ *     of queueing; they reconnect every 100..1000 ms);
+ *   - "connection lost": the shard's TCP connection dropped (shard killed
+ *     or restarted) while the request was in flight. Each DEALER has a
+ *     zmq_socket_monitor for ZMQ_EVENT_DISCONNECTED, read through a PAIR
+ *     that the bus thread polls beside the DEALERs; on the event, replies
+ *     already received are delivered and every other pending request of
+ *     that shard fails at once, since the lost connection took them along;
+ *   - "did not answer within N ms": the timeout, still the only detection
+ *     of a shard that is connected but stuck, and of any loss over inproc://
+ *     (libzmq reports no disconnects there; `imbox serve` shards live and
+ *     die with the gateway's process, so that costs nothing);
+ *   - "is unreachable: the gateway is stopping": gw_bus_destroy.
+ * A late reply after a failure is dropped.
+ *
+ * A known race: the monitor reports asynchronously, so a request sent on a
+ * new connection just before the old connection's DISCONNECTED event is
+ * read (a reconnect, >= 100 ms, must fit in between) is failed too,
+ * spuriously. That is harmless: UNAVAILABLE is retryable, and Send is
+ * idempotent by msg_id (a retry of a stored message answers duplicate; it
+ * is not stored twice). Likewise a request that the shard executed before
+ * the drop is reported UNAVAILABLE; a retry settles it.
  *
  * Wake-up: other threads push onto a mutex-protected queue and write an
  * eventfd that the bus thread polls beside its sockets, so an idle bus
