@@ -188,20 +188,6 @@ const char *st_code_name(int code)
     }
 }
 
-static void s_put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
-static uint64_t s_get64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
 static int64_t s_default_clock(void *ctx)
 {
     (void)ctx;
@@ -217,69 +203,12 @@ static int64_t s_now(const st_shard *s)
 
 /* ------------------------------------------------------------ validation */
 
-/* Length of the valid UTF-8 sequence at p (n bytes left), 0 if invalid. */
-static size_t s_utf8_seq(const uint8_t *p, size_t n, uint32_t *cp)
-{
-    size_t len;
-    uint32_t c, min;
-    if (p[0] < 0x80) {
-        *cp = p[0];
-        return 1;
-    } else if ((p[0] & 0xE0) == 0xC0) {
-        len = 2, c = p[0] & 0x1F, min = 0x80;
-    } else if ((p[0] & 0xF0) == 0xE0) {
-        len = 3, c = p[0] & 0x0F, min = 0x800;
-    } else if ((p[0] & 0xF8) == 0xF0) {
-        len = 4, c = p[0] & 0x07, min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-        c = c << 6 | (p[i] & 0x3F);
-    }
-    if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
-        return 0; /* overlong, out of range, or a surrogate */
-    *cp = c;
-    return len;
-}
-
-bool st_utf8_valid(const char *p, size_t n)
-{
-    const uint8_t *u = (const uint8_t *)p;
-    for (size_t i = 0; i < n;) {
-        uint32_t cp;
-        size_t len = s_utf8_seq(u + i, n - i, &cp);
-        if (len == 0)
-            return false;
-        i += len;
-    }
-    return true;
-}
-
 int st_check_uid(const char *uid, const char *field, st_error *err)
 {
-    if (!uid)
-        return s_err(err, ST_EINVAL, "%s: missing", field);
-    size_t n = strnlen(uid, ST_UID_MAX + 1);
-    if (n == 0)
-        return s_err(err, ST_EINVAL, "%s: empty (1..%d bytes)", field, ST_UID_MAX);
-    if (n > ST_UID_MAX)
-        return s_err(err, ST_EINVAL, "%s: longer than %d bytes", field, ST_UID_MAX);
-    const uint8_t *p = (const uint8_t *)uid;
-    for (size_t i = 0; i < n;) {
-        uint32_t cp;
-        size_t len = s_utf8_seq(p + i, n - i, &cp);
-        if (len == 0)
-            return s_err(err, ST_EINVAL, "%s: not valid UTF-8 (byte %zu)", field, i);
-        if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F))
-            return s_err(err, ST_EINVAL, "%s: control character at byte %zu", field, i);
-        i += len;
-    }
-    return ST_OK;
+    char msg[sizeof err->msg];
+    if (im_uid_check(uid, field, msg, sizeof msg) == 0)
+        return ST_OK;
+    return s_err(err, ST_EINVAL, "%s", msg);
 }
 
 static int s_check_put(const st_shard *s, const st_put *p, size_t i, st_error *err)
@@ -320,7 +249,7 @@ static size_t s_key_prefix(uint8_t *k, char table, const char *uid)
 static size_t s_key_msg(uint8_t *k, const char *uid, uint64_t seq)
 {
     size_t n = s_key_prefix(k, 'M', uid);
-    s_put64(k + n, seq);
+    im_put64(k + n, seq);
     return n + 8;
 }
 
@@ -331,7 +260,7 @@ static size_t s_key_sidx(uint8_t *k, const char *uid, const char *sender, uint64
     size_t m = strlen(sender);
     memcpy(k + n, sender, m);
     k[n + m] = 0;
-    s_put64(k + n + m + 1, seq);
+    im_put64(k + n + m + 1, seq);
     return n + m + 1 + 8;
 }
 
@@ -367,19 +296,19 @@ static size_t s_key_upper(uint8_t *dst, const uint8_t *k, size_t n)
 
 static void s_head_decode(const uint8_t *v, st_inbox *h)
 {
-    h->high = s_get64(v + 1);
-    h->count = s_get64(v + 9);
-    h->floor = s_get64(v + 17);
-    h->last_time_ms = (int64_t)s_get64(v + 25);
+    h->high = im_get64(v + 1);
+    h->count = im_get64(v + 9);
+    h->floor = im_get64(v + 17);
+    h->last_time_ms = (int64_t)im_get64(v + 25);
 }
 
 static void s_head_encode(uint8_t *v, const st_inbox *h)
 {
     v[0] = ST_REC_VERSION;
-    s_put64(v + 1, h->high);
-    s_put64(v + 9, h->count);
-    s_put64(v + 17, h->floor);
-    s_put64(v + 25, (uint64_t)h->last_time_ms);
+    im_put64(v + 1, h->high);
+    im_put64(v + 9, h->count);
+    im_put64(v + 17, h->floor);
+    im_put64(v + 25, (uint64_t)h->last_time_ms);
 }
 
 /* A decoded 'M' record; strings point into the value, not NUL-terminated. */
@@ -400,7 +329,7 @@ static int s_rec_decode(const uint8_t *v, size_t n, s_rec *r)
 {
     if (n < ST_MSG_FIXED || v[0] != ST_REC_VERSION)
         return ST_ECORRUPT;
-    r->send_time_ms = (int64_t)s_get64(v + 1);
+    r->send_time_ms = (int64_t)im_get64(v + 1);
     r->msg_type = (int32_t)((uint32_t)v[9] << 24 | (uint32_t)v[10] << 16 |
                             (uint32_t)v[11] << 8 | v[12]);
     size_t off = 13;
@@ -423,7 +352,7 @@ static size_t s_rec_encode(uint8_t *v, const st_put *p, int64_t t)
 {
     size_t sl = strlen(p->sender), dl = strlen(p->msg_id);
     v[0] = ST_REC_VERSION;
-    s_put64(v + 1, (uint64_t)t);
+    im_put64(v + 1, (uint64_t)t);
     uint32_t ty = (uint32_t)p->msg_type;
     v[9] = (uint8_t)(ty >> 24), v[10] = (uint8_t)(ty >> 16);
     v[11] = (uint8_t)(ty >> 8), v[12] = (uint8_t)ty;
@@ -490,7 +419,7 @@ static unsigned char s_filter(void *st, int level, const char *key, size_t klen,
     *changed = 0;
     if (klen == 0 || key[0] != 'D' || vlen != ST_DEDUP_LEN)
         return 0;
-    int64_t t = (int64_t)s_get64((const uint8_t *)val + 9);
+    int64_t t = (int64_t)im_get64((const uint8_t *)val + 9);
     return t <= s_now(s) - s->o.dedup_window_ms;
 }
 
@@ -762,11 +691,11 @@ static int s_apply_put(s_writer *w, st_put *p, int64_t now, st_error *err)
         return err->code;
 
     if (de->vn) {
-        int64_t t = (int64_t)s_get64(de->val + 9);
+        int64_t t = (int64_t)im_get64(de->val + 9);
         if (t > now - s->o.dedup_window_ms) {
             p->code = ST_OK;
             p->duplicate = true;
-            p->seq = s_get64(de->val + 1);
+            p->seq = im_get64(de->val + 1);
             p->send_time_ms = t;
             return ST_OK;
         }
@@ -776,7 +705,7 @@ static int s_apply_put(s_writer *w, st_put *p, int64_t now, st_error *err)
         s_head_decode(he->val, &h);
     if (h.count >= s->o.max_inbox) {
         p->code = ST_EFULL;
-        p->error = "inbox full: the receiver has reached its quota of stored messages";
+        p->error = IM_TEXT_INBOX_FULL;
         return ST_OK;
     }
     int64_t t = now > h.last_time_ms ? now : h.last_time_ms;
@@ -788,8 +717,8 @@ static int s_apply_put(s_writer *w, st_put *p, int64_t now, st_error *err)
     he->dirty = true;
 
     de->val[0] = ST_REC_VERSION;
-    s_put64(de->val + 1, h.high);
-    s_put64(de->val + 9, (uint64_t)t);
+    im_put64(de->val + 1, h.high);
+    im_put64(de->val + 9, (uint64_t)t);
     de->vn = ST_DEDUP_LEN;
     de->dirty = true;
 
@@ -797,10 +726,10 @@ static int s_apply_put(s_writer *w, st_put *p, int64_t now, st_error *err)
     s_ov_ent *ce = s_ov_load(s, &w->ov, k, kn, ST_CNT_LEN, err);
     if (!ce)
         return err->code;
-    uint64_t cnt = ce->vn ? s_get64(ce->val + 1) : 0;
+    uint64_t cnt = ce->vn ? im_get64(ce->val + 1) : 0;
     ce->val[0] = ST_REC_VERSION;
-    s_put64(ce->val + 1, cnt + 1);
-    s_put64(ce->val + 9, (uint64_t)t);
+    im_put64(ce->val + 1, cnt + 1);
+    im_put64(ce->val + 9, (uint64_t)t);
     ce->vn = ST_CNT_LEN;
     ce->dirty = true;
 
@@ -830,12 +759,12 @@ static s_ov_ent *s_tally(s_writer *w, const char *uid, const char *sender, size_
     s_ov_ent *ce = s_ov_load(w->s, &w->aov, k, kn, ST_CNT_LEN, err);
     if (!ce)
         return NULL;
-    uint64_t cnt = ce->vn ? s_get64(ce->val + 1) : 0;
+    uint64_t cnt = ce->vn ? im_get64(ce->val + 1) : 0;
     if (cnt == 0) {
         s_err(err, ST_ECORRUPT, "counter of a stored message's sender is 0");
         return NULL;
     }
-    s_put64(ce->val + 1, cnt - 1);
+    im_put64(ce->val + 1, cnt - 1);
     ce->dirty = true;
     ce->acked++;
     return ce;
@@ -848,7 +777,7 @@ static size_t s_key_sidx_of_cnt(uint8_t *k, const s_ov_ent *ce, uint64_t seq)
     memcpy(k, ce->key, ce->kn);
     k[0] = 'S';
     k[ce->kn] = 0;
-    s_put64(k + ce->kn + 1, seq);
+    im_put64(k + ce->kn + 1, seq);
     return ce->kn + 9;
 }
 
@@ -868,7 +797,7 @@ static void s_tally_flush(s_writer *w, bool ranges, uint64_t from, uint64_t upto
             s_key_sidx_of_cnt(hi, e, upto + 1);
             rocksdb_writebatch_delete_range(w->awb, (const char *)lo, n, (const char *)hi, n);
         }
-        if (s_get64(e->val + 1) == 0)
+        if (im_get64(e->val + 1) == 0)
             e->vn = 0;
     }
     s_ov_flush(&w->aov, w->awb);
@@ -928,7 +857,7 @@ static int s_ack_inbox(s_writer *w, st_req *r, st_inbox *h, uint64_t upto, int64
             rc = err->code;
             break;
         }
-        last = s_get64(kk + kl - 8);
+        last = im_get64(kk + kl - 8);
         if ((rc = s_acked_add(w, (size_t)*n, last, ce, err)))
             break;
         ++*n;
@@ -983,7 +912,7 @@ static int s_ack_conversation(s_writer *w, st_req *r, const st_inbox *h, uint64_
             break;
         }
         rocksdb_writebatch_delete(w->awb, (const char *)kk, kl);
-        size_t mk = s_key_msg(k, r->uid, s_get64(kk + kl - 8));
+        size_t mk = s_key_msg(k, r->uid, im_get64(kk + kl - 8));
         char *rerr = NULL;
         size_t vl = 0;
         char *v = rocksdb_get(s->db, s->ro_get, (const char *)k, mk, &vl, &rerr);
@@ -1122,7 +1051,7 @@ static void s_batch_commit(s_writer *w)
             r->err = w->err;
             for (size_t i = 0; i < r->nputs; i++) {
                 r->puts[i].code = w->rc;
-                r->puts[i].error = "storage error: the message was not stored";
+                r->puts[i].error = IM_TEXT_NOT_STORED;
                 r->puts[i].duplicate = false;
                 r->puts[i].seq = 0;
             }
@@ -1590,7 +1519,7 @@ int st_read(st_shard *s, const char *uid, const char *sender, uint64_t after,
                 rc = s_err(err, ST_ECORRUPT, "message key of inbox '%s'", uid);
                 break;
             }
-            int t = s_page_take(s, out, s_get64(kk + kl - 8), v, vl, now, &bytes, max_bytes, err);
+            int t = s_page_take(s, out, im_get64(kk + kl - 8), v, vl, now, &bytes, max_bytes, err);
             if (t < 0) {
                 rc = t;
                 break;
@@ -1617,7 +1546,7 @@ int st_read(st_shard *s, const char *uid, const char *sender, uint64_t after,
                 rc = s_err(err, ST_ECORRUPT, "sender index of inbox '%s'", uid);
                 break;
             }
-            uint64_t seq = s_get64(kk + kl - 8);
+            uint64_t seq = im_get64(kk + kl - 8);
             size_t mk = s_key_msg(k, uid, seq);
             char *rerr = NULL;
             size_t vl = 0;
@@ -1744,8 +1673,8 @@ int st_counts(st_shard *s, const char *uid, st_count **out, size_t *n, uint64_t 
         st_count *c = &v[(*n)++];
         memcpy(c->sender, kk + lon, sl);
         c->sender[sl] = 0;
-        c->count = s_get64(val + 1);
-        c->last_send_time_ms = (int64_t)s_get64(val + 9);
+        c->count = im_get64(val + 1);
+        c->last_send_time_ms = (int64_t)im_get64(val + 9);
         *total += c->count;
     }
     int irc = s_iter_close(&it, err);

@@ -49,6 +49,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "im_base.h"
+
 /* Result codes. Each maps to one gRPC status at the gateway. */
 typedef enum st_code {
     ST_OK = 0,
@@ -61,11 +63,11 @@ typedef enum st_code {
     ST_ENOMEM = -7,     /* allocation failed (RESOURCE_EXHAUSTED) */
 } st_code;
 
-/* Hard ceilings of the format; the configurable limits must stay below. */
-#define ST_UID_MAX 64        /* bytes of a uid (receiver or sender) */
-#define ST_MSGID_MAX 128     /* bytes of a msg_id */
-#define ST_CONTENT_MAX 65536 /* bytes of content */
-#define ST_PAGE_MAX 1000     /* messages per page */
+/* Hard ceilings of the format (im_base.h); configurable limits stay below. */
+#define ST_UID_MAX IM_UID_MAX         /* bytes of a uid (receiver or sender) */
+#define ST_MSGID_MAX IM_MSGID_MAX     /* bytes of a msg_id */
+#define ST_CONTENT_MAX IM_CONTENT_MAX /* bytes of content */
+#define ST_PAGE_MAX IM_PAGE_MAX       /* messages per page */
 
 typedef struct st_error {
     int code;      /* an st_code */
@@ -76,14 +78,10 @@ typedef struct st_error {
 const char *st_code_name(int code);
 
 /*
- * Checks a uid: 1..ST_UID_MAX bytes of valid UTF-8 without control
- * characters (C0, DEL, C1). On error fills err with a message that starts
- * with `field`. The one rule for uids, shared by every layer.
+ * Checks a uid by the rule of im_uid_check() (im_base.h): ST_OK, or
+ * ST_EINVAL with err filled with a message that starts with `field`.
  */
 int st_check_uid(const char *uid, const char *field, st_error *err);
-
-/* Whether p[0..n) is valid UTF-8 (no overlongs, surrogates, or > U+10FFFF). */
-bool st_utf8_valid(const char *p, size_t n);
 
 /* ---------------------------------------------------------------- options */
 

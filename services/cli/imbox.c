@@ -161,9 +161,9 @@ static void s_wait_signal(sigset_t set)
 static gw_limits s_gateway_limits(const flag *flags)
 {
     return (gw_limits){
-        .max_receivers = (int)s_int(flags, "max-receivers", 1, GW_MAX_RECEIVERS),
-        .max_content = (size_t)s_int(flags, "max-content", 1, GW_MAX_CONTENT),
-        .max_page = (unsigned)s_int(flags, "max-page", 1, GW_PAGE_MAX),
+        .max_receivers = (int)s_int(flags, "max-receivers", 1, IM_RECEIVERS_MAX),
+        .max_content = (size_t)s_int(flags, "max-content", 1, IM_CONTENT_MAX),
+        .max_page = (unsigned)s_int(flags, "max-page", 1, IM_PAGE_MAX),
     };
 }
 

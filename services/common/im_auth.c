@@ -7,8 +7,6 @@
  */
 #include "im_auth.h"
 
-#include "st.h"
-
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -32,7 +30,7 @@
 #define S_CURSOR_FIXED (1 + 8 + 1 + S_TAG_LEN) /* version, seq, n, tag */
 #define S_CURSOR_DOMAIN "imbox-cursor-v1"
 /* uid "." expiry "." mac at its longest. */
-#define S_TOKEN_RAW_MAX (ST_UID_MAX + 1 + S_EXPIRY_DIGITS + 1 + S_MAC_LEN)
+#define S_TOKEN_RAW_MAX (IM_UID_MAX + 1 + S_EXPIRY_DIGITS + 1 + S_MAC_LEN)
 
 /* RFC 4648 section 5; s_b64_val() is its inverse. */
 static const char s_b64_alphabet[] =
@@ -403,7 +401,7 @@ static int s_hmac(const im_secret *s, const uint8_t *msg, size_t n,
 
 static bool s_uid_ok(const char *uid)
 {
-    return st_check_uid(uid, "uid", NULL) == ST_OK;
+    return im_uid_check(uid, "uid", NULL, 0) == 0;
 }
 
 /* ================================================================ token */
@@ -482,7 +480,7 @@ int im_token_verify(const im_secret *s, const char *token, size_t len,
     if (now_unix_s >= (int64_t)expiry)
         return s_token_fail(uid_out, why, "token: expired");
 
-    if (uid_len > ST_UID_MAX || memchr(raw, '\0', uid_len) != NULL)
+    if (uid_len > IM_UID_MAX || memchr(raw, '\0', uid_len) != NULL)
         return s_token_fail(uid_out, why, "token: invalid uid");
     memcpy(uid_out, raw, uid_len);
     uid_out[uid_len] = '\0';
@@ -497,9 +495,9 @@ int im_token_verify(const im_secret *s, const char *token, size_t len,
 static int s_cursor_tag(const im_secret *s, const char *owner, const char *sender,
                         const uint8_t seq8[8], uint8_t tag[S_TAG_LEN])
 {
-    uint8_t msg[sizeof S_CURSOR_DOMAIN + ST_UID_MAX + 1 + ST_UID_MAX + 1 + 8];
-    size_t ol = strnlen(owner, ST_UID_MAX + 1), sl = strnlen(sender, ST_UID_MAX + 1);
-    if (ol > ST_UID_MAX || sl > ST_UID_MAX)
+    uint8_t msg[sizeof S_CURSOR_DOMAIN + IM_UID_MAX + 1 + IM_UID_MAX + 1 + 8];
+    size_t ol = strnlen(owner, IM_UID_MAX + 1), sl = strnlen(sender, IM_UID_MAX + 1);
+    if (ol > IM_UID_MAX || sl > IM_UID_MAX)
         return -1; /* no cursor of ours names such a uid */
     size_t n = 0;
     memcpy(msg + n, S_CURSOR_DOMAIN, sizeof S_CURSOR_DOMAIN); /* with its 0x00 */
@@ -545,7 +543,7 @@ int im_cursor_make(const im_secret *s, const char *owner, const char *sender,
     size_t sl = strlen(sender), rawn = S_CURSOR_FIXED + sl;
     if (cap < s_b64_len(rawn) + 1)
         return -1;
-    uint8_t raw[S_CURSOR_FIXED + ST_UID_MAX];
+    uint8_t raw[S_CURSOR_FIXED + IM_UID_MAX];
     raw[0] = S_CURSOR_VERSION;
     s_put_u64be(raw + 1, seq);
     raw[9] = (uint8_t)sl;
@@ -557,7 +555,7 @@ int im_cursor_make(const im_secret *s, const char *owner, const char *sender,
 }
 
 int im_cursor_scope(const im_secret *s, const char *owner, const char *cursor, size_t len,
-                    uint64_t *seq, char sender_out[ST_UID_MAX + 1], const char **why)
+                    uint64_t *seq, char sender_out[IM_UID_MAX + 1], const char **why)
 {
     assert(s != NULL);
     assert(owner != NULL);
@@ -567,7 +565,7 @@ int im_cursor_scope(const im_secret *s, const char *owner, const char *cursor, s
     sender_out[0] = '\0';
     if (len == 0)
         return 0;
-    uint8_t raw[S_CURSOR_FIXED + ST_UID_MAX];
+    uint8_t raw[S_CURSOR_FIXED + IM_UID_MAX];
     size_t n;
     if (len > s_b64_len(sizeof raw) ||
         im_b64url_decode(cursor, len, raw, sizeof raw, &n) != 0 || n < S_CURSOR_FIXED ||
@@ -577,7 +575,7 @@ int im_cursor_scope(const im_secret *s, const char *owner, const char *cursor, s
         return -1;
     }
     size_t sl = raw[9];
-    char sender[ST_UID_MAX + 1];
+    char sender[IM_UID_MAX + 1];
     memcpy(sender, raw + 10, sl);
     sender[sl] = '\0';
     uint8_t tag[S_TAG_LEN];
@@ -597,7 +595,7 @@ int im_cursor_parse(const im_secret *s, const char *owner, const char *sender,
                     const char *cursor, size_t len, uint64_t *seq,
                     const char **why)
 {
-    char scope[ST_UID_MAX + 1];
+    char scope[IM_UID_MAX + 1];
     if (sender == NULL)
         sender = "";
     if (im_cursor_scope(s, owner, cursor, len, seq, scope, why) != 0)

@@ -11,7 +11,7 @@
  *                (65 bytes, mode 0600). Anything else is refused.
  *
  *   token   = b64url( uid "." expiry "." mac )
- *     uid    1..64 bytes, the uid rule of st_check_uid() (storage/st.h);
+ *     uid    1..64 bytes, the uid rule of im_uid_check() (im_base.h);
  *            may contain dots
  *     expiry Unix time in seconds, 1..19 ASCII digits, nothing else (no
  *            sign); the token is refused when now >= expiry
@@ -54,7 +54,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "st.h"
+#include "im_base.h"
 
 /* ------------------------------------------------------------ base64url */
 
@@ -152,10 +152,10 @@ int im_cursor_make(const im_secret *s, const char *owner, const char *sender,
  *                         the tag does not match: another owner, another
  *                         secret, or forged
  * Whether seq is beyond what the inbox ever stored is the shard's to say
- * (ST_ECURSOR).
+ * (it answers INVALID_ARGUMENT).
  */
 int im_cursor_scope(const im_secret *s, const char *owner, const char *cursor, size_t len,
-                    uint64_t *seq, char sender_out[ST_UID_MAX + 1], const char **why);
+                    uint64_t *seq, char sender_out[IM_UID_MAX + 1], const char **why);
 
 /*
  * As im_cursor_scope, and the cursor's scope must also be `sender` (NULL or

@@ -5,22 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "st.h"
-
-int im_status_of_st(int code)
-{
-    switch (code) {
-    case ST_OK: return IM_OK;
-    case ST_EINVAL:
-    case ST_ECURSOR: return IM_INVALID_ARGUMENT;
-    case ST_EFULL:
-    case ST_ENOMEM: return IM_RESOURCE_EXHAUSTED;
-    case ST_ECORRUPT: return IM_DATA_LOSS;
-    case ST_ECLOSED: return IM_UNAVAILABLE;
-    default: return IM_INTERNAL;
-    }
-}
-
 /* Makes room for n more bytes. */
 static int s_reserve(im_buf *b, size_t n)
 {
@@ -149,7 +133,7 @@ int im_str_check(const im_str_in *in, const char *field, size_t max, bool utf8, 
                         in->over ? in->over : in->n, max), -1;
     if (in->nul)
         return snprintf(msg, cap, "%s: contains a NUL byte", field), -1;
-    if (utf8 && !st_utf8_valid(in->p, in->n))
+    if (utf8 && !im_utf8_valid(in->p, in->n))
         return snprintf(msg, cap, "%s: not valid UTF-8", field), -1;
     return 0;
 }

@@ -1,7 +1,8 @@
 /*
  * im_wire.h - nanopb glue shared by the services: growable byte buffers,
- * encoding to malloc'ed memory, bounded callbacks for bytes fields, and the
- * one mapping from storage codes to gRPC status codes.
+ * encoding to malloc'ed memory, bounded callbacks for bytes and string
+ * fields, and wire-type checks of what a client sent. Status codes are
+ * im_base.h's.
  *
  * Threads: no shared state; every function is safe from any thread.
  */
@@ -17,23 +18,7 @@
 #include <pb_common.h>
 #include <pb_encode.h>
 
-/* gRPC status codes, by number, for code that does not include grpc.h. */
-enum {
-    IM_OK = 0,
-    IM_CANCELLED = 1,
-    IM_INVALID_ARGUMENT = 3,
-    IM_DEADLINE_EXCEEDED = 4,
-    IM_FAILED_PRECONDITION = 9,
-    IM_RESOURCE_EXHAUSTED = 8,
-    IM_UNIMPLEMENTED = 12,
-    IM_INTERNAL = 13,
-    IM_UNAVAILABLE = 14,
-    IM_DATA_LOSS = 15,
-    IM_UNAUTHENTICATED = 16,
-};
-
-/* The gRPC status for an st_code (st.h). */
-int im_status_of_st(int st_code);
+#include "im_base.h"
 
 /* A growable buffer; zero-initialise, free with im_buf_free. */
 typedef struct im_buf {

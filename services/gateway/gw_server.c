@@ -21,10 +21,8 @@
 #include "im_wire.h"
 #include "imbox/internal/v1/shard.pb.h"
 #include "imbox/v1/imbox.pb.h"
-#include "st.h"
 
 /* Fixed limits and tunables (the configurable limits are in gw_server.h). */
-#define GW_MAX_MSGID 128
 #define GW_PAGE_DEFAULT 100
 #define GW_PAGE_BYTES (3u << 20) /* content per page: under gRPC's 4 MiB */
 #define GW_REPLY_MAX (8u << 20)  /* largest shard reply accepted */
@@ -77,15 +75,15 @@ struct gw_call {
     int cancelled;
     grpc_byte_buffer *resp;
     grpc_slice status_details;
-    char uid[ST_UID_MAX + 1];
+    char uid[IM_UID_MAX + 1];
     /* Send */
     int nrecv;
-    char (*receivers)[ST_UID_MAX + 1];
+    char (*receivers)[IM_UID_MAX + 1];
     gw_receipt *receipts;
     gw_part *parts;
     atomic_int parts_left;
     /* Pull */
-    char sender[ST_UID_MAX + 1];
+    char sender[IM_UID_MAX + 1];
 };
 
 struct gw_server {
@@ -334,18 +332,6 @@ static void s_part_done(gw_call *c)
     s_respond_pb(c, imbox_v1_SendResponse_fields, &resp, NULL, 0);
 }
 
-/* The receipt text for a per-receiver code (the shard sends codes only). */
-static const char *s_receipt_error(int code)
-{
-    switch (code) {
-    case IM_OK: return "";
-    case IM_RESOURCE_EXHAUSTED:
-        return "inbox full: the receiver has reached its quota of stored messages";
-    case IM_INTERNAL: return "storage error: the message was not stored";
-    default: return "the message was not stored";
-    }
-}
-
 static void s_on_store(void *arg, int status, const char *why, const uint8_t *reply, size_t len)
 {
     gw_part *p = arg;
@@ -378,7 +364,7 @@ static void s_on_store(void *arg, int status, const char *why, const uint8_t *re
         }
         const imbox_internal_v1_StoreResult *res = &r->results[i];
         rc->code = res->code;
-        snprintf(rc->error, sizeof rc->error, "%s", s_receipt_error(res->code));
+        snprintf(rc->error, sizeof rc->error, "%s", im_receipt_text(res->code));
         rc->duplicate = res->duplicate;
         rc->send_time_ms = res->send_time_ms;
     }
@@ -386,10 +372,10 @@ static void s_on_store(void *arg, int status, const char *why, const uint8_t *re
 }
 
 /* SendRequest.receiver_uids, decoded by callback (hostile input: at most
- * GW_MAX_RECEIVERS are kept, each at most ST_UID_MAX bytes; the first
+ * IM_RECEIVERS_MAX are kept, each at most IM_UID_MAX bytes; the first
  * problem is remembered with its index so the error can name it). */
 typedef struct gw_uids {
-    char (*v)[ST_UID_MAX + 1];
+    char (*v)[IM_UID_MAX + 1];
     int n;        /* kept */
     int total;    /* seen */
     int bad;      /* index of the first over-long or NUL-holding uid, or -1 */
@@ -402,8 +388,8 @@ static bool s_read_uid(pb_istream_t *s, const pb_field_t *f, void **arg)
     gw_uids *u = *arg;
     size_t n = s->bytes_left;
     int i = u->total++;
-    if (u->n == GW_MAX_RECEIVERS || n > ST_UID_MAX) {
-        if (n > ST_UID_MAX && u->bad < 0) {
+    if (u->n == IM_RECEIVERS_MAX || n > IM_UID_MAX) {
+        if (n > IM_UID_MAX && u->bad < 0) {
             u->bad = i;
             u->bad_len = n;
         }
@@ -426,10 +412,10 @@ static int s_send_check(gw_call *c, const im_str_in *msg_id, const gw_uids *u,
 {
     if (msg_id->n == 0 && !msg_id->over) {
         s_respond_errf(c, IM_INVALID_ARGUMENT, "msg_id: empty, must be 1..%d bytes",
-                       GW_MAX_MSGID);
+                       IM_MSGID_MAX);
         return -1;
     }
-    if (s_str(c, msg_id, "msg_id", GW_MAX_MSGID, true))
+    if (s_str(c, msg_id, "msg_id", IM_MSGID_MAX, true))
         return -1;
     const gw_limits *lim = &c->g->c.limits;
     if (u->total == 0 || u->total > lim->max_receivers) {
@@ -439,9 +425,9 @@ static int s_send_check(gw_call *c, const im_str_in *msg_id, const gw_uids *u,
     }
     if (u->bad >= 0) {
         s_respond_errf(c, IM_INVALID_ARGUMENT,
-                       u->bad_len > ST_UID_MAX ? "receiver_uids[%d]: %zu bytes, longer than %d"
+                       u->bad_len > IM_UID_MAX ? "receiver_uids[%d]: %zu bytes, longer than %d"
                                                : "receiver_uids[%d]: contains a NUL byte",
-                       u->bad, u->bad_len, ST_UID_MAX);
+                       u->bad, u->bad_len, IM_UID_MAX);
         return -1;
     }
     if (content->over) {
@@ -451,10 +437,10 @@ static int s_send_check(gw_call *c, const im_str_in *msg_id, const gw_uids *u,
     }
     for (int i = 0; i < u->n; i++) {
         char field[32];
-        st_error e;
+        char msg[160];
         snprintf(field, sizeof field, "receiver_uids[%d]", i);
-        if (st_check_uid(u->v[i], field, &e)) {
-            s_respond(c, IM_INVALID_ARGUMENT, e.msg, NULL, 0);
+        if (im_uid_check(u->v[i], field, msg, sizeof msg)) {
+            s_respond(c, IM_INVALID_ARGUMENT, msg, NULL, 0);
             return -1;
         }
     }
@@ -537,9 +523,9 @@ static void s_send(gw_call *c)
     gw_server *g = c->g;
     imbox_v1_SendRequest q;
     memset(&q, 0, sizeof q);
-    gw_uids u = {.v = malloc(GW_MAX_RECEIVERS * sizeof *u.v), .bad = -1};
+    gw_uids u = {.v = malloc(IM_RECEIVERS_MAX * sizeof *u.v), .bad = -1};
     im_bytes_in content = {.max = g->c.limits.max_content};
-    char msg_id[GW_MAX_MSGID + 1];
+    char msg_id[IM_MSGID_MAX + 1];
     im_str_in mid = {.p = msg_id, .cap = sizeof msg_id};
     msg_id[0] = 0;
     q.msg_id.funcs.decode = im_pb_read_str;
@@ -641,7 +627,7 @@ static void s_pull(gw_call *c)
 {
     imbox_v1_PullRequest q = {0};
     gw_cursor k;
-    char sender[ST_UID_MAX + 1] = "";
+    char sender[IM_UID_MAX + 1] = "";
     im_str_in sin = {.p = sender, .cap = sizeof sender};
     s_cursor_init(&k, &q.cursor);
     q.sender_uid.funcs.decode = im_pb_read_str;
@@ -654,15 +640,15 @@ static void s_pull(gw_call *c)
                        max_page);
         return;
     }
-    st_error e;
-    if (s_str(c, &sin, "sender_uid", ST_UID_MAX, false))
+    char msg[160];
+    if (s_str(c, &sin, "sender_uid", IM_UID_MAX, false))
         return;
-    if (sender[0] && st_check_uid(sender, "sender_uid", &e)) {
-        s_respond(c, IM_INVALID_ARGUMENT, e.msg, NULL, 0);
+    if (sender[0] && im_uid_check(sender, "sender_uid", msg, sizeof msg)) {
+        s_respond(c, IM_INVALID_ARGUMENT, msg, NULL, 0);
         return;
     }
     uint64_t seq;
-    char scope[ST_UID_MAX + 1] = "";
+    char scope[IM_UID_MAX + 1] = "";
     if (s_cursor(c, &k, &seq, scope))
         return;
     if (k.in.n && strcmp(scope, sender) != 0) {
@@ -710,7 +696,7 @@ static void s_ack(gw_call *c)
         return;
     }
     uint64_t seq;
-    char scope[ST_UID_MAX + 1] = "";
+    char scope[IM_UID_MAX + 1] = "";
     if (s_cursor(c, &k, &seq, scope))
         return;
     imbox_internal_v1_ShardRequest *sr = c->g->shard_req;
@@ -777,7 +763,7 @@ static void s_health(gw_call *c)
         return;
     }
     if (svcn != 0 && !(svcn == sizeof inbox - 1 && memcmp(svc, inbox, svcn) == 0)) {
-        s_respond(c, 5 /* NOT_FOUND */, "unknown service", NULL, 0);
+        s_respond(c, IM_NOT_FOUND, "unknown service", NULL, 0);
         return;
     }
     uint8_t *body = malloc(2);
@@ -918,13 +904,13 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
     if (g->c.shard_timeout_ms <= 0)
         g->c.shard_timeout_ms = GW_SHARD_TIMEOUT_MS;
     gw_limits *lim = &g->c.limits;
-    lim->max_receivers = lim->max_receivers ? lim->max_receivers : GW_MAX_RECEIVERS;
-    lim->max_content = lim->max_content ? lim->max_content : GW_MAX_CONTENT;
-    lim->max_page = lim->max_page ? lim->max_page : GW_PAGE_MAX;
-    if (lim->max_receivers < 1 || lim->max_receivers > GW_MAX_RECEIVERS ||
-        lim->max_content > GW_MAX_CONTENT || lim->max_page > GW_PAGE_MAX) {
+    lim->max_receivers = lim->max_receivers ? lim->max_receivers : IM_RECEIVERS_MAX;
+    lim->max_content = lim->max_content ? lim->max_content : IM_CONTENT_MAX;
+    lim->max_page = lim->max_page ? lim->max_page : IM_PAGE_MAX;
+    if (lim->max_receivers < 1 || lim->max_receivers > IM_RECEIVERS_MAX ||
+        lim->max_content > IM_CONTENT_MAX || lim->max_page > IM_PAGE_MAX) {
         snprintf(err, errlen, "limits: receivers 1..%d, content 0..%d, page 1..%d",
-                 GW_MAX_RECEIVERS, GW_MAX_CONTENT, GW_PAGE_MAX);
+                 IM_RECEIVERS_MAX, IM_CONTENT_MAX, IM_PAGE_MAX);
         free(g);
         return NULL;
     }

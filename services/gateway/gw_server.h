@@ -21,16 +21,13 @@
 
 #include "im_auth.h"
 
-/* Request limits (API.md "Limits"); 0 = the default, which is also the
- * ceiling the formats allow. */
-#define GW_MAX_RECEIVERS 1000 /* receivers per Send */
-#define GW_MAX_CONTENT 65536  /* bytes of content (= ST_CONTENT_MAX) */
-#define GW_PAGE_MAX 1000      /* messages per page (= ST_PAGE_MAX) */
+/* Request limits; 0 = the default, which is also the ceiling the formats
+ * allow (IM_RECEIVERS_MAX, IM_CONTENT_MAX, IM_PAGE_MAX of im_base.h). */
 
 typedef struct gw_limits {
-    int max_receivers;        /* 1..GW_MAX_RECEIVERS */
-    size_t max_content;       /* 0..GW_MAX_CONTENT */
-    unsigned max_page;        /* 1..GW_PAGE_MAX */
+    int max_receivers;        /* 1..IM_RECEIVERS_MAX */
+    size_t max_content;       /* 0..IM_CONTENT_MAX */
+    unsigned max_page;        /* 1..IM_PAGE_MAX */
 } gw_limits;
 
 typedef struct gw_config {

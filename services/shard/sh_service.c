@@ -24,7 +24,6 @@
 #define SH_SWEEP_MS (10 * 60 * 1000) /* expiry sweep: cheap, and reads hide
                                         expired messages meanwhile */
 #define SH_IDENT_MAX 256             /* ZeroMQ peer identities are <= 255 */
-#define SH_MAX_RECEIVERS 1024       /* per StoreOp (the API allows 1000) */
 #define SH_RECV_BURST 256            /* requests taken per wake-up before
                                         replies get a turn */
 
@@ -72,6 +71,22 @@ static int64_t s_mono_ms(void)
 static void s_copy(char *dst, size_t cap, const char *src)
 {
     snprintf(dst, cap, "%s", src);
+}
+
+/* The gRPC status of an engine code: the one translation of st_code, here
+ * where the engine meets the wire. */
+static int s_status(int st_code)
+{
+    switch (st_code) {
+    case ST_OK: return IM_OK;
+    case ST_EINVAL:
+    case ST_ECURSOR: return IM_INVALID_ARGUMENT;
+    case ST_EFULL:
+    case ST_ENOMEM: return IM_RESOURCE_EXHAUSTED;
+    case ST_ECORRUPT: return IM_DATA_LOSS;
+    case ST_ECLOSED: return IM_UNAVAILABLE;
+    default: return IM_INTERNAL;
+    }
 }
 
 /* ------------------------------------------------------------- replies */
@@ -130,7 +145,7 @@ static void s_read_reply(sh_service *sh, const char *uid, const char *sender, ui
     st_error err;
     int rc = st_read(sh->st, uid, sender, after, limit, max_bytes, &pg, &err);
     if (rc) {
-        sh->out->code = im_status_of_st(rc);
+        sh->out->code = s_status(rc);
         s_copy(sh->out->error, sizeof sh->out->error, err.msg);
         return;
     }
@@ -170,7 +185,7 @@ static void s_counts_reply(sh_service *sh, const char *uid)
     st_error err;
     int rc = st_counts(sh->st, uid, &v, &n, &total, &err);
     if (rc) {
-        sh->out->code = im_status_of_st(rc);
+        sh->out->code = s_status(rc);
         s_copy(sh->out->error, sizeof sh->out->error, err.msg);
         return;
     }
@@ -211,20 +226,20 @@ static void s_job_finish(sh_service *sh, sh_job *j)
         for (size_t i = 0; i < j->req.nputs; i++) {
             const st_put *p = &j->puts[i];
             imbox_internal_v1_StoreResult *res = &sh->out->results[i];
-            res->code = im_status_of_st(p->code);
+            res->code = s_status(p->code);
             res->duplicate = p->duplicate;
             res->seq = p->seq;
             res->send_time_ms = p->send_time_ms;
         }
         break;
     case JOB_ACK:
-        sh->out->code = im_status_of_st(j->req.err.code);
+        sh->out->code = s_status(j->req.err.code);
         s_copy(sh->out->error, sizeof sh->out->error, j->req.err.msg);
         sh->out->deleted = j->req.deleted;
         break;
     case JOB_READ:
         if (j->req.err.code) {
-            sh->out->code = im_status_of_st(j->req.err.code);
+            sh->out->code = s_status(j->req.err.code);
             s_copy(sh->out->error, sizeof sh->out->error, j->req.err.msg);
             break;
         }
@@ -297,7 +312,7 @@ static void s_job_submit(sh_service *sh, sh_job *j)
 {
     if (st_submit(sh->st, &j->req) == ST_OK)
         return;
-    s_reply_error(sh, j->ident, j->ident_len, j->id, im_status_of_st(j->req.err.code),
+    s_reply_error(sh, j->ident, j->ident_len, j->id, s_status(j->req.err.code),
                   j->req.err.msg);
     s_job_free(j);
 }
@@ -397,7 +412,7 @@ static bool s_read_receiver(pb_istream_t *s, const pb_field_t *f, void **arg)
     (void)f;
     sh_service *sh = *arg;
     size_t n = s->bytes_left;
-    if (sh->nrecv == SH_MAX_RECEIVERS || n > ST_UID_MAX)
+    if (sh->nrecv == IM_RECEIVERS_MAX || n > ST_UID_MAX)
         PB_RETURN_ERROR(s, "too many receivers or a receiver over 64 bytes");
     char *dst = sh->recv[sh->nrecv++];
     if (!pb_read(s, (uint8_t *)dst, n))
@@ -553,7 +568,7 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
     }
     sh->in = malloc(sizeof *sh->in);
     sh->out = malloc(sizeof *sh->out);
-    sh->recv = malloc(SH_MAX_RECEIVERS * sizeof *sh->recv);
+    sh->recv = malloc(IM_RECEIVERS_MAX * sizeof *sh->recv);
     sh->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (!sh->in || !sh->out || !sh->recv || sh->efd < 0) {
         snprintf(err, errlen, "out of memory or eventfd: %s", strerror(errno));

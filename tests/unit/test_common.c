@@ -722,7 +722,7 @@ static void test_cursor_scope(void)
     EXPECT_STR(why, foreign);
 
     /* Another seq with the old tag. */
-    uint8_t raw[26 + ST_UID_MAX];
+    uint8_t raw[26 + IM_UID_MAX];
     size_t n;
     EXPECT_I64(im_b64url_decode(whole, strlen(whole), raw, sizeof raw, &n), 0);
     raw[8] = 10;
@@ -741,7 +741,7 @@ static void test_cursor_flips(void)
     for (size_t k = 0; k < 2; k++) {
         char cur[IM_CURSOR_MAX], forged[IM_CURSOR_MAX];
         EXPECT_I64(im_cursor_make(&s, "alice", senders[k], 123456789, cur, sizeof cur), 0);
-        uint8_t raw[26 + ST_UID_MAX], copy[26 + ST_UID_MAX];
+        uint8_t raw[26 + IM_UID_MAX], copy[26 + IM_UID_MAX];
         size_t n = 0;
         EXPECT_I64(im_b64url_decode(cur, strlen(cur), raw, sizeof raw, &n), 0);
         EXPECT_U64(n, 26 + strlen(senders[k])); /* 0x01 seq8 n sender tag16 */

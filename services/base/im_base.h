@@ -1,0 +1,65 @@
+/*
+ * im_base.h - the vocabulary every layer of imbox shares: the format's
+ * ceilings, the status codes, the texts a client reads in a receipt, the
+ * uid rule, and big-endian integers. A leaf: it depends on libc only, so
+ * the engine (storage/), the shared service modules (services/common/), the
+ * gateway and the shard all say the same thing from one definition, and
+ * the gateway can know the rules without reaching the engine.
+ *
+ * Threads: no state; every function is safe from any thread.
+ */
+#ifndef IMBOX_IM_BASE_H
+#define IMBOX_IM_BASE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Ceilings of the formats (API and on disk). Configurable limits may lower
+ * them, never raise them. */
+#define IM_UID_MAX 64          /* bytes of a uid (receiver or sender) */
+#define IM_MSGID_MAX 128       /* bytes of a msg_id */
+#define IM_CONTENT_MAX 65536   /* bytes of a message's content */
+#define IM_PAGE_MAX 1000       /* messages per page */
+#define IM_RECEIVERS_MAX 1000  /* receivers per Send */
+#define IM_PRESENCE_MAX 1000   /* uids per Presence call */
+
+/* gRPC status codes, by number, for code that does not include grpc.h. */
+enum {
+    IM_OK = 0,
+    IM_CANCELLED = 1,
+    IM_INVALID_ARGUMENT = 3,
+    IM_DEADLINE_EXCEEDED = 4,
+    IM_NOT_FOUND = 5,
+    IM_RESOURCE_EXHAUSTED = 8,
+    IM_FAILED_PRECONDITION = 9,
+    IM_UNIMPLEMENTED = 12,
+    IM_INTERNAL = 13,
+    IM_UNAVAILABLE = 14,
+    IM_DATA_LOSS = 15,
+    IM_UNAUTHENTICATED = 16,
+};
+
+/* What a receipt says for a receiver that was not stored, by its code. */
+#define IM_TEXT_INBOX_FULL "inbox full: the receiver has reached its quota of stored messages"
+#define IM_TEXT_NOT_STORED "storage error: the message was not stored"
+
+/* The receipt text for a per-receiver code ("" for IM_OK); static. */
+const char *im_receipt_text(int code);
+
+/* Whether p[0..n) is valid UTF-8 (no overlongs, surrogates, or > U+10FFFF). */
+bool im_utf8_valid(const char *p, size_t n);
+
+/*
+ * The one rule for uids: 1..IM_UID_MAX bytes of valid UTF-8 without control
+ * characters (C0, DEL, C1), so never 0x00, which the storage keys use as a
+ * separator. Returns 0, or -1 with msg (cap bytes, may be NULL) saying why,
+ * starting with `field`.
+ */
+int im_uid_check(const char *uid, const char *field, char *msg, size_t cap);
+
+/* Big-endian 64-bit integers (keys sort numerically; wire formats). */
+void im_put64(uint8_t *p, uint64_t v);
+uint64_t im_get64(const uint8_t *p);
+
+#endif
