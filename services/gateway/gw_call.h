@@ -1,0 +1,168 @@
+/*
+ * gw_call.h - internal to the gateway: one gRPC call's context, the
+ * server's state, and the helpers the method files share (names gw__).
+ * gw_server.h is the public face; this header is for gw_*.c only.
+ *
+ * The files, by seam:
+ *   gw_server.c   call loop (accept, dispatch, free), replies, lifecycle
+ *   gw_check.c    request checks: token, decoding, strings, cursors; the
+ *                 hand-off to a shard
+ *   gw_send.c     Send: validation, split by shard, receipts
+ *   gw_inbox.c    Pull, Ack, Counts
+ *   gw_health.c   grpc.health.v1.Health/Check
+ *
+ * Threads: a call is started and freed on the completion-queue thread; its
+ * reply may be sent from the bus thread (gw_bus.h), exactly once per call.
+ */
+#ifndef IMBOX_GW_CALL_H
+#define IMBOX_GW_CALL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <grpc/grpc.h>
+
+#include "gw_bus.h"
+#include "gw_server.h"
+#include "im_wire.h"
+#include "imbox/internal/v1/shard.pb.h"
+#include "imbox/v1/imbox.pb.h"
+
+/* Fixed limits and tunables (the configurable limits are in gw_server.h). */
+#define GW_PAGE_DEFAULT 100
+#define GW_PAGE_BYTES (3u << 20) /* content per page: under gRPC's 4 MiB */
+#define GW_REPLY_MAX (8u << 20)  /* largest shard reply accepted */
+#define GW_SHARD_TIMEOUT_MS 5000 /* a shard's commit takes milliseconds */
+#define GW_ARMED 16              /* calls requested per method: enough for
+                                    bursts, each costs one small context */
+
+typedef enum {
+    M_SEND, M_PULL, M_ACK, M_COUNTS, M_HEALTH, M_GENERIC, M_COUNT
+} gw_method;
+
+
+typedef enum { TAG_NEW, TAG_CLOSE, TAG_SEND } gw_tag_kind;
+
+typedef struct gw_call gw_call;
+typedef struct gw_tag {
+    gw_call *c;
+    gw_tag_kind kind;
+} gw_tag;
+
+typedef struct gw_receipt {
+    int code;
+    char error[sizeof(((imbox_v1_Receipt *)0)->error)];
+    bool duplicate;
+    int64_t send_time_ms;
+} gw_receipt;
+
+/* One shard's share of a Send. */
+typedef struct gw_part {
+    gw_call *c;
+    int n;
+    int *idx; /* receipt indices, in the order sent to the shard */
+} gw_part;
+
+struct gw_call {
+    gw_server *g;
+    gw_method m;
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_metadata_array md;
+    grpc_call_details details; /* M_GENERIC */
+    grpc_byte_buffer *payload;
+    gw_tag t_new, t_close, t_send;
+    int refs;                  /* batches in flight (CQ thread only) */
+    bool accepted;             /* counted in gw_server.active */
+    int cancelled;
+    grpc_byte_buffer *resp;
+    grpc_slice status_details;
+    char uid[IM_UID_MAX + 1];
+    /* Send */
+    int nrecv;
+    char (*receivers)[IM_UID_MAX + 1];
+    gw_receipt *receipts;
+    gw_part *parts;
+    atomic_int parts_left;
+    /* Pull */
+    char sender[IM_UID_MAX + 1];
+};
+
+struct gw_server {
+    gw_config c;
+    grpc_server *server;
+    grpc_completion_queue *cq;
+    void *methods[M_GENERIC];
+    gw_bus *bus;
+    pthread_t thread;
+    atomic_bool stopping;
+    atomic_int active;        /* calls accepted and not yet freed */
+    int shutdown_tag;
+    atomic_bool shutdown_done;
+    /* scratch, owned by the CQ thread */
+    imbox_internal_v1_ShardRequest *shard_req;
+    /* scratch, owned by the bus thread (used only in bus callbacks) */
+    imbox_internal_v1_ShardReply *shard_reply;
+};
+
+/* ------------------------------------------------ replies (gw_server.c) */
+
+void gw__call_free(gw_call *c);
+
+/*
+ * Answers the call: initial metadata, the message (body, malloc'ed, taken;
+ * NULL for none) and the status. Called exactly once per call, from the CQ
+ * thread or the bus thread; after it the caller must not touch c.
+ */
+void gw__respond(gw_call *c, int status, const char *msg, uint8_t *body, size_t len);
+void gw__respond_errf(gw_call *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Encodes msg (with a pre-encoded prefix of repeated-field entries) and
+ * answers OK. */
+void gw__respond_pb(gw_call *c, const pb_msgdesc_t *fields, const void *msg,
+                    const uint8_t *prefix, size_t prefix_len);
+
+/* Decodes a shard reply into the bus thread's scratch, with its entries
+ * into *entries (malloc'ed, caller frees). Returns 0 or answers the call
+ * with the failure and returns -1. */
+int gw__shard_reply(gw_call *c, int status, const char *why, const uint8_t *reply, size_t len,
+                    im_bytes_in *entries);
+
+/* --------------------------------------------- request checks (gw_check.c) */
+
+/* Sets c->uid from the authorization metadata, or answers UNAUTHENTICATED. */
+int gw__auth(gw_call *c);
+
+/* Decodes the call's payload into msg; answers INVALID_ARGUMENT on failure. */
+int gw__decode(gw_call *c, const pb_msgdesc_t *fields, void *msg, const char *name);
+
+/* Checks a string field decoded by im_pb_read_str; answers on error. */
+int gw__str(gw_call *c, const im_str_in *in, const char *field, size_t max, bool utf8);
+
+typedef struct gw_cursor {
+    char text[IM_CURSOR_MAX];
+    im_str_in in;
+} gw_cursor;
+
+/* Points the request's cursor field at k (decoded by callback). */
+void gw__cursor_init(gw_cursor *k, pb_callback_t *cb);
+
+/* Checks and parses a decoded cursor into seq and scope; answers on error. */
+int gw__cursor(gw_call *c, const gw_cursor *k, uint64_t *seq, char *scope);
+
+/* Encodes g->shard_req and sends it to shard; fn(arg) gets the reply. */
+void gw__to_shard(gw_call *c, int shard, gw_bus_fn fn, void *arg);
+
+/* ------------------------------------------- methods (one file per family) */
+
+void gw__send(gw_call *c);   /* gw_send.c */
+void gw__pull(gw_call *c);   /* gw_inbox.c */
+void gw__ack(gw_call *c);
+void gw__counts(gw_call *c);
+void gw__health(gw_call *c); /* gw_health.c */
+
+#endif

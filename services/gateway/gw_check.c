@@ -1,0 +1,115 @@
+/* gw_check.c - request checks: token, decoding, strings,
+ * cursors; the hand-off to a shard (see gw_call.h). */
+#include <string.h>
+#include <time.h>
+
+#include <grpc/byte_buffer_reader.h>
+
+#include "gw_call.h"
+
+/* ----------------------------------------------------------------- auth */
+
+static int64_t s_now_s(void)
+{
+    return (int64_t)time(NULL);
+}
+
+/* Sets c->uid from the authorization metadata, or answers UNAUTHENTICATED. */
+int gw__auth(gw_call *c)
+{
+    static const char bearer[] = "Bearer ";
+    const grpc_slice *value = NULL;
+    for (size_t i = 0; i < c->md.count; i++)
+        if (grpc_slice_str_cmp(c->md.metadata[i].key, "authorization") == 0)
+            value = &c->md.metadata[i].value;
+    if (!value) {
+        gw__respond(c, IM_UNAUTHENTICATED, "missing 'authorization: Bearer <token>' metadata",
+                    NULL, 0);
+        return -1;
+    }
+    const char *v = (const char *)GRPC_SLICE_START_PTR(*value);
+    size_t n = GRPC_SLICE_LENGTH(*value);
+    if (n < sizeof bearer - 1 || memcmp(v, bearer, sizeof bearer - 1) != 0) {
+        gw__respond(c, IM_UNAUTHENTICATED, "authorization: expected 'Bearer <token>'", NULL, 0);
+        return -1;
+    }
+    const char *why = "token: invalid";
+    if (im_token_verify(&c->g->c.secret, v + sizeof bearer - 1, n - (sizeof bearer - 1),
+                        s_now_s(), c->uid, &why)) {
+        gw__respond(c, IM_UNAUTHENTICATED, why, NULL, 0);
+        return -1;
+    }
+    return 0;
+}
+
+/* Decodes the call's payload into msg; answers INVALID_ARGUMENT on failure. */
+int gw__decode(gw_call *c, const pb_msgdesc_t *fields, void *msg, const char *name)
+{
+    if (!c->payload) {
+        gw__respond_errf(c, IM_INVALID_ARGUMENT, "%s: missing request message", name);
+        return -1;
+    }
+    grpc_byte_buffer_reader r;
+    if (!grpc_byte_buffer_reader_init(&r, c->payload)) {
+        gw__respond_errf(c, IM_INVALID_ARGUMENT, "%s: unreadable request", name);
+        return -1;
+    }
+    grpc_slice s = grpc_byte_buffer_reader_readall(&r);
+    grpc_byte_buffer_reader_destroy(&r);
+    const char *why = NULL;
+    pb_istream_t is = pb_istream_from_buffer(GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s));
+    bool ok = im_pb_check_wire(fields, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s), &why) &&
+              pb_decode(&is, fields, msg);
+    grpc_slice_unref(s);
+    if (!ok) {
+        gw__respond_errf(c, IM_INVALID_ARGUMENT, "%s does not decode: %s", name,
+                         why ? why : PB_GET_ERROR(&is));
+        return -1;
+    }
+    return 0;
+}
+
+/* Checks a string field decoded by im_pb_read_str; answers on error. */
+int gw__str(gw_call *c, const im_str_in *in, const char *field, size_t max, bool utf8)
+{
+    char msg[160];
+    if (im_str_check(in, field, max, utf8, msg, sizeof msg) == 0)
+        return 0;
+    gw__respond(c, IM_INVALID_ARGUMENT, msg, NULL, 0);
+    return -1;
+}
+
+/* Encodes g->shard_req and sends it to shard; fn(arg) gets the reply. */
+void gw__to_shard(gw_call *c, int shard, gw_bus_fn fn, void *arg)
+{
+    uint8_t *body;
+    size_t len;
+    if (im_pb_encode(imbox_internal_v1_ShardRequest_fields, c->g->shard_req, NULL, 0, &body,
+                     &len)) {
+        fn(arg, IM_INTERNAL, "shard request does not encode", NULL, 0);
+        return;
+    }
+    if (gw_bus_send(c->g->bus, shard, body, len, fn, arg))
+        fn(arg, IM_UNAVAILABLE, "gateway is stopping", NULL, 0);
+}
+
+void gw__cursor_init(gw_cursor *k, pb_callback_t *cb)
+{
+    k->text[0] = 0;
+    k->in = (im_str_in){.p = k->text, .cap = sizeof k->text};
+    cb->funcs.decode = im_pb_read_str;
+    cb->arg = &k->in;
+}
+
+/* Checks and parses a decoded cursor into seq and scope; answers on error. */
+int gw__cursor(gw_call *c, const gw_cursor *k, uint64_t *seq, char *scope)
+{
+    const char *why = "cursor: malformed";
+    if (gw__str(c, &k->in, "cursor", sizeof k->text - 1, false))
+        return -1;
+    if (im_cursor_scope(&c->g->c.secret, c->uid, k->text, k->in.n, seq, scope, &why)) {
+        gw__respond(c, IM_INVALID_ARGUMENT, why, NULL, 0);
+        return -1;
+    }
+    return 0;
+}
