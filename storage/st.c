@@ -654,6 +654,71 @@ static void s_ov_flush(const s_ov *ov, rocksdb_writebatch_t *wb)
     }
 }
 
+static int s_count_cmp(const void *a, const void *b)
+{
+    const st_count *x = a, *y = b;
+    if (x->last_send_time_ms != y->last_send_time_ms)
+        return x->last_send_time_ms > y->last_send_time_ms ? -1 : 1;
+    return strcmp(x->sender, y->sender);
+}
+
+/* Reads the 'C' rows of inbox uid into *out (malloc'ed, most recent first)
+ * with their sum in *total. On error *out is NULL and *n, *total are 0. */
+static int s_count_scan(st_shard *s, const char *uid, st_count **out, size_t *n,
+                        uint64_t *total, st_error *err)
+{
+    int rc = ST_OK;
+    *out = NULL;
+    *n = 0;
+    *total = 0;
+    uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX];
+    size_t lon = s_key_prefix(lo, 'C', uid);
+    size_t hin = s_key_upper(hi, lo, lon);
+    s_iter it;
+    size_t cap = 0;
+    st_count *v = NULL;
+    s_iter_open(s, &it, lo, lon, hi, hin, 0, NULL);
+    for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it)) {
+        size_t kl, vl;
+        const char *kk = rocksdb_iter_key(it.it, &kl);
+        const uint8_t *val = (const uint8_t *)rocksdb_iter_value(it.it, &vl);
+        size_t sl = kl - lon;
+        if (vl != ST_CNT_LEN || sl == 0 || sl > ST_UID_MAX) {
+            rc = s_err(err, ST_ECORRUPT, "counter of inbox '%s'", uid);
+            break;
+        }
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 16;
+            st_count *nv = realloc(v, cap * sizeof *v);
+            if (!nv) {
+                rc = s_err(err, ST_ENOMEM, "out of memory");
+                break;
+            }
+            v = nv;
+        }
+        st_count *c = &v[(*n)++];
+        memcpy(c->sender, kk + lon, sl);
+        c->sender[sl] = 0;
+        c->count = im_get64(val + 1);
+        c->last_send_time_ms = (int64_t)im_get64(val + 9);
+        *total += c->count;
+    }
+    int irc = s_iter_close(&it, err);
+    if (!rc)
+        rc = irc;
+    if (rc) {
+        free(v);
+        *n = 0;
+        *total = 0;
+        return rc;
+    }
+    if (*n)
+        qsort(v, *n, sizeof *v, s_count_cmp);
+    *out = v;
+    s_ok(err);
+    return ST_OK;
+}
+
 /* --------------------------------------------------------- the writer */
 
 /* Everything the writer thread owns. The open append batch (ov, wb and the
@@ -982,6 +1047,21 @@ static int s_exec_ack(s_writer *w, st_req *r, int64_t now)
     return ST_OK;
 }
 
+/* ST_REQ_COUNTS: purges the inbox's expired prefix (an expiry like any
+ * other), then reads its counters, on the writer: the service thread that
+ * submitted it never waits, and the counts include every earlier write. */
+static int s_exec_counts(s_writer *w, st_req *r, int64_t now)
+{
+    st_req x = {.type = ST_REQ_EXPIRE, .uid = r->uid};
+    s_ok(&x.err);
+    int rc = s_exec_ack(w, &x, now);
+    if (rc) {
+        r->err = x.err;
+        return rc;
+    }
+    return s_count_scan(w->s, r->uid, &r->counts, &r->ncounts, &r->total, &r->err);
+}
+
 /* Callbacks run on the writer thread: a hand-off to a completion thread
  * was measured slower (one more thread hop per commit makes each append
  * wait longer, so fewer gather per fsync: 22.0k/s against 27.5k/s at 64
@@ -1096,7 +1176,10 @@ static void s_round(s_writer *w, st_req *list)
             s_batch_commit(w);
         r->deleted = 0;
         s_ok(&r->err);
-        s_exec_ack(w, r, s_now(w->s));
+        if (r->type == ST_REQ_COUNTS)
+            s_exec_counts(w, r, s_now(w->s));
+        else
+            s_exec_ack(w, r, s_now(w->s));
         s_complete(r);
     }
     s_batch_commit(w);
@@ -1301,12 +1384,16 @@ int st_submit(st_shard *s, st_req *r)
         break;
     case ST_REQ_ACK:
     case ST_REQ_EXPIRE:
+    case ST_REQ_COUNTS:
         if (st_check_uid(r->uid, "uid", err))
             return ST_EINVAL;
         if (r->sender && st_check_uid(r->sender, "sender", err))
             return ST_EINVAL;
-        if (r->type == ST_REQ_EXPIRE)
+        if (r->type != ST_REQ_ACK)
             r->sender = NULL;
+        r->counts = NULL;
+        r->ncounts = 0;
+        r->total = 0;
         break;
     default:
         return s_err(err, ST_EINVAL, "request type %d unknown", (int)r->type);
@@ -1618,79 +1705,17 @@ static int s_oldest_expired(st_shard *s, const char *uid, const st_inbox *h, boo
     return s_iter_close(&it, err);
 }
 
-static int s_count_cmp(const void *a, const void *b)
-{
-    const st_count *x = a, *y = b;
-    if (x->last_send_time_ms != y->last_send_time_ms)
-        return x->last_send_time_ms > y->last_send_time_ms ? -1 : 1;
-    return strcmp(x->sender, y->sender);
-}
 
 int st_counts(st_shard *s, const char *uid, st_count **out, size_t *n, uint64_t *total,
               st_error *err)
 {
     assert(s && out && n && total);
-    *out = NULL;
-    *n = 0;
-    *total = 0;
-    if (st_check_uid(uid, "uid", err))
-        return ST_EINVAL;
-    st_inbox h;
-    bool old;
-    int rc = s_get_head(s, s->ro_get, uid, &h, err);
-    if (!rc && h.count)
-        rc = s_oldest_expired(s, uid, &h, &old, err);
-    if (!rc && h.count && old)
-        rc = s_expire_inbox(s, uid, NULL, err);
-    if (rc)
-        return rc;
-
-    uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX];
-    size_t lon = s_key_prefix(lo, 'C', uid);
-    size_t hin = s_key_upper(hi, lo, lon);
-    s_iter it;
-    size_t cap = 0;
-    st_count *v = NULL;
-    s_iter_open(s, &it, lo, lon, hi, hin, 0, NULL);
-    for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it)) {
-        size_t kl, vl;
-        const char *kk = rocksdb_iter_key(it.it, &kl);
-        const uint8_t *val = (const uint8_t *)rocksdb_iter_value(it.it, &vl);
-        size_t sl = kl - lon;
-        if (vl != ST_CNT_LEN || sl == 0 || sl > ST_UID_MAX) {
-            rc = s_err(err, ST_ECORRUPT, "counter of inbox '%s'", uid);
-            break;
-        }
-        if (*n == cap) {
-            cap = cap ? cap * 2 : 16;
-            st_count *nv = realloc(v, cap * sizeof *v);
-            if (!nv) {
-                rc = s_err(err, ST_ENOMEM, "out of memory");
-                break;
-            }
-            v = nv;
-        }
-        st_count *c = &v[(*n)++];
-        memcpy(c->sender, kk + lon, sl);
-        c->sender[sl] = 0;
-        c->count = im_get64(val + 1);
-        c->last_send_time_ms = (int64_t)im_get64(val + 9);
-        *total += c->count;
-    }
-    int irc = s_iter_close(&it, err);
-    if (!rc)
-        rc = irc;
-    if (rc) {
-        free(v);
-        *n = 0;
-        *total = 0;
-        return rc;
-    }
-    if (*n)
-        qsort(v, *n, sizeof *v, s_count_cmp);
-    *out = v;
-    s_ok(err);
-    return ST_OK;
+    s_waiter wt = {.req = {.type = ST_REQ_COUNTS, .uid = uid}};
+    int rc = s_submit_wait(s, &wt, err);
+    *out = wt.req.counts;
+    *n = wt.req.ncounts;
+    *total = wt.req.total;
+    return rc;
 }
 
 /* ---------------------------------------------------------- maintenance */

@@ -144,7 +144,15 @@ typedef enum st_req_type {
     ST_REQ_ACK,        /* delete req->uid's messages with seq <= req->upto
                           (only req->sender's when it is not NULL) */
     ST_REQ_EXPIRE,     /* purge req->uid's expired messages (req->deleted) */
+    ST_REQ_COUNTS,     /* purge req->uid's expired messages, then count its
+                          messages per sender (req->counts, as st_counts) */
 } st_req_type;
+
+typedef struct st_count {
+    char sender[ST_UID_MAX + 1];
+    uint64_t count;
+    int64_t last_send_time_ms;
+} st_count;
 
 typedef struct st_req st_req;
 typedef void (*st_done_fn)(st_req *req);
@@ -163,6 +171,11 @@ struct st_req {
     const char *sender; /* NULL: whole inbox; else one conversation */
     uint64_t upto;      /* 0 acks nothing */
     uint64_t deleted;   /* out: messages this ack deleted */
+    /* ST_REQ_COUNTS (uid as above), out: malloc'ed, most recent first;
+     * the caller free()s counts (NULL when ncounts == 0) */
+    st_count *counts;
+    size_t ncounts;
+    uint64_t total;
 
     st_error err;       /* out: request-level result (err.code) */
     st_done_fn done;    /* called exactly once, on the writer thread, when
@@ -227,17 +240,12 @@ int st_read(st_shard *s, const char *uid, const char *sender, uint64_t after,
 
 void st_page_free(st_page *p);
 
-typedef struct st_count {
-    char sender[ST_UID_MAX + 1];
-    uint64_t count;
-    int64_t last_send_time_ms;
-} st_count;
-
 /*
  * Per-sender counts of the messages waiting in inbox `uid`, most recent
  * last_send_time_ms first (ties by sender). *out is malloc'ed (free() it;
  * NULL when *n == 0); *total is the inbox's message count. Expired messages
- * are purged before counting.
+ * are purged before counting. Waits for the writer (it is ST_REQ_COUNTS);
+ * a service thread that must not wait submits ST_REQ_COUNTS itself.
  */
 int st_counts(st_shard *s, const char *uid, st_count **out, size_t *n,
               uint64_t *total, st_error *err);

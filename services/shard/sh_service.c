@@ -27,7 +27,7 @@
 #define SH_RECV_BURST 256            /* requests taken per wake-up before
                                         replies get a turn */
 
-typedef enum { JOB_STORE = 1, JOB_READ, JOB_ACK } sh_kind;
+typedef enum { JOB_STORE = 1, JOB_READ, JOB_ACK, JOB_COUNTS } sh_kind;
 
 /* A request waiting for the engine's writer. Owns copies of everything the
  * engine request points to (the decoded request buffer is reused). */
@@ -52,8 +52,12 @@ struct sh_service {
     int efd;
     pthread_t thread;
     atomic_bool stop;
-    pthread_mutex_t mu;     /* guards done */
+    pthread_mutex_t mu;     /* guards done, sweep_stop */
     sh_job *done;           /* finished jobs, newest first */
+    pthread_t sweeper;      /* the expiry sweep waits on the writer: its own
+                               thread, not the socket's */
+    pthread_cond_t sweep_cv;
+    bool sweep_stop, sweeper_started;
     imbox_internal_v1_ShardRequest *in; /* decode scratch (thread-owned) */
     imbox_internal_v1_ShardReply *out;  /* encode scratch (thread-owned) */
     im_buf entries;                     /* page scratch (thread-owned) */
@@ -61,16 +65,10 @@ struct sh_service {
     int nrecv;
 };
 
-static int64_t s_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
+/* Copies src into dst[cap]; callers check lengths first (s_owned). */
 static void s_copy(char *dst, size_t cap, const char *src)
 {
-    snprintf(dst, cap, "%s", src);
+    snprintf(dst, cap, "%.*s", (int)cap - 1, src);
 }
 
 /* The gRPC status of an engine code: the one translation of st_code, here
@@ -177,18 +175,16 @@ static void s_read_reply(sh_service *sh, const char *uid, const char *sender, ui
     st_page_free(&pg);
 }
 
-static void s_counts_reply(sh_service *sh, const char *uid)
+/* Encodes a finished ST_REQ_COUNTS as imbox.v1.CountsResponse entries. */
+static void s_counts_reply(sh_service *sh, const st_req *r)
 {
-    st_count *v;
-    size_t n;
-    uint64_t total;
-    st_error err;
-    int rc = st_counts(sh->st, uid, &v, &n, &total, &err);
-    if (rc) {
-        sh->out->code = s_status(rc);
-        s_copy(sh->out->error, sizeof sh->out->error, err.msg);
+    if (r->err.code) {
+        sh->out->code = s_status(r->err.code);
+        s_copy(sh->out->error, sizeof sh->out->error, r->err.msg);
         return;
     }
+    const st_count *v = r->counts;
+    size_t n = r->ncounts;
     imbox_v1_SenderCount c;
     for (size_t i = 0; i < n; i++) {
         memset(&c, 0, sizeof c);
@@ -202,8 +198,7 @@ static void s_counts_reply(sh_service *sh, const char *uid)
             break;
         }
     }
-    sh->out->total = total;
-    free(v);
+    sh->out->total = r->total;
 }
 
 /* --------------------------------------------------------- engine jobs */
@@ -212,6 +207,7 @@ static void s_job_free(sh_job *j)
 {
     free(j->puts);
     free(j->blob);
+    free(j->req.counts);
     free(j);
 }
 
@@ -247,6 +243,9 @@ static void s_job_finish(sh_service *sh, sh_job *j)
         s_read_reply(sh, j->uid, j->sender[0] ? j->sender : NULL, j->req.upto, j->limit,
                      j->max_bytes);
         break;
+    case JOB_COUNTS:
+        s_counts_reply(sh, &j->req);
+        break;
     }
     s_reply_send(sh, j->ident, j->ident_len, j->id);
     s_job_free(j);
@@ -278,14 +277,18 @@ static void s_drain_done(sh_service *sh)
 
 /* ------------------------------------------------------------ requests */
 
-/* Refuses a uid that another shard owns. */
+/* Refuses a uid that breaks the uid rule or that another shard owns. */
 static bool s_owned(sh_service *sh, const char *uid, const uint8_t *ident, size_t ident_len,
                     const uint8_t id[8])
 {
+    char msg[160];
+    if (im_uid_check(uid, "uid", msg, sizeof msg)) {
+        s_reply_error(sh, ident, ident_len, id, IM_INVALID_ARGUMENT, msg);
+        return false;
+    }
     int owner = im_shard_of(uid, sh->c.count);
     if (owner == sh->c.index)
         return true;
-    char msg[160];
     snprintf(msg, sizeof msg, "uid '%.64s' belongs to shard %d, this is shard %d of %d", uid,
              owner, sh->c.index, sh->c.count);
     s_reply_error(sh, ident, ident_len, id, IM_FAILED_PRECONDITION, msg);
@@ -372,6 +375,11 @@ static void s_ack_job(sh_service *sh, sh_kind kind, const char *uid, const char 
                       uint64_t upto, const uint8_t *ident, size_t ident_len, const uint8_t id[8],
                       uint32_t limit, uint32_t max_bytes)
 {
+    char msg[160];
+    if (sender[0] && im_uid_check(sender, "sender", msg, sizeof msg)) {
+        s_reply_error(sh, ident, ident_len, id, IM_INVALID_ARGUMENT, msg);
+        return;
+    }
     sh_job *j = s_job_new(sh, kind, ident, ident_len, id);
     if (!j) {
         s_reply_error(sh, ident, ident_len, id, IM_RESOURCE_EXHAUSTED, "out of memory");
@@ -385,6 +393,22 @@ static void s_ack_job(sh_service *sh, sh_kind kind, const char *uid, const char 
     j->req.uid = j->uid;
     j->req.sender = j->sender[0] ? j->sender : NULL;
     j->req.upto = upto;
+    s_job_submit(sh, j);
+}
+
+/* Counts purge the inbox's expired messages first: on the writer, so the
+ * socket thread does not wait. */
+static void s_counts_job(sh_service *sh, const char *uid, const uint8_t *ident,
+                         size_t ident_len, const uint8_t id[8])
+{
+    sh_job *j = s_job_new(sh, JOB_COUNTS, ident, ident_len, id);
+    if (!j) {
+        s_reply_error(sh, ident, ident_len, id, IM_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    s_copy(j->uid, sizeof j->uid, uid);
+    j->req.type = ST_REQ_COUNTS;
+    j->req.uid = j->uid;
     s_job_submit(sh, j);
 }
 
@@ -454,9 +478,7 @@ static void s_handle(sh_service *sh, const uint8_t *ident, size_t ident_len, con
         if (s_owned(sh, op->uid, ident, ident_len, id))
             s_ack_job(sh, JOB_ACK, op->uid, op->sender, op->upto, ident, ident_len, id, 0, 0);
     } else if (s_owned(sh, in->counts.uid, ident, ident_len, id)) {
-        s_reply_reset(sh);
-        s_counts_reply(sh, in->counts.uid);
-        s_reply_send(sh, ident, ident_len, id);
+        s_counts_job(sh, in->counts.uid, ident, ident_len, id);
     }
     free(content.p);
 }
@@ -488,18 +510,55 @@ static void s_sweep(sh_service *sh)
                 (unsigned long long)purged);
 }
 
-static void *s_main(void *arg)
+/* The sweeper thread: st_expire() every period until sh_stop. */
+static void *s_sweep_main(void *arg)
 {
     sh_service *sh = arg;
     int64_t period = sh->c.sweep_ms > 0 ? sh->c.sweep_ms : SH_SWEEP_MS;
-    int64_t next_sweep = s_mono_ms() + period;
+    pthread_mutex_lock(&sh->mu);
+    while (!sh->sweep_stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += period / 1000;
+        until.tv_nsec += (period % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        int rc = 0;
+        while (!sh->sweep_stop && rc != ETIMEDOUT)
+            rc = pthread_cond_timedwait(&sh->sweep_cv, &sh->mu, &until);
+        if (sh->sweep_stop)
+            break;
+        pthread_mutex_unlock(&sh->mu);
+        s_sweep(sh);
+        pthread_mutex_lock(&sh->mu);
+    }
+    pthread_mutex_unlock(&sh->mu);
+    return NULL;
+}
+
+static void s_sweeper_stop(sh_service *sh)
+{
+    if (!sh->sweeper_started)
+        return;
+    pthread_mutex_lock(&sh->mu);
+    sh->sweep_stop = true;
+    pthread_cond_signal(&sh->sweep_cv);
+    pthread_mutex_unlock(&sh->mu);
+    pthread_join(sh->sweeper, NULL);
+    sh->sweeper_started = false;
+}
+
+static void *s_main(void *arg)
+{
+    sh_service *sh = arg;
     zmq_pollitem_t items[2] = {
         {.socket = sh->router, .events = ZMQ_POLLIN},
         {.fd = sh->efd, .events = ZMQ_POLLIN},
     };
     while (!atomic_load(&sh->stop)) {
-        int64_t wait = next_sweep - s_mono_ms();
-        if (zmq_poll(items, 2, wait > 0 ? wait : 0) < 0 && errno != EINTR) {
+        if (zmq_poll(items, 2, -1) < 0 && errno != EINTR) {
             fprintf(stderr, "imbox shard %d: poll: %s\n", sh->c.index, zmq_strerror(errno));
             break;
         }
@@ -507,10 +566,6 @@ static void *s_main(void *arg)
             s_drain_done(sh);
         for (int i = 0; i < SH_RECV_BURST && s_recv_one(sh); i++)
             ;
-        if (s_mono_ms() >= next_sweep) {
-            s_sweep(sh);
-            next_sweep = s_mono_ms() + period;
-        }
     }
     /* Every accepted request completes before st_close returns; answer
      * them while the socket is still open. */
@@ -538,11 +593,13 @@ static void s_job_done(st_req *r)
 
 static void s_free(sh_service *sh)
 {
+    s_sweeper_stop(sh);
     st_close(&sh->st);
     if (sh->router)
         zmq_close(sh->router);
     if (sh->efd >= 0)
         close(sh->efd);
+    pthread_cond_destroy(&sh->sweep_cv);
     pthread_mutex_destroy(&sh->mu);
     im_buf_free(&sh->entries);
     free(sh->in);
@@ -561,6 +618,11 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
     sh->c = *c;
     sh->efd = -1;
     pthread_mutex_init(&sh->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&sh->sweep_cv, &ca);
+    pthread_condattr_destroy(&ca);
     if (c->count < 1 || c->index < 0 || c->index >= c->count) {
         snprintf(err, errlen, "shard index %d out of 0..%d", c->index, c->count - 1);
         s_free(sh);
@@ -594,7 +656,14 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
         s_free(sh);
         return NULL;
     }
-    int rc = pthread_create(&sh->thread, NULL, s_main, sh);
+    int rc = pthread_create(&sh->sweeper, NULL, s_sweep_main, sh);
+    if (rc) {
+        snprintf(err, errlen, "shard %d: sweeper thread: %s", c->index, strerror(rc));
+        s_free(sh);
+        return NULL;
+    }
+    sh->sweeper_started = true;
+    rc = pthread_create(&sh->thread, NULL, s_main, sh);
     if (rc) {
         snprintf(err, errlen, "shard %d: thread: %s", c->index, strerror(rc));
         s_free(sh);
@@ -608,6 +677,7 @@ void sh_stop(sh_service **sp)
     if (!sp || !*sp)
         return;
     sh_service *sh = *sp;
+    s_sweeper_stop(sh); /* before the socket thread closes the engine */
     atomic_store(&sh->stop, true);
     uint64_t one = 1;
     if (write(sh->efd, &one, sizeof one) < 0)

@@ -8,8 +8,10 @@
  * requests in flight become one fsync. The engine's completion callbacks
  * queue the finished request and wake the thread through an eventfd polled
  * beside the socket; the thread then sends the reply (replies leave in
- * completion order, paired to requests by their id frame). A periodic sweep
- * purges expired messages.
+ * completion order, paired to requests by their id frame). The socket
+ * thread never waits on the writer: Counts (which purges the inbox's expired
+ * messages first) is an engine request like the writes, and the periodic
+ * expiry sweep runs on a sweeper thread of its own.
  */
 #ifndef IMBOX_SH_SERVICE_H
 #define IMBOX_SH_SERVICE_H
