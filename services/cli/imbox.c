@@ -48,7 +48,7 @@ static void s_usage(FILE *f, const char *cmd, const flag *flags)
         char env[64] = "IMBOX_";
         for (size_t i = 0; x->name[i] && i < 50; i++)
             env[6 + i] = x->name[i] == '-' ? '_' : (char)(x->name[i] & ~0x20);
-        fprintf(f, "  --%-14s %s (env %s%s%s)\n", x->name, x->help, env,
+        fprintf(f, "  --%-22s %s (env %s%s%s)\n", x->name, x->help, env,
                 x->def ? ", default " : "", x->def ? x->def : "");
     }
 }
@@ -156,15 +156,23 @@ static void s_wait_signal(sigset_t set)
 #define GATEWAY_FLAGS                                                              \
     {"max-receivers", "1000", "receivers per Send (at most 1000)", NULL},         \
     {"max-content", "65536", "bytes of content per message (at most 65536)", NULL}, \
-    {"max-page", "1000", "messages per Pull page (at most 1000)", NULL}
+    {"max-page", "1000", "messages per Pull page (at most 1000)", NULL},            \
+    {"keepalive-time-ms", "10000", "ping a client idle this long (dead ones go offline)", \
+     NULL},                                                                        \
+    {"keepalive-timeout-ms", "10000", "drop a client that does not answer a ping", NULL}, \
+    {"presence-lease-ms", "3000", "a live stream's lease at its shard (renewed)", NULL}
 
-static gw_limits s_gateway_limits(const flag *flags)
+/* The GATEWAY_FLAGS into a gateway's config (exits 2 on a bad value). */
+static void s_gateway_flags(const flag *flags, gw_config *gc)
 {
-    return (gw_limits){
+    gc->limits = (gw_limits){
         .max_receivers = (int)s_int(flags, "max-receivers", 1, IM_RECEIVERS_MAX),
         .max_content = (size_t)s_int(flags, "max-content", 1, IM_CONTENT_MAX),
         .max_page = (unsigned)s_int(flags, "max-page", 1, IM_PAGE_MAX),
     };
+    gc->keepalive_time_ms = (int)s_int(flags, "keepalive-time-ms", 100, 3600000);
+    gc->keepalive_timeout_ms = (int)s_int(flags, "keepalive-timeout-ms", 100, 3600000);
+    gc->presence_lease_ms = (int)s_int(flags, "presence-lease-ms", 300, 60000);
 }
 
 static void s_engine_options(const flag *flags, st_options *o)
@@ -203,10 +211,11 @@ static int cmd_serve(int argc, char **argv)
         return rc;
     int S = (int)s_int(flags, "shards", 1, 64);
     const char *dir = s_get(flags, "data-dir");
+    gw_config gc = {.listen = s_get(flags, "listen"), .nshards = S};
+    s_gateway_flags(flags, &gc);
     st_options so;
     s_engine_options(flags, &so);
-    gw_limits limits = s_gateway_limits(flags);
-    so.max_content = (uint32_t)limits.max_content;
+    so.max_content = (uint32_t)gc.limits.max_content;
     sigset_t sigs = s_block_signals();
     im_secret secret;
     if (s_secret(dir, &secret))
@@ -232,8 +241,9 @@ static int cmd_serve(int argc, char **argv)
         }
     }
     if (!rc) {
-        gw_config gc = {.listen = s_get(flags, "listen"), .shards = eps, .nshards = S,
-                        .secret = secret, .zctx = zctx, .limits = limits};
+        gc.shards = eps;
+        gc.secret = secret;
+        gc.zctx = zctx;
         if (!(gw = gw_start(&gc, err, sizeof err))) {
             fprintf(stderr, "imbox serve: %s\n", err);
             rc = 1;
@@ -321,8 +331,8 @@ static int cmd_gateway(int argc, char **argv)
     }
     sigset_t sigs = s_block_signals();
     gw_config gc = {.listen = s_get(flags, "listen"), .shards = eps, .nshards = S,
-                    .zctx = zmq_ctx_new(), .shard_timeout_ms = timeout,
-                    .limits = s_gateway_limits(flags)};
+                    .zctx = zmq_ctx_new(), .shard_timeout_ms = timeout};
+    s_gateway_flags(flags, &gc);
     if (s_secret(s_get(flags, "data-dir"), &gc.secret)) {
         free(list);
         return 1;

@@ -38,6 +38,8 @@ struct gw_bus {
     char **endpoints;
     int n;
     int timeout_ms;
+    gw_bus_hooks hooks;
+    uint8_t id[255];
     int efd;
     pthread_t thread;
     pthread_mutex_t mu;      /* guards queue, closing */
@@ -147,6 +149,13 @@ static void s_recv_replies(gw_bus *b, int shard)
         if (n == 2 && zmq_msg_size(&parts[0]) == 8) {
             uint64_t id;
             memcpy(&id, zmq_msg_data(&parts[0]), 8);
+            if (id == 0) { /* unasked: a notice */
+                if (b->hooks.notice)
+                    b->hooks.notice(b->hooks.arg, shard, zmq_msg_data(&parts[1]),
+                                    zmq_msg_size(&parts[1]));
+                im_zmq_close(parts, n, 2);
+                continue;
+            }
             bus_req *r = s_pending_take(b, id);
             if (r) /* else: a late reply to a request that timed out */
                 s_finish(r, IM_OK, NULL, zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]));
@@ -190,6 +199,8 @@ static void s_recv_events(gw_bus *b, int shard)
         if (event & ZMQ_EVENT_DISCONNECTED) {
             s_recv_replies(b, shard);
             s_fail_shard(b, shard);
+            if (b->hooks.disconnected)
+                b->hooks.disconnected(b->hooks.arg, shard);
         }
     }
 }
@@ -221,11 +232,15 @@ static void *s_main(void *arg)
         items[b->n + i + 1].socket = b->monitors[i];
         items[b->n + i + 1].events = ZMQ_POLLIN;
     }
+    int64_t next_tick = b->hooks.tick ? s_mono_ms() + b->hooks.tick_ms : INT64_MAX;
     for (;;) {
+        int64_t until = next_tick;
+        if (b->oldest && b->oldest->deadline < until)
+            until = b->oldest->deadline;
         long wait = -1;
-        if (b->oldest) {
-            int64_t d = b->oldest->deadline - s_mono_ms();
-            wait = d > 0 ? d : 0;
+        if (until != INT64_MAX) {
+            int64_t d = until - s_mono_ms();
+            wait = d > 0 ? (long)d : 0;
         }
         if (zmq_poll(items, n, wait) < 0 && errno != EINTR) {
             fprintf(stderr, "imbox gateway: bus poll: %s\n", zmq_strerror(errno));
@@ -243,6 +258,10 @@ static void *s_main(void *arg)
         if (items[0].revents & ZMQ_POLLIN)
             s_send_queued(b);
         s_expire(b, s_mono_ms(), false);
+        if (s_mono_ms() >= next_tick) {
+            b->hooks.tick(b->hooks.arg);
+            next_tick = s_mono_ms() + b->hooks.tick_ms;
+        }
         pthread_mutex_lock(&b->mu);
         bool stop = b->closing && !b->queue;
         pthread_mutex_unlock(&b->mu);
@@ -323,8 +342,8 @@ static int s_monitor(gw_bus *b, void *zctx, int i)
     return 0;
 }
 
-gw_bus *gw_bus_new(void *zctx, char *const *endpoints, int n, int timeout_ms, char *err,
-                   size_t errlen)
+gw_bus *gw_bus_new(void *zctx, char *const *endpoints, int n, int timeout_ms,
+                   const gw_bus_hooks *hooks, char *err, size_t errlen)
 {
     gw_bus *b = calloc(1, sizeof *b);
     if (!b) {
@@ -334,6 +353,19 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, int n, int timeout_ms, ch
     pthread_mutex_init(&b->mu, NULL);
     b->n = n;
     b->timeout_ms = timeout_ms;
+    if (hooks) {
+        b->hooks = *hooks;
+        if (hooks->id_len > sizeof b->id || (hooks->tick && hooks->tick_ms <= 0)) {
+            snprintf(err, errlen, "bus hooks: routing id of 1..255 bytes, tick_ms > 0");
+            pthread_mutex_destroy(&b->mu);
+            free(b);
+            return NULL;
+        }
+        if (hooks->id) {
+            memcpy(b->id, hooks->id, hooks->id_len);
+            b->hooks.id = b->id;
+        }
+    }
     b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     b->dealers = calloc((size_t)n, sizeof *b->dealers);
     b->monitors = calloc((size_t)n, sizeof *b->monitors);
@@ -348,6 +380,8 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, int n, int timeout_ms, ch
         b->endpoints[i] = strdup(endpoints[i]);
         void *d = b->dealers[i] = zmq_socket(zctx, ZMQ_DEALER);
         if (!b->endpoints[i] || !d || zmq_setsockopt(d, ZMQ_IMMEDIATE, &one, sizeof one) ||
+            (b->hooks.id &&
+             zmq_setsockopt(d, ZMQ_ROUTING_ID, b->hooks.id, b->hooks.id_len)) ||
             zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof zero) ||
             zmq_setsockopt(d, ZMQ_SNDHWM, &hwm, sizeof hwm) ||
             zmq_setsockopt(d, ZMQ_RCVHWM, &hwm, sizeof hwm) ||

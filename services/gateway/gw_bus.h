@@ -31,6 +31,13 @@
  * is not stored twice). Likewise a request that the shard executed before
  * the drop is reported UNAVAILABLE; a retry settles it.
  *
+ * Hooks (optional, gw_bus_hooks): the gateway's routing id is set on every
+ * DEALER, so a shard knows this gateway across reconnects; an unasked
+ * message from a shard (id 0: a Notice of shard.proto) goes to `notice`;
+ * `tick` runs every tick_ms; `disconnected` runs when a shard's connection
+ * drops (after its requests were failed). All run on the bus thread, may
+ * call gw_bus_send, and must not block.
+ *
  * Wake-up: other threads push onto a mutex-protected queue and write an
  * eventfd that the bus thread polls beside its sockets, so an idle bus
  * sleeps in zmq_poll (no busy polling) and a request costs no timer tick.
@@ -48,9 +55,21 @@ typedef struct gw_bus gw_bus;
 typedef void (*gw_bus_fn)(void *arg, int status, const char *why, const uint8_t *reply,
                           size_t len);
 
-/* Connects to endpoints[0..n-1] (shard i at endpoints[i]). NULL on error. */
-gw_bus *gw_bus_new(void *zctx, char *const *endpoints, int n, int timeout_ms, char *err,
-                   size_t errlen);
+typedef struct gw_bus_hooks {
+    const uint8_t *id;  /* routing id of every DEALER (1..255 bytes, first
+                           byte not 0), or NULL for ZeroMQ's own */
+    size_t id_len;
+    void (*notice)(void *arg, int shard, const uint8_t *body, size_t len);
+    void (*tick)(void *arg);
+    int tick_ms;        /* > 0 with tick */
+    void (*disconnected)(void *arg, int shard);
+    void *arg;
+} gw_bus_hooks;
+
+/* Connects to endpoints[0..n-1] (shard i at endpoints[i]); hooks may be
+ * NULL (it is copied, id included). NULL on error. */
+gw_bus *gw_bus_new(void *zctx, char *const *endpoints, int n, int timeout_ms,
+                   const gw_bus_hooks *hooks, char *err, size_t errlen);
 
 /* Queues body (malloc'ed; the bus takes it and frees it) for shard. Returns
  * 0 (fn will be called once) or -1 when the bus is closing (fn is never

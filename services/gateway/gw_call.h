@@ -9,6 +9,8 @@
  *                 hand-off to a shard
  *   gw_send.c     Send: validation, split by shard, receipts
  *   gw_inbox.c    Pull, Ack, Counts
+ *   gw_sub.c      Subscribe (live streams), the presence leases, notices
+ *   gw_presence.c Presence
  *   gw_health.c   grpc.health.v1.Health/Check
  *
  * Threads: a call is started and freed on the completion-queue thread; its
@@ -36,15 +38,25 @@
 #define GW_PAGE_BYTES (3u << 20) /* content per page: under gRPC's 4 MiB */
 #define GW_REPLY_MAX (8u << 20)  /* largest shard reply accepted */
 #define GW_SHARD_TIMEOUT_MS 5000 /* a shard's commit takes milliseconds */
+#define GW_KEEPALIVE_MS 10000    /* keepalive ping after 10 s idle, drop
+                                    after 10 s unanswered: a vanished client
+                                    is offline within about 20 s */
+#define GW_CLIENT_PING_MS 5000   /* clients may keepalive-ping this often */
+#define GW_LEASE_MS 3000         /* presence lease; renewed every third */
+#define GW_SUB_PAGE 100          /* a stream reads this many messages */
+#define GW_SUB_PAGE_BYTES (256u << 10) /* or this much content at a time:
+                                    a stream holds at most one such page */
 #define GW_ARMED 16              /* calls requested per method: enough for
                                     bursts, each costs one small context */
 
 typedef enum {
-    M_SEND, M_PULL, M_ACK, M_COUNTS, M_HEALTH, M_GENERIC, M_COUNT
+    M_SEND, M_PULL, M_ACK, M_COUNTS, M_SUBSCRIBE, M_PRESENCE, M_HEALTH, M_GENERIC, M_COUNT
 } gw_method;
 
 
-typedef enum { TAG_NEW, TAG_CLOSE, TAG_SEND } gw_tag_kind;
+/* TAG_SEND: the final batch (status); TAG_MD, TAG_MSG: a stream's initial
+ * metadata and each of its messages. */
+typedef enum { TAG_NEW, TAG_CLOSE, TAG_SEND, TAG_MD, TAG_MSG } gw_tag_kind;
 
 typedef struct gw_call gw_call;
 typedef struct gw_tag {
@@ -56,6 +68,7 @@ typedef struct gw_receipt {
     int code;
     char error[sizeof(((imbox_v1_Receipt *)0)->error)];
     bool duplicate;
+    bool online;
     int64_t send_time_ms;
 } gw_receipt;
 
@@ -74,8 +87,10 @@ struct gw_call {
     grpc_metadata_array md;
     grpc_call_details details; /* M_GENERIC */
     grpc_byte_buffer *payload;
-    gw_tag t_new, t_close, t_send;
-    int refs;                  /* batches in flight (CQ thread only) */
+    gw_tag t_new, t_close, t_send, t_md, t_msg;
+    atomic_int refs;           /* what will still call back: batches in
+                                  flight, a stream's shard requests; the
+                                  call is freed when it drops to 0 */
     bool accepted;             /* counted in gw_server.active */
     int cancelled;
     grpc_byte_buffer *resp;
@@ -89,6 +104,12 @@ struct gw_call {
     atomic_int parts_left;
     /* Pull */
     char sender[IM_UID_MAX + 1];
+    /* Presence: one flag per uid (in receivers); the first part's failure */
+    bool *online;
+    int fail;
+    char why[192];
+    /* Subscribe */
+    struct gw_sub *sub;
 };
 
 struct gw_server {
@@ -99,18 +120,22 @@ struct gw_server {
     gw_bus *bus;
     pthread_t thread;
     atomic_bool stopping;
-    atomic_int active;        /* calls accepted and not yet freed */
+    atomic_int active;        /* unary calls accepted and not yet freed */
     int shutdown_tag;
     atomic_bool shutdown_done;
     /* scratch, owned by the CQ thread */
     imbox_internal_v1_ShardRequest *shard_req;
     /* scratch, owned by the bus thread (used only in bus callbacks) */
     imbox_internal_v1_ShardReply *shard_reply;
+    struct gw_subs *subs;     /* live streams (gw_sub.c) */
 };
 
 /* ------------------------------------------------ replies (gw_server.c) */
 
 void gw__call_free(gw_call *c);
+
+/* Drops one reference (any thread); frees the call at the last. */
+void gw__call_unref(gw_call *c);
 
 /*
  * Answers the call: initial metadata, the message (body, malloc'ed, taken;
@@ -143,6 +168,24 @@ int gw__decode(gw_call *c, const pb_msgdesc_t *fields, void *msg, const char *na
 /* Checks a string field decoded by im_pb_read_str; answers on error. */
 int gw__str(gw_call *c, const im_str_in *in, const char *field, size_t max, bool utf8);
 
+/* A repeated uid field decoded by callback gw__read_uid (hostile input: at
+ * most `max` are kept, each at most IM_UID_MAX bytes; the first problem is
+ * remembered with its index so that the error can name it). */
+typedef struct gw_uids {
+    char (*v)[IM_UID_MAX + 1]; /* max entries, the caller's */
+    int max;
+    int n;        /* kept */
+    int total;    /* seen */
+    int bad;      /* index of the first over-long or NUL-holding uid, or -1 */
+    size_t bad_len;
+} gw_uids;
+bool gw__read_uid(pb_istream_t *s, const pb_field_t *f, void **arg);
+
+/* Checks a decoded uid list: min..max of them, each by the uid rule.
+ * Answers INVALID_ARGUMENT naming field[i] (and `noun` for the count). */
+int gw__uids_check(gw_call *c, const gw_uids *u, const char *field, const char *noun, int min,
+                   int max);
+
 typedef struct gw_cursor {
     char text[IM_CURSOR_MAX];
     im_str_in in;
@@ -157,12 +200,47 @@ int gw__cursor(gw_call *c, const gw_cursor *k, uint64_t *seq, char *scope);
 /* Encodes g->shard_req and sends it to shard; fn(arg) gets the reply. */
 void gw__to_shard(gw_call *c, int shard, gw_bus_fn fn, void *arg);
 
+/* Encodes req and sends it to shard; from any thread. fn(arg) gets the
+ * reply, or a failure, exactly once. */
+void gw__send_req(gw_server *g, int shard, const imbox_internal_v1_ShardRequest *req,
+                  gw_bus_fn fn, void *arg);
+
 /* ------------------------------------------- methods (one file per family) */
 
 void gw__send(gw_call *c);   /* gw_send.c */
+
+/* Groups c->receivers[0..nrecv) by shard into c->parts (part k goes to
+ * shard part_shard[k], an array of nshards); returns the number of parts,
+ * or -1 out of memory. */
+int gw__split(gw_call *c, int *part_shard);
+
+/* Encode callback of a repeated uid field: the uids of the gw_part at
+ * *arg. */
+bool gw__write_part_uids(pb_ostream_t *s, const pb_field_t *f, void *const *arg);
 void gw__pull(gw_call *c);   /* gw_inbox.c */
 void gw__ack(gw_call *c);
 void gw__counts(gw_call *c);
-void gw__health(gw_call *c); /* gw_health.c */
+void gw__presence(gw_call *c); /* gw_presence.c */
+void gw__health(gw_call *c);   /* gw_health.c */
+
+/* ------------------------------------------------------ streams (gw_sub.c) */
+
+void gw__subscribe(gw_call *c);
+
+/* The registry of live streams and the bus hooks that serve it. */
+int gw__subs_new(gw_server *g);       /* 0, or -1 out of memory */
+void gw__subs_free(gw_server *g);     /* after the bus is destroyed */
+void gw__subs_notice(void *g, int shard, const uint8_t *body, size_t len);
+void gw__subs_tick(void *g);
+void gw__subs_disconnected(void *g, int shard);
+
+/* Ends every stream with UNAVAILABLE (the server is stopping). */
+void gw__subs_shutdown(gw_server *g);
+
+/* Completions of a stream's batches (CQ thread): TAG_MD, TAG_MSG, and
+ * TAG_CLOSE (the call is over: cancelled, deadline, or ended). */
+void gw__sub_sent(gw_call *c, gw_tag_kind kind, bool ok);
+void gw__sub_closed(gw_call *c);
+void gw__sub_free(struct gw_sub *s); /* with the call; NULL-safe */
 
 #endif

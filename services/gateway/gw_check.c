@@ -1,5 +1,6 @@
 /* gw_check.c - request checks: token, decoding, strings,
  * cursors; the hand-off to a shard (see gw_call.h). */
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -80,17 +81,72 @@ int gw__str(gw_call *c, const im_str_in *in, const char *field, size_t max, bool
 }
 
 /* Encodes g->shard_req and sends it to shard; fn(arg) gets the reply. */
-void gw__to_shard(gw_call *c, int shard, gw_bus_fn fn, void *arg)
+bool gw__read_uid(pb_istream_t *s, const pb_field_t *f, void **arg)
+{
+    (void)f;
+    gw_uids *u = *arg;
+    size_t n = s->bytes_left;
+    int i = u->total++;
+    if (u->n == u->max || n > IM_UID_MAX) {
+        if (n > IM_UID_MAX && u->bad < 0) {
+            u->bad = i;
+            u->bad_len = n;
+        }
+        return pb_read(s, NULL, n);
+    }
+    char *dst = u->v[u->n++];
+    if (!pb_read(s, (uint8_t *)dst, n))
+        return false;
+    dst[n] = 0;
+    if (memchr(dst, 0, n) && u->bad < 0) {
+        u->bad = i;
+        u->bad_len = n;
+    }
+    return true;
+}
+
+int gw__uids_check(gw_call *c, const gw_uids *u, const char *field, const char *noun, int min,
+                   int max)
+{
+    if (u->total < min || u->total > max) {
+        gw__respond_errf(c, IM_INVALID_ARGUMENT, "%s: %d %s, must be %d..%d", field, u->total,
+                         noun, min, max);
+        return -1;
+    }
+    if (u->bad >= 0) {
+        gw__respond_errf(c, IM_INVALID_ARGUMENT,
+                         u->bad_len > IM_UID_MAX ? "%s[%d]: %zu bytes, longer than %d"
+                                                 : "%s[%d]: contains a NUL byte",
+                         field, u->bad, u->bad_len, IM_UID_MAX);
+        return -1;
+    }
+    for (int i = 0; i < u->n; i++) {
+        char name[48], msg[160];
+        snprintf(name, sizeof name, "%s[%d]", field, i);
+        if (im_uid_check(u->v[i], name, msg, sizeof msg)) {
+            gw__respond(c, IM_INVALID_ARGUMENT, msg, NULL, 0);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void gw__send_req(gw_server *g, int shard, const imbox_internal_v1_ShardRequest *req,
+                  gw_bus_fn fn, void *arg)
 {
     uint8_t *body;
     size_t len;
-    if (im_pb_encode(imbox_internal_v1_ShardRequest_fields, c->g->shard_req, NULL, 0, &body,
-                     &len)) {
+    if (im_pb_encode(imbox_internal_v1_ShardRequest_fields, req, NULL, 0, &body, &len)) {
         fn(arg, IM_INTERNAL, "shard request does not encode", NULL, 0);
         return;
     }
-    if (gw_bus_send(c->g->bus, shard, body, len, fn, arg))
+    if (gw_bus_send(g->bus, shard, body, len, fn, arg))
         fn(arg, IM_UNAVAILABLE, "gateway is stopping", NULL, 0);
+}
+
+void gw__to_shard(gw_call *c, int shard, gw_bus_fn fn, void *arg)
+{
+    gw__send_req(c->g, shard, c->g->shard_req, fn, arg);
 }
 
 void gw__cursor_init(gw_cursor *k, pb_callback_t *cb)

@@ -19,6 +19,7 @@ static bool s_write_receipts(pb_ostream_t *s, const pb_field_t *f, void *const *
         r.code = c->receipts[i].code;
         snprintf(r.error, sizeof r.error, "%s", c->receipts[i].error);
         r.duplicate = c->receipts[i].duplicate;
+        r.online = c->receipts[i].online;
         r.send_time_ms = c->receipts[i].send_time_ms;
         if (!pb_encode_tag_for_field(s, f) ||
             !pb_encode_submessage(s, imbox_v1_Receipt_fields, &r))
@@ -72,44 +73,10 @@ static void s_on_store(void *arg, int status, const char *why, const uint8_t *re
         rc->code = res->code;
         snprintf(rc->error, sizeof rc->error, "%s", im_receipt_text(res->code));
         rc->duplicate = res->duplicate;
+        rc->online = res->online;
         rc->send_time_ms = res->send_time_ms;
     }
     s_part_done(c);
-}
-
-/* SendRequest.receiver_uids, decoded by callback (hostile input: at most
- * IM_RECEIVERS_MAX are kept, each at most IM_UID_MAX bytes; the first
- * problem is remembered with its index so the error can name it). */
-typedef struct gw_uids {
-    char (*v)[IM_UID_MAX + 1];
-    int n;        /* kept */
-    int total;    /* seen */
-    int bad;      /* index of the first over-long or NUL-holding uid, or -1 */
-    size_t bad_len;
-} gw_uids;
-
-static bool s_read_uid(pb_istream_t *s, const pb_field_t *f, void **arg)
-{
-    (void)f;
-    gw_uids *u = *arg;
-    size_t n = s->bytes_left;
-    int i = u->total++;
-    if (u->n == IM_RECEIVERS_MAX || n > IM_UID_MAX) {
-        if (n > IM_UID_MAX && u->bad < 0) {
-            u->bad = i;
-            u->bad_len = n;
-        }
-        return pb_read(s, NULL, n);
-    }
-    char *dst = u->v[u->n++];
-    if (!pb_read(s, (uint8_t *)dst, n))
-        return false;
-    dst[n] = 0;
-    if (memchr(dst, 0, n) && u->bad < 0) {
-        u->bad = i;
-        u->bad_len = n;
-    }
-    return true;
 }
 
 /* Field checks of a decoded SendRequest; all or nothing. 0 or answers. */
@@ -123,32 +90,12 @@ static int s_send_check(gw_call *c, const im_str_in *msg_id, const gw_uids *u,
     }
     if (gw__str(c, msg_id, "msg_id", IM_MSGID_MAX, true))
         return -1;
-    const gw_limits *lim = &c->g->c.limits;
-    if (u->total == 0 || u->total > lim->max_receivers) {
-        gw__respond_errf(c, IM_INVALID_ARGUMENT, "receiver_uids: %d receivers, must be 1..%d",
-                         u->total, lim->max_receivers);
+    if (gw__uids_check(c, u, "receiver_uids", "receivers", 1, c->g->c.limits.max_receivers))
         return -1;
-    }
-    if (u->bad >= 0) {
-        gw__respond_errf(c, IM_INVALID_ARGUMENT,
-                         u->bad_len > IM_UID_MAX ? "receiver_uids[%d]: %zu bytes, longer than %d"
-                         : "receiver_uids[%d]: contains a NUL byte",
-                         u->bad, u->bad_len, IM_UID_MAX);
-        return -1;
-    }
     if (content->over) {
         gw__respond_errf(c, IM_INVALID_ARGUMENT, "content: %zu bytes, at most %zu", content->over,
                          c->g->c.limits.max_content);
         return -1;
-    }
-    for (int i = 0; i < u->n; i++) {
-        char field[32];
-        char msg[160];
-        snprintf(field, sizeof field, "receiver_uids[%d]", i);
-        if (im_uid_check(u->v[i], field, msg, sizeof msg)) {
-            gw__respond(c, IM_INVALID_ARGUMENT, msg, NULL, 0);
-            return -1;
-        }
     }
     return 0;
 }
@@ -181,7 +128,7 @@ static int s_send_dups(gw_call *c, const gw_uids *u)
 }
 
 /* StoreOp.receivers of one part, encoded by callback. */
-static bool s_write_part_uids(pb_ostream_t *s, const pb_field_t *f, void *const *arg)
+bool gw__write_part_uids(pb_ostream_t *s, const pb_field_t *f, void *const *arg)
 {
     const gw_part *p = *arg;
     for (int j = 0; j < p->n; j++) {
@@ -195,7 +142,7 @@ static bool s_write_part_uids(pb_ostream_t *s, const pb_field_t *f, void *const 
 
 /* Groups the receivers by shard into c->parts (part k goes to shard
  * part_shard[k]); returns the number of parts, or -1 out of memory. */
-static int s_split(gw_call *c, int *part_shard)
+int gw__split(gw_call *c, int *part_shard)
 {
     int n = c->nrecv, S = c->g->c.nshards, nparts = 0;
     int *shard_of = malloc((size_t)n * sizeof *shard_of);
@@ -229,14 +176,15 @@ void gw__send(gw_call *c)
     gw_server *g = c->g;
     imbox_v1_SendRequest q;
     memset(&q, 0, sizeof q);
-    gw_uids u = {.v = malloc(IM_RECEIVERS_MAX * sizeof *u.v), .bad = -1};
+    gw_uids u = {.v = malloc(IM_RECEIVERS_MAX * sizeof *u.v), .max = IM_RECEIVERS_MAX,
+                 .bad = -1};
     im_bytes_in content = {.max = g->c.limits.max_content};
     char msg_id[IM_MSGID_MAX + 1];
     im_str_in mid = {.p = msg_id, .cap = sizeof msg_id};
     msg_id[0] = 0;
     q.msg_id.funcs.decode = im_pb_read_str;
     q.msg_id.arg = &mid;
-    q.receiver_uids.funcs.decode = s_read_uid;
+    q.receiver_uids.funcs.decode = gw__read_uid;
     q.receiver_uids.arg = &u;
     q.content.funcs.decode = im_pb_read_bytes;
     q.content.arg = &content;
@@ -252,7 +200,7 @@ void gw__send(gw_call *c)
     c->receivers = u.v;
     u.v = NULL;
     c->receipts = calloc((size_t)c->nrecv, sizeof *c->receipts);
-    int nparts = c->receipts ? s_split(c, part_shard) : -1;
+    int nparts = c->receipts ? gw__split(c, part_shard) : -1;
     if (nparts < 0) {
         gw__respond(c, IM_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
         goto out;
@@ -271,7 +219,7 @@ void gw__send(gw_call *c)
         op->msg_type = q.msg_type;
         op->content.funcs.encode = im_pb_write_bytes;
         op->content.arg = &body;
-        op->receivers.funcs.encode = s_write_part_uids;
+        op->receivers.funcs.encode = gw__write_part_uids;
         op->receivers.arg = &c->parts[i];
         gw__to_shard(c, part_shard[i], s_on_store, &c->parts[i]);
     }

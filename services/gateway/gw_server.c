@@ -1,11 +1,13 @@
 /* gw_server.c - the call loop (accept, dispatch, free), replies, and the
  * server's lifecycle; see gw_server.h, and gw_call.h for the other files. */
 #include <assert.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include <grpc/grpc_security.h>
@@ -15,7 +17,8 @@
 
 static const char *const s_paths[M_GENERIC] = {
     "/imbox.v1.Inbox/Send", "/imbox.v1.Inbox/Pull", "/imbox.v1.Inbox/Ack",
-    "/imbox.v1.Inbox/Counts", "/grpc.health.v1.Health/Check",
+    "/imbox.v1.Inbox/Counts", "/imbox.v1.Inbox/Subscribe", "/imbox.v1.Inbox/Presence",
+    "/grpc.health.v1.Health/Check",
 };
 
 /* ------------------------------------------------------------ replies */
@@ -39,7 +42,15 @@ void gw__call_free(gw_call *c)
     free(c->parts);
     free(c->receivers);
     free(c->receipts);
+    free(c->online);
+    gw__sub_free(c->sub);
     free(c);
+}
+
+void gw__call_unref(gw_call *c)
+{
+    if (atomic_fetch_sub(&c->refs, 1) == 1)
+        gw__call_free(c);
 }
 
 /*
@@ -144,6 +155,8 @@ static void s_arm(gw_server *g, gw_method m)
     c->t_new = (gw_tag){c, TAG_NEW};
     c->t_close = (gw_tag){c, TAG_CLOSE};
     c->t_send = (gw_tag){c, TAG_SEND};
+    c->t_md = (gw_tag){c, TAG_MD};
+    c->t_msg = (gw_tag){c, TAG_MSG};
     c->status_details = grpc_empty_slice();
     grpc_metadata_array_init(&c->md);
     grpc_call_details_init(&c->details);
@@ -168,7 +181,7 @@ static void s_on_new(gw_call *c)
     op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
     op.data.recv_close_on_server.cancelled = &c->cancelled;
     /* Two batches will complete: receive-close now, send-status later. */
-    c->refs = 2;
+    atomic_store(&c->refs, 2);
     if (grpc_call_start_batch(c->call, &op, 1, &c->t_close, NULL) != GRPC_CALL_OK) {
         fprintf(stderr, "imbox gateway: start_batch(close) failed: a bug\n");
         abort();
@@ -190,6 +203,8 @@ static void s_on_new(gw_call *c)
     case M_PULL: gw__pull(c); break;
     case M_ACK: gw__ack(c); break;
     case M_COUNTS: gw__counts(c); break;
+    case M_SUBSCRIBE: gw__subscribe(c); break;
+    case M_PRESENCE: gw__presence(c); break;
     default: assert(!"unreachable");
     }
 }
@@ -217,16 +232,28 @@ static void *s_main(void *arg)
                 gw__call_free(c);
                 break;
             }
-            c->accepted = true;
-            atomic_fetch_add(&g->active, 1);
+            /* Streams last: a stop does not wait for them to end (it
+             * ends them), so they are not counted as active. */
+            if (c->m != M_SUBSCRIBE) {
+                c->accepted = true;
+                atomic_fetch_add(&g->active, 1);
+            }
             if (!atomic_load(&g->stopping))
                 s_arm(g, c->m);
             s_on_new(c);
             break;
         case TAG_CLOSE:
+            if (c->sub)
+                gw__sub_closed(c);
+            gw__call_unref(c);
+            break;
         case TAG_SEND:
-            if (--c->refs == 0)
-                gw__call_free(c);
+            gw__call_unref(c);
+            break;
+        case TAG_MD:
+        case TAG_MSG:
+            gw__sub_sent(c, t->kind, ev.success != 0);
+            gw__call_unref(c);
             break;
         }
     }
@@ -238,6 +265,7 @@ static void *s_main(void *arg)
 static void s_free(gw_server *g)
 {
     gw_bus_destroy(&g->bus);
+    gw__subs_free(g);
     if (g->server)
         grpc_server_destroy(g->server);
     if (g->cq)
@@ -257,6 +285,12 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
     g->c = *c;
     if (g->c.shard_timeout_ms <= 0)
         g->c.shard_timeout_ms = GW_SHARD_TIMEOUT_MS;
+    if (g->c.keepalive_time_ms <= 0)
+        g->c.keepalive_time_ms = GW_KEEPALIVE_MS;
+    if (g->c.keepalive_timeout_ms <= 0)
+        g->c.keepalive_timeout_ms = GW_KEEPALIVE_MS;
+    if (g->c.presence_lease_ms <= 0)
+        g->c.presence_lease_ms = GW_LEASE_MS;
     gw_limits *lim = &g->c.limits;
     lim->max_receivers = lim->max_receivers ? lim->max_receivers : IM_RECEIVERS_MAX;
     lim->max_content = lim->max_content ? lim->max_content : IM_CONTENT_MAX;
@@ -270,22 +304,50 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
     }
     g->shard_req = malloc(sizeof *g->shard_req);
     g->shard_reply = malloc(sizeof *g->shard_reply);
-    if (!g->shard_req || !g->shard_reply || c->nshards < 1) {
+    if (!g->shard_req || !g->shard_reply || c->nshards < 1 || gw__subs_new(g)) {
         snprintf(err, errlen, c->nshards < 1 ? "no shards" : "out of memory");
         s_free(g);
         return NULL;
     }
-    g->bus = gw_bus_new(c->zctx, c->shards, c->nshards, g->c.shard_timeout_ms, err, errlen);
+    /* This gateway's routing id at the shards: random, so that a
+     * restarted gateway is a new one (its old leases lapse). */
+    uint8_t id[16];
+    if (getrandom(id, sizeof id, 0) != (ssize_t)sizeof id) {
+        snprintf(err, errlen, "getrandom: %s", strerror(errno));
+        s_free(g);
+        return NULL;
+    }
+    id[0] |= 1; /* ZeroMQ reserves routing ids that start with 0 */
+    gw_bus_hooks hooks = {
+        .id = id, .id_len = sizeof id,
+        .notice = gw__subs_notice,
+        .tick = gw__subs_tick, .tick_ms = g->c.presence_lease_ms / 3,
+        .disconnected = gw__subs_disconnected,
+        .arg = g,
+    };
+    g->bus = gw_bus_new(c->zctx, c->shards, c->nshards, g->c.shard_timeout_ms, &hooks, err,
+                        errlen);
     if (!g->bus) {
         s_free(g);
         return NULL;
     }
-    /* SO_REUSEPORT off: a second server on a busy port must fail, not share. */
-    grpc_arg args[1];
-    args[0].type = GRPC_ARG_INTEGER;
-    args[0].key = (char *)"grpc.so_reuseport";
-    args[0].value.integer = 0;
-    grpc_channel_args ca = {1, args};
+    /* SO_REUSEPORT off: a second server on a busy port must fail, not
+     * share. Keepalive: a client whose network vanished (no FIN) is pinged
+     * and dropped, so its streams end and it goes offline; pings go out
+     * also on connections without data (an idle stream is all data-less),
+     * and clients may ping every GW_CLIENT_PING_MS. */
+    grpc_arg args[] = {
+        {GRPC_ARG_INTEGER, (char *)"grpc.so_reuseport", {.integer = 0}},
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_KEEPALIVE_TIME_MS,
+         {.integer = g->c.keepalive_time_ms}},
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+         {.integer = g->c.keepalive_timeout_ms}},
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, {.integer = 1}},
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, {.integer = 0}},
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+         {.integer = GW_CLIENT_PING_MS}},
+    };
+    grpc_channel_args ca = {sizeof args / sizeof args[0], args};
     g->server = grpc_server_create(&ca, NULL);
     g->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(g->server, g->cq, NULL);
@@ -321,6 +383,7 @@ void gw_stop(gw_server **gp, int grace_ms)
         return;
     gw_server *g = *gp;
     atomic_store(&g->stopping, true);
+    gw__subs_shutdown(g);
     grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
     /* The shutdown tag comes when every call is done and every connection
      * closed; a client may keep an idle connection open for ever. So once

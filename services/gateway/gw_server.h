@@ -38,6 +38,12 @@ typedef struct gw_config {
     void *zctx;                /* ZeroMQ context; the caller keeps it alive */
     int shard_timeout_ms;      /* 0 = default 5000 */
     gw_limits limits;          /* zero fields = defaults */
+    int keepalive_time_ms;     /* ping a client after this long without
+                                  activity (0 = default 10000) */
+    int keepalive_timeout_ms;  /* drop it when the ping is not answered in
+                                  this long (0 = default 10000) */
+    int presence_lease_ms;     /* a live stream's lease at its shard,
+                                  renewed every third of it (0 = 3000) */
 } gw_config;
 
 typedef struct gw_server gw_server;

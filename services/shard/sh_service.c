@@ -17,6 +17,7 @@
 
 #include "im_hash.h"
 #include "im_wire.h"
+#include "sh_presence.h"
 #include "im_zmq.h"
 #include "imbox/internal/v1/shard.pb.h"
 #include "imbox/v1/imbox.pb.h"
@@ -26,6 +27,12 @@
 #define SH_IDENT_MAX 256             /* ZeroMQ peer identities are <= 255 */
 #define SH_RECV_BURST 256            /* requests taken per wake-up before
                                         replies get a turn */
+#define SH_LEASE_DEFAULT_MS 3000     /* a PresenceOp without a usable lease */
+#define SH_LEASE_MAX_MS 60000
+#define SH_PRESENCE_OP_MAX 200000    /* uids in one PresenceOp: a gateway's
+                                        whole set on this shard */
+#define SH_EXPIRE_EVERY_MS 1000      /* lapsed leases dropped this often */
+#define SH_HOLDERS_MAX 64            /* gateways notified per uid */
 
 typedef enum { JOB_STORE = 1, JOB_READ, JOB_ACK, JOB_COUNTS } sh_kind;
 
@@ -40,6 +47,7 @@ typedef struct sh_job {
     char uid[ST_UID_MAX + 1];
     char sender[ST_UID_MAX + 1];
     uint32_t limit, max_bytes;
+    uint64_t after;         /* JOB_READ: read after max(ack, after) */
     st_put *puts;
     char *blob;             /* receivers, sender, msg_id, content */
     struct sh_job *next;
@@ -63,7 +71,26 @@ struct sh_service {
     im_buf entries;                     /* page scratch (thread-owned) */
     char (*recv)[ST_UID_MAX + 1];       /* StoreOp.receivers (thread-owned) */
     int nrecv;
+    sh_presence *pres;                  /* live streams (thread-owned) */
+    im_buf *notices;                    /* per gateway number: Commit entries
+                                           of the finished batch */
+    int nnotices;
 };
+
+/* A list of uids decoded by callback (PresenceOp, PresenceQuery): at most
+ * max are kept; an over-long or NUL-holding one makes `bad`. */
+typedef struct sh_uids {
+    char (*v)[IM_UID_MAX + 1];
+    size_t n, cap, max;
+    bool bad;
+} sh_uids;
+
+static int64_t s_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* Copies src into dst[cap]; callers check lengths first (s_owned). */
 static void s_copy(char *dst, size_t cap, const char *src)
@@ -170,6 +197,9 @@ static void s_read_reply(sh_service *sh, const char *uid, const char *sender, ui
         }
     }
     sh->out->count = (uint32_t)pg.n;
+    sh->out->seqs_count = (pb_size_t)pg.n; /* pg.n <= limit <= IM_PAGE_MAX */
+    for (size_t i = 0; i < pg.n; i++)
+        sh->out->seqs[i] = pg.msgs[i].seq;
     sh->out->last_seq = pg.n ? pg.msgs[pg.n - 1].seq : after;
     sh->out->more = pg.more;
     st_page_free(&pg);
@@ -201,6 +231,58 @@ static void s_counts_reply(sh_service *sh, const st_req *r)
     sh->out->total = r->total;
 }
 
+/* --------------------------------------------------------------- push */
+
+/*
+ * A message for uid was stored as seq: if gateways hold live streams for
+ * uid, queue a Commit for each (sent by s_notices_send once the whole batch
+ * of finished jobs is answered: one ZeroMQ message per gateway per batch).
+ * Returns whether uid was online.
+ */
+static bool s_notice_add(sh_service *sh, const char *uid, uint64_t seq)
+{
+    int gws[SH_HOLDERS_MAX];
+    int n = sh_presence_holders(sh->pres, uid, s_mono_ms(), gws, SH_HOLDERS_MAX);
+    imbox_internal_v1_Commit c = {.seq = seq};
+    s_copy(c.uid, sizeof c.uid, uid);
+    for (int i = 0; i < n; i++) {
+        if (gws[i] >= sh->nnotices) {
+            int cap = sh_presence_gateways(sh->pres);
+            im_buf *v = realloc(sh->notices, (size_t)cap * sizeof *v);
+            if (!v)
+                continue; /* the stream catches up at its next read */
+            memset(v + sh->nnotices, 0, (size_t)(cap - sh->nnotices) * sizeof *v);
+            sh->notices = v;
+            sh->nnotices = cap;
+        }
+        im_pb_append_submsg(&sh->notices[gws[i]], imbox_internal_v1_Notice_commits_tag,
+                            imbox_internal_v1_Commit_fields, &c);
+    }
+    return n > 0;
+}
+
+/* Sends each gateway its Notice: [routing id][8 zero bytes][Commit entries]
+ * (a Notice holds nothing but its repeated commits). A gateway that is
+ * gone loses it: its streams went with it. */
+static void s_notices_send(sh_service *sh)
+{
+    static const uint8_t zero[8];
+    for (int g = 0; g < sh->nnotices; g++) {
+        im_buf *b = &sh->notices[g];
+        if (b->n == 0)
+            continue;
+        size_t idn;
+        const uint8_t *idp = sh_presence_gateway_id(sh->pres, g, &idn);
+        if ((zmq_send(sh->router, idp, idn, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+             zmq_send(sh->router, zero, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+             zmq_send(sh->router, b->p, b->n, ZMQ_DONTWAIT) < 0) &&
+            errno != EHOSTUNREACH)
+            fprintf(stderr, "imbox shard %d: notice lost: %s\n", sh->c.index,
+                    zmq_strerror(errno));
+        b->n = 0;
+    }
+}
+
 /* --------------------------------------------------------- engine jobs */
 
 static void s_job_free(sh_job *j)
@@ -226,6 +308,8 @@ static void s_job_finish(sh_service *sh, sh_job *j)
             res->duplicate = p->duplicate;
             res->seq = p->seq;
             res->send_time_ms = p->send_time_ms;
+            if (p->code == ST_OK && !p->duplicate)
+                res->online = s_notice_add(sh, p->receiver, p->seq);
         }
         break;
     case JOB_ACK:
@@ -240,8 +324,8 @@ static void s_job_finish(sh_service *sh, sh_job *j)
             break;
         }
         sh->out->deleted = j->req.deleted;
-        s_read_reply(sh, j->uid, j->sender[0] ? j->sender : NULL, j->req.upto, j->limit,
-                     j->max_bytes);
+        s_read_reply(sh, j->uid, j->sender[0] ? j->sender : NULL,
+                     j->req.upto > j->after ? j->req.upto : j->after, j->limit, j->max_bytes);
         break;
     case JOB_COUNTS:
         s_counts_reply(sh, &j->req);
@@ -273,6 +357,7 @@ static void s_drain_done(sh_service *sh)
         s_job_finish(sh, rev);
         rev = n;
     }
+    s_notices_send(sh);
 }
 
 /* ------------------------------------------------------------ requests */
@@ -373,7 +458,7 @@ static void s_store(sh_service *sh, const imbox_internal_v1_StoreOp *op,
 
 static void s_ack_job(sh_service *sh, sh_kind kind, const char *uid, const char *sender,
                       uint64_t upto, const uint8_t *ident, size_t ident_len, const uint8_t id[8],
-                      uint32_t limit, uint32_t max_bytes)
+                      uint32_t limit, uint32_t max_bytes, uint64_t after)
 {
     char msg[160];
     if (sender[0] && im_uid_check(sender, "sender", msg, sizeof msg)) {
@@ -389,6 +474,7 @@ static void s_ack_job(sh_service *sh, sh_kind kind, const char *uid, const char 
     s_copy(j->sender, sizeof j->sender, sender);
     j->limit = limit;
     j->max_bytes = max_bytes;
+    j->after = after;
     j->req.type = ST_REQ_ACK;
     j->req.uid = j->uid;
     j->req.sender = j->sender[0] ? j->sender : NULL;
@@ -421,11 +507,12 @@ static void s_read_op(sh_service *sh, const imbox_internal_v1_ReadOp *op, const 
         return;
     if (op->ack_upto) {
         s_ack_job(sh, JOB_READ, op->uid, op->sender, op->ack_upto, ident, ident_len, id,
-                  op->limit, op->max_bytes);
+                  op->limit, op->max_bytes, op->after);
         return;
     }
     s_reply_reset(sh);
-    s_read_reply(sh, op->uid, op->sender[0] ? op->sender : NULL, 0, op->limit, op->max_bytes);
+    s_read_reply(sh, op->uid, op->sender[0] ? op->sender : NULL, op->after, op->limit,
+                 op->max_bytes);
     s_reply_send(sh, ident, ident_len, id);
 }
 
@@ -445,6 +532,97 @@ static bool s_read_receiver(pb_istream_t *s, const pb_field_t *f, void **arg)
     return true;
 }
 
+/* A uid of a PresenceOp or PresenceQuery list, into the sh_uids at *arg. */
+static bool s_read_uid_list(pb_istream_t *s, const pb_field_t *f, void **arg)
+{
+    (void)f;
+    sh_uids *u = *arg;
+    size_t n = s->bytes_left;
+    if (u->n == u->max)
+        PB_RETURN_ERROR(s, "too many uids");
+    if (n > IM_UID_MAX) {
+        u->bad = true;
+        return pb_read(s, NULL, n);
+    }
+    if (u->n == u->cap) {
+        size_t cap = u->cap ? 2 * u->cap : 64;
+        void *v = realloc(u->v, cap * sizeof *u->v);
+        if (!v)
+            PB_RETURN_ERROR(s, "out of memory");
+        u->v = v;
+        u->cap = cap;
+    }
+    char *dst = u->v[u->n];
+    if (!pb_read(s, (uint8_t *)dst, n))
+        return false;
+    dst[n] = 0;
+    if (im_uid_check(dst, "uid", NULL, 0))
+        u->bad = true;
+    else
+        u->n++;
+    return true;
+}
+
+/* Whether every uid is valid and this shard's; answers otherwise. */
+static bool s_uids_ok(sh_service *sh, const sh_uids *u, const uint8_t *ident, size_t ident_len,
+                      const uint8_t id[8])
+{
+    if (u->bad) {
+        s_reply_error(sh, ident, ident_len, id, IM_INVALID_ARGUMENT,
+                      "uids: one is not a valid uid");
+        return false;
+    }
+    for (size_t i = 0; i < u->n; i++)
+        if (!s_owned(sh, u->v[i], ident, ident_len, id))
+            return false;
+    return true;
+}
+
+/* PresenceOp: the sending gateway's live streams (see sh_presence.h). */
+static void s_presence_op(sh_service *sh, const imbox_internal_v1_PresenceOp *op,
+                          const sh_uids *on, const sh_uids *off, const uint8_t *ident,
+                          size_t ident_len, const uint8_t id[8])
+{
+    if (!s_uids_ok(sh, on, ident, ident_len, id) || !s_uids_ok(sh, off, ident, ident_len, id))
+        return;
+    int gw = sh_presence_gateway(sh->pres, ident, ident_len);
+    if (gw < 0) {
+        s_reply_error(sh, ident, ident_len, id, IM_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    int64_t lease = op->lease_ms >= 100 && op->lease_ms <= SH_LEASE_MAX_MS ? op->lease_ms
+                                                                         : SH_LEASE_DEFAULT_MS;
+    int64_t until = s_mono_ms() + lease;
+    sh_presence_begin(sh->pres, gw);
+    bool oom = false;
+    for (size_t i = 0; i < on->n; i++)
+        oom |= sh_presence_set(sh->pres, gw, on->v[i], until) != 0;
+    for (size_t i = 0; i < off->n; i++)
+        sh_presence_clear(sh->pres, gw, off->v[i]);
+    sh_presence_end(sh->pres, gw, op->full && !oom);
+    if (oom) {
+        s_reply_error(sh, ident, ident_len, id, IM_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    s_reply_reset(sh);
+    s_reply_send(sh, ident, ident_len, id);
+}
+
+/* PresenceQuery: online flags in request order. */
+static void s_presence_query(sh_service *sh, const sh_uids *u, const uint8_t *ident,
+                             size_t ident_len, const uint8_t id[8])
+{
+    if (!s_uids_ok(sh, u, ident, ident_len, id))
+        return;
+    s_reply_reset(sh);
+    int64_t now = s_mono_ms();
+    int gw;
+    for (size_t i = 0; i < u->n; i++)
+        sh->out->online[i] = sh_presence_holders(sh->pres, u->v[i], now, &gw, 1) > 0;
+    sh->out->online_count = (pb_size_t)u->n;
+    s_reply_send(sh, ident, ident_len, id);
+}
+
 static void s_handle(sh_service *sh, const uint8_t *ident, size_t ident_len, const uint8_t id[8],
                      const uint8_t *body, size_t len)
 {
@@ -456,16 +634,24 @@ static void s_handle(sh_service *sh, const uint8_t *ident, size_t ident_len, con
     in->store.receivers.arg = sh;
     in->store.content.funcs.decode = im_pb_read_bytes;
     in->store.content.arg = &content;
+    sh_uids on = {.max = SH_PRESENCE_OP_MAX}, off = {.max = SH_PRESENCE_OP_MAX};
+    sh_uids query = {.max = IM_PRESENCE_MAX};
+    in->presence.online.funcs.decode = s_read_uid_list;
+    in->presence.online.arg = &on;
+    in->presence.offline.funcs.decode = s_read_uid_list;
+    in->presence.offline.arg = &off;
+    in->query.uids.funcs.decode = s_read_uid_list;
+    in->query.uids.arg = &query;
     pb_istream_t is = pb_istream_from_buffer(body, len);
     if (!pb_decode(&is, imbox_internal_v1_ShardRequest_fields, in) || content.over) {
         char msg[160];
         snprintf(msg, sizeof msg, "request does not decode: %s",
                  content.over ? "content too large" : PB_GET_ERROR(&is));
         s_reply_error(sh, ident, ident_len, id, IM_INVALID_ARGUMENT, msg);
-        free(content.p);
-        return;
+        goto out;
     }
-    int ops = in->has_store + in->has_read + in->has_ack + in->has_counts;
+    int ops = in->has_store + in->has_read + in->has_ack + in->has_counts + in->has_presence +
+              in->has_query;
     if (ops != 1) {
         s_reply_error(sh, ident, ident_len, id, IM_INVALID_ARGUMENT,
                       "request must hold exactly one operation");
@@ -476,11 +662,20 @@ static void s_handle(sh_service *sh, const uint8_t *ident, size_t ident_len, con
     } else if (in->has_ack) {
         const imbox_internal_v1_AckOp *op = &in->ack;
         if (s_owned(sh, op->uid, ident, ident_len, id))
-            s_ack_job(sh, JOB_ACK, op->uid, op->sender, op->upto, ident, ident_len, id, 0, 0);
+            s_ack_job(sh, JOB_ACK, op->uid, op->sender, op->upto, ident, ident_len, id, 0, 0,
+                      0);
+    } else if (in->has_presence) {
+        s_presence_op(sh, &in->presence, &on, &off, ident, ident_len, id);
+    } else if (in->has_query) {
+        s_presence_query(sh, &query, ident, ident_len, id);
     } else if (s_owned(sh, in->counts.uid, ident, ident_len, id)) {
         s_counts_job(sh, in->counts.uid, ident, ident_len, id);
     }
+out:
     free(content.p);
+    free(on.v);
+    free(off.v);
+    free(query.v);
 }
 
 /* Receives one request: [identity][id (8 bytes)][body]. Malformed framing
@@ -557,8 +752,13 @@ static void *s_main(void *arg)
         {.socket = sh->router, .events = ZMQ_POLLIN},
         {.fd = sh->efd, .events = ZMQ_POLLIN},
     };
+    int64_t next_expire = 0;
+    size_t held = 0;
     while (!atomic_load(&sh->stop)) {
-        if (zmq_poll(items, 2, -1) < 0 && errno != EINTR) {
+        /* Asleep unless leases are held: then awake once a second to drop
+         * the lapsed ones (a dead gateway's users go offline). */
+        long wait = held ? SH_EXPIRE_EVERY_MS : -1;
+        if (zmq_poll(items, 2, wait) < 0 && errno != EINTR) {
             fprintf(stderr, "imbox shard %d: poll: %s\n", sh->c.index, zmq_strerror(errno));
             break;
         }
@@ -566,6 +766,13 @@ static void *s_main(void *arg)
             s_drain_done(sh);
         for (int i = 0; i < SH_RECV_BURST && s_recv_one(sh); i++)
             ;
+        int64_t now = s_mono_ms();
+        if (now >= next_expire) {
+            held = sh_presence_expire(sh->pres, now);
+            next_expire = now + SH_EXPIRE_EVERY_MS;
+        } else if (!held) {
+            held = 1; /* a PresenceOp may have come: check at the next turn */
+        }
     }
     /* Every accepted request completes before st_close returns; answer
      * them while the socket is still open. */
@@ -602,6 +809,10 @@ static void s_free(sh_service *sh)
     pthread_cond_destroy(&sh->sweep_cv);
     pthread_mutex_destroy(&sh->mu);
     im_buf_free(&sh->entries);
+    for (int i = 0; i < sh->nnotices; i++)
+        im_buf_free(&sh->notices[i]);
+    free(sh->notices);
+    sh_presence_destroy(&sh->pres);
     free(sh->in);
     free(sh->out);
     free(sh->recv);
@@ -632,7 +843,8 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
     sh->out = malloc(sizeof *sh->out);
     sh->recv = malloc(IM_RECEIVERS_MAX * sizeof *sh->recv);
     sh->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (!sh->in || !sh->out || !sh->recv || sh->efd < 0) {
+    sh->pres = sh_presence_new();
+    if (!sh->in || !sh->out || !sh->recv || sh->efd < 0 || !sh->pres) {
         snprintf(err, errlen, "out of memory or eventfd: %s", strerror(errno));
         s_free(sh);
         return NULL;
@@ -646,7 +858,10 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
     }
     sh->router = zmq_socket(c->zctx, ZMQ_ROUTER);
     int one = 1, linger = 1000, hwm = 100000;
+    /* HANDOVER: a gateway that reconnects keeps its routing id (its
+     * presence and notices follow it to the new connection). */
     if (!sh->router || zmq_setsockopt(sh->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
+        zmq_setsockopt(sh->router, ZMQ_ROUTER_HANDOVER, &one, sizeof one) ||
         zmq_setsockopt(sh->router, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(sh->router, ZMQ_SNDHWM, &hwm, sizeof hwm) ||
         zmq_setsockopt(sh->router, ZMQ_RCVHWM, &hwm, sizeof hwm) ||

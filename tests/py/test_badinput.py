@@ -403,16 +403,32 @@ class BadInputTest(h.ImboxTestCase):
                                           response_deserializer=lambda b: b)
         self.case(UNIMPL, call, b'', metadata=self.b.metadata, timeout=10)
 
-    def test_subscribe_is_unimplemented(self):
-        def subscribe():
-            it = self.b.stub.Subscribe(pb.SubscribeRequest(cursor=''),
-                                       metadata=self.b.metadata, timeout=10)
-            return list(it)
-        self.case(UNIMPL, subscribe)
+    def subscribe(self, cursor):
+        """A Subscribe stream read to its end (a refused one ends at once)."""
+        return list(self.b.stub.Subscribe(pb.SubscribeRequest(cursor=cursor),
+                                          metadata=self.b.metadata, timeout=10))
 
-    def test_presence_is_unimplemented(self):
-        self.case(UNIMPL, self.b.stub.Presence, pb.PresenceRequest(uids=[self.a_uid]),
-                  metadata=self.b.metadata, timeout=10)
+    def test_subscribe_bad_cursors(self):
+        # Forged, foreign, future, and a conversation's: refused, nothing acked.
+        forged = h.b64url_nopad(b'\x01' + struct.pack('>Q', 2) + b'\x00' + b'\x00' * 16)
+        self.case(INVALID, self.subscribe, forged, field='cursor')
+        self.case(INVALID, self.subscribe, self.a.pull('').cursor, field='cursor')
+        future = h.make_cursor(self.dep.secret(), self.b_uid, 10**6)
+        self.case(INVALID, self.subscribe, future, field='cursor')
+        self.case(INVALID, self.subscribe, 'x' * 300, field='cursor')
+        conv = self.b.pull('', sender_uid=self.a_uid).cursor
+        self.case(INVALID, self.subscribe, conv, field='cursor')
+
+    def test_presence_bad_uids(self):
+        def presence(uids):
+            return self.b.stub.Presence(pb.PresenceRequest(uids=uids),
+                                        metadata=self.b.metadata, timeout=10)
+        self.case(INVALID, presence, ['u%d' % i for i in range(1001)], field='uids',
+                  limits=('1000',))
+        self.case(INVALID, presence, [self.a_uid, ''], field='uids[1]')
+        self.case(INVALID, presence, ['ok', 'tab\there'], field='uids[1]')
+        self.case(INVALID, presence, ['x' * 65], field='uids[0]', limits=('64',))
+        self.assertEqual(list(presence([]).online), [])
 
     # ----------------------------------------- what is valid stays valid
 
