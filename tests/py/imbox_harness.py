@@ -4,11 +4,20 @@ Everything here follows docs/PROTOCOL.md (this implementation) and
 the public API in proto/imbox/v1/imbox.proto:
 
   * ImboxServer  - one `imbox serve` process (random port, temp data dir).
-  * ImboxCluster - three `imbox shard` processes and one `imbox gateway`;
-                   a shard can be SIGKILLed and restarted on the same port
-                   and data dir.
+  * ImboxCluster - S `imbox shard` processes (3 by default) and G
+                   `imbox gateway` processes (1 by default), each gateway on
+                   its own port with a copy of the same auth.secret; a shard
+                   or a gateway can be SIGKILLed and restarted on the same
+                   port and data dir.
   * Client       - the Inbox stub with the caller's bearer token attached;
                    counts its calls.
+  * Subscription - a Subscribe server stream read by a background thread
+                   into a list guarded by a condition: wait_for(n, timeout),
+                   wait_done(timeout), cancel(), the final status.
+  * TcpRelay     - a loopback TCP relay that can stop forwarding in both
+                   directions without closing a socket (a client whose
+                   network vanished: no FIN, no RST).
+  * proc_status() / Proc.rss() - VmRSS / VmHWM of a process, in bytes.
   * drain()      - drains an inbox exactly like the reference client: pull
                    page after page passing the previous cursor, dedup by
                    msg_id, stop at the first empty page (P pages = P+1 calls).
@@ -35,6 +44,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -57,6 +67,11 @@ CHANNEL_OPTIONS = [
     ('grpc.max_receive_message_length', 64 << 20),
     ('grpc.max_send_message_length', 64 << 20),
     ('grpc.enable_retries', 0),
+    # A channel reaches a restarted process again within about a second
+    # (with the defaults, the reconnect backoff makes it 5 s and more).
+    ('grpc.initial_reconnect_backoff_ms', 100),
+    ('grpc.min_reconnect_backoff_ms', 100),
+    ('grpc.max_reconnect_backoff_ms', 1000),
 ]
 
 INBOX_METHODS = ('Send', 'Pull', 'Ack', 'Counts', 'Subscribe', 'Presence')
@@ -263,9 +278,23 @@ class Proc:
         return self.popen is not None and self.popen.poll() is None
 
     def check_alive(self):
+        if self.expected_exit:
+            return      # killed on purpose (kill9/terminate)
         if self.popen is not None and self.popen.poll() is not None:
             raise AssertionError('%s exited with %s before it was ready:\n%s' % (
                 self.name, self.popen.returncode, self.log_tail()))
+
+    def status(self):
+        """The process's /proc/PID/status memory fields, in bytes."""
+        return proc_status(self.pid)
+
+    def rss(self):
+        """VmRSS (resident set size now), bytes."""
+        return self.status()['VmRSS']
+
+    def hwm(self):
+        """VmHWM (peak resident set size), bytes."""
+        return self.status()['VmHWM']
 
     def log_tail(self, n=60):
         try:
@@ -317,6 +346,21 @@ class Proc:
         return rc
 
 
+def proc_status(pid):
+    """{field: bytes} for the `kB` fields of /proc/PID/status (VmRSS,
+    VmHWM, VmSize, ...)."""
+    out = {}
+    with open('/proc/%d/status' % pid, 'r', encoding='ascii', errors='replace') as f:
+        for line in f:
+            k, _, v = line.partition(':')
+            parts = v.split()
+            if len(parts) == 2 and parts[1] == 'kB':
+                out[k] = int(parts[0]) * 1024
+    if 'VmRSS' not in out:
+        raise AssertionError('no VmRSS in /proc/%d/status' % pid)
+    return out
+
+
 def run_cli(args, timeout=30):
     """Runs `imbox ARGS...` and returns its stdout (check=True)."""
     r = subprocess.run([IMBOX_BIN] + list(args), stdin=subprocess.DEVNULL,
@@ -364,8 +408,31 @@ def wait_serving(channel, procs, bound_s=READY_TIMEOUT_S):
         time.sleep(0.05)
 
 
-def open_channel(port):
-    return grpc.insecure_channel('127.0.0.1:%d' % port, options=CHANNEL_OPTIONS)
+def wait_listening(port, procs, bound_s=READY_TIMEOUT_S):
+    """Bounded poll until 127.0.0.1:port accepts a TCP connection; fails fast
+    if a process exited. (A gRPC channel whose first connect was refused
+    takes seconds to try again, so readiness polls the port first.)"""
+    deadline = time.monotonic() + bound_s
+    while True:
+        for p in procs:
+            p.check_alive()
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=1.0).close()
+            return
+        except OSError as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError('127.0.0.1:%d not listening after %.0f s (%s):\n%s' % (
+                port, bound_s, last, '\n'.join(p.log_tail() for p in procs)))
+        time.sleep(0.02)
+
+
+def open_channel(port, options=()):
+    """A channel to 127.0.0.1:port; `options` are added to CHANNEL_OPTIONS
+    (a later one of the same name wins)."""
+    opts = dict(CHANNEL_OPTIONS)
+    opts.update(dict(options))
+    return grpc.insecure_channel('127.0.0.1:%d' % port, options=list(opts.items()))
 
 
 class _Deployment:
@@ -379,8 +446,10 @@ class _Deployment:
         self._secret = None
         self.auth_dir = None
 
-    def channel(self):
-        ch = open_channel(self.port)
+    def channel(self, port=None, options=()):
+        """A new channel (to the deployment's port by default), closed at
+        cleanup."""
+        ch = open_channel(self.port if port is None else port, options)
         self.channels.append(ch)
         return ch
 
@@ -402,8 +471,8 @@ class _Deployment:
             token = self.token(u)
         return Client(channel or self._shared_channel(), token, u)
 
-    def fast_client(self, u):
-        return Client(self._shared_channel(), self.fast_token(u), u)
+    def fast_client(self, u, channel=None):
+        return Client(channel or self._shared_channel(), self.fast_token(u), u)
 
     def _shared_channel(self):
         if not self.channels:
@@ -451,27 +520,83 @@ class ImboxServer(_Deployment):
                          self.root)
         self.procs = [self.proc]
         self.proc.start()
+        wait_listening(self.port, self.procs)
         wait_serving(self.channel(), self.procs)
         return self
 
 
 class ImboxCluster(_Deployment):
-    """3 x `imbox shard` + `imbox gateway` (the gateway's auth.secret is in
-    GWDIR)."""
+    """nshards x `imbox shard` + ngateways x `imbox gateway`, each gateway on
+    its own port with its own data dir holding the same auth.secret (gateway
+    0 creates it in GWDIR, the others get a copy before they start).
+
+    `port`, `gw_proc` and `gw_dir` are gateway 0's; `channel()`,
+    `client()` and `fast_client()` use gateway 0 unless given a channel
+    (`gateway_channel(i)`, `gw_client(i, u)`)."""
 
     PROBE_SENDER = 'probe-sender'
 
-    def __init__(self, nshards=3, shard_args=()):
+    def __init__(self, nshards=3, shard_args=(), ngateways=1, gateway_args=()):
         super().__init__()
+        if ngateways < 1:
+            raise ValueError('a cluster needs a gateway')
         self.nshards = nshards
         self.shard_args = list(shard_args)
         self.shard_ports = []
         self.shard_dirs = []
         self.shard_procs = []
-        self.gw_dir = os.path.join(self.root, 'gw')
+        self.ngateways = ngateways
+        self.gateway_args = list(gateway_args)
+        self.gw_ports = []
+        self.gw_dirs = [os.path.join(self.root, 'gw' if i == 0 else 'gw%d' % i)
+                        for i in range(ngateways)]
+        self.gw_procs = []
+        self.gw_dir = self.gw_dirs[0]
         self.auth_dir = self.gw_dir
-        self.gw_proc = None
+        self._gw_channels = {}
         self._probe_client = None
+
+    @property
+    def gw_proc(self):
+        return self.gw_procs[0] if self.gw_procs else None
+
+    def _update_procs(self):
+        self.procs = self.shard_procs + self.gw_procs
+
+    def _gateway_proc(self, i):
+        return Proc('gateway' if i == 0 else 'gateway%d' % i, [
+            IMBOX_BIN, 'gateway', '--listen', '127.0.0.1:%d' % self.gw_ports[i],
+            '--shards', ','.join('tcp://127.0.0.1:%d' % p for p in self.shard_ports),
+            '--data-dir', self.gw_dirs[i]] + self.gateway_args, self.root)
+
+    def _copy_secret(self, i):
+        """Gateway i's data dir gets gateway 0's auth.secret (mode 0600)."""
+        if i == 0:
+            return
+        os.makedirs(self.gw_dirs[i], mode=0o700, exist_ok=True)
+        dst = os.path.join(self.gw_dirs[i], 'auth.secret')
+        if os.path.exists(dst):
+            return
+        src = os.path.join(self.gw_dirs[0], 'auth.secret')
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, 'wb') as out, open(src, 'rb') as inp:
+            out.write(inp.read())
+
+    def gateway_channel(self, i):
+        """The shared channel to gateway i (closed at cleanup)."""
+        if i == 0:
+            return self._shared_channel()
+        if i not in self._gw_channels:
+            self._gw_channels[i] = self.channel(self.gw_ports[i])
+        return self._gw_channels[i]
+
+    def gw_client(self, i, u):
+        """A client of uid u (token built from auth.secret) on gateway i."""
+        return Client(self.gateway_channel(i), self.fast_token(u), u)
+
+    def stop(self):
+        self._gw_channels = {}
+        super().stop()
 
     def _shard_proc(self, i):
         return Proc('shard%d' % i, [IMBOX_BIN, 'shard', '--index', str(i),
@@ -485,17 +610,54 @@ class ImboxCluster(_Deployment):
             self.shard_ports.append(free_port())
             self.shard_dirs.append(os.path.join(self.root, 'shard%d' % i))
             self.shard_procs.append(self._shard_proc(i).start())
-        self.port = free_port()
-        self.gw_proc = Proc('gateway', [
-            IMBOX_BIN, 'gateway', '--listen', '127.0.0.1:%d' % self.port,
-            '--shards', ','.join('tcp://127.0.0.1:%d' % p for p in self.shard_ports),
-            '--data-dir', self.gw_dir], self.root)
-        self.procs = self.shard_procs + [self.gw_proc]
-        self.gw_proc.start()
-        wait_serving(self.channel(), self.procs)
-        for i in range(self.nshards):
-            self.wait_shard_ready(i)
+        self.gw_ports = [free_port() for _ in range(self.ngateways)]
+        self.port = self.gw_ports[0]
+        self.gw_procs = [self._gateway_proc(0)]
+        self._update_procs()
+        self.gw_procs[0].start()
+        wait_listening(self.port, self.procs)
+        wait_serving(self.channel(), self.procs)     # gateway 0 made auth.secret
+        for i in range(1, self.ngateways):
+            self._copy_secret(i)
+            self.gw_procs.append(self._gateway_proc(i).start())
+            self._update_procs()
+        for i in range(1, self.ngateways):
+            wait_listening(self.gw_ports[i], self.procs)
+            wait_serving(self.gateway_channel(i), self.procs)
+        for g in range(self.ngateways):
+            for i in range(self.nshards):
+                self.wait_shard_ready(i, gateway=g)
         return self
+
+    def kill9_gateway(self, i):
+        """SIGKILL gateway i (no shutdown of its streams, no FIN from user
+        space: the kernel closes its sockets)."""
+        self.gw_procs[i].kill9()
+
+    def restart_gateway(self, i, wait=True):
+        """Starts gateway i again on the same port and data dir; with wait,
+        a bounded wait until it is SERVING and reaches every shard.
+
+        gateway_channel(i) (and, for i = 0, the default channel) is a new
+        channel afterwards: the old one may sit in reconnect backoff; it stays
+        open (closed at cleanup) for the clients that still hold it."""
+        p = self._gateway_proc(i)
+        self.gw_procs[i] = p.start()
+        self._update_procs()
+        ch = self.channel(self.gw_ports[i])
+        self.channels.remove(ch)
+        if i == 0:
+            self.channels.insert(0, ch)
+            self._probe_client = None
+        else:
+            self.channels.append(ch)
+            self._gw_channels[i] = ch
+        if wait:
+            wait_listening(self.gw_ports[i], self.procs)
+            wait_serving(ch, self.procs)
+            for s in range(self.nshards):
+                self.wait_shard_ready(s, gateway=i)
+        return p
 
     def kill9_shard(self, i):
         self.shard_procs[i].kill9()
@@ -504,21 +666,24 @@ class ImboxCluster(_Deployment):
         p = self._shard_proc(i)
         # Keep one log per shard: Proc appends.
         self.shard_procs[i] = p.start()
-        self.procs = self.shard_procs + [self.gw_proc]
+        self._update_procs()
         return p
 
-    def probe_client(self):
+    def probe_client(self, gateway=0):
+        if gateway != 0:
+            return self.gw_client(gateway, self.PROBE_SENDER)
         if self._probe_client is None:
             self._probe_client = self.fast_client(self.PROBE_SENDER)
         return self._probe_client
 
-    def wait_shard_ready(self, i, bound_s=30.0):
-        """Bounded poll: a Send to a uid of shard i until its receipt is code
-        0 (14 UNAVAILABLE means not yet). Same msg_id on every attempt, so a
-        retry never stores twice. Returns the number of attempts."""
+    def wait_shard_ready(self, i, bound_s=30.0, gateway=0):
+        """Bounded poll: a Send (through `gateway`) to a uid of shard i until
+        its receipt is code 0 (14 UNAVAILABLE means not yet). Same msg_id on
+        every attempt, so a retry never stores twice. Returns the number of
+        attempts."""
         probe_uid = uids_on_shard('probe%d' % i, i, self.nshards, 1)[0]
         msg_id = new_msg_id('probe')
-        c = self.probe_client()
+        c = self.probe_client(gateway)
         deadline = time.monotonic() + bound_s
         attempts = 0
         last = None
@@ -592,6 +757,20 @@ class Client:
         return self.stub.Counts(pb.CountsRequest(), metadata=self.metadata,
                                 timeout=timeout)
 
+    def presence(self, uids, timeout=RPC_TIMEOUT_S):
+        """Presence(uids): the list of online flags."""
+        self.calls['Presence'] += 1
+        r = self.stub.Presence(pb.PresenceRequest(uids=list(uids)),
+                               metadata=self.metadata, timeout=timeout)
+        return list(r.online)
+
+    def subscribe(self, cursor='', timeout=None, read=True, metadata=None):
+        """Opens a Subscribe stream (timeout = the call's deadline, None =
+        none); with read, a background thread collects its Deliveries at
+        once, else only after Subscription.start()."""
+        self.calls['Subscribe'] += 1
+        return Subscription(self, cursor, timeout=timeout, read=read, metadata=metadata)
+
     def raw(self, method, payload, metadata=None, timeout=RPC_TIMEOUT_S):
         """Calls /imbox.v1.Inbox/<method> with raw request bytes; returns the
         raw response bytes."""
@@ -608,6 +787,259 @@ class Client:
         p = self.pull('', page_size=1000)
         return (c.total, [(s.sender_uid, s.count, s.last_send_time_ms) for s in c.senders],
                 [m.msg_id for m in p.messages])
+
+
+class Subscription:
+    """One Subscribe server stream. A daemon thread iterates it and appends
+    each Delivery to `deliveries` under `cond` (notified on every Delivery
+    and at the end); `code`/`details` are the final status once `done`
+    (grpc.StatusCode.OK if the server ended it cleanly).
+
+    Every wait is bounded: wait_for(n, timeout) returns the first n
+    Deliveries or raises AssertionError (also at once when the stream ended
+    with fewer); wait_done(timeout) returns the final code or raises."""
+
+    def __init__(self, client, cursor='', timeout=None, read=True, metadata=None):
+        self.client = client
+        self.cursor = cursor
+        self.cond = threading.Condition()
+        self.deliveries = []
+        self.done = False
+        self.code = None
+        self.details = None
+        self.started_at = time.monotonic()
+        self.ended_at = None
+        self._thread = None
+        md = client.metadata if metadata is None else metadata
+        self.call = client.stub.Subscribe(pb.SubscribeRequest(cursor=cursor),
+                                          metadata=md, timeout=timeout)
+        if read:
+            self.start()
+
+    def start(self):
+        """Starts reading the stream (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name='subscribe-%s' % self.client.uid)
+            self._thread.start()
+        return self
+
+    def _run(self):
+        code, details = grpc.StatusCode.OK, None
+        try:
+            for d in self.call:
+                with self.cond:
+                    self.deliveries.append(d)
+                    self.cond.notify_all()
+        except grpc.RpcError as e:
+            code, details = e.code(), e.details()
+        except Exception as e:  # noqa: BLE001 - reported as the final status
+            code, details = grpc.StatusCode.UNKNOWN, 'reader thread: %r' % (e,)
+        finally:
+            with self.cond:
+                self.code, self.details = code, details
+                self.done = True
+                self.ended_at = time.monotonic()
+                self.cond.notify_all()
+
+    def __len__(self):
+        with self.cond:
+            return len(self.deliveries)
+
+    def snapshot(self):
+        with self.cond:
+            return list(self.deliveries)
+
+    def msg_ids(self):
+        return [d.message.msg_id for d in self.snapshot()]
+
+    def status(self):
+        with self.cond:
+            return self.code, self.details
+
+    def _describe(self):
+        ids = [d.message.msg_id for d in self.deliveries]
+        shown = ids if len(ids) <= 8 else ids[:4] + ['...'] + ids[-4:]
+        return '%d deliveries %s, %s' % (
+            len(ids), shown,
+            'ended with %s %r' % (self.code, self.details) if self.done else 'still open')
+
+    def wait_for(self, n, timeout):
+        """Bounded wait until at least n Deliveries arrived; returns the first
+        n. Raises AssertionError at the timeout or as soon as the stream ends
+        with fewer."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.deliveries) < n:
+                if self._thread is None:
+                    raise AssertionError('wait_for on a stream nobody reads (start())')
+                if self.done:
+                    raise AssertionError('stream ended before %d deliveries: %s' % (
+                        n, self._describe()))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError('%d deliveries not there after %.1f s: %s' % (
+                        n, timeout, self._describe()))
+                self.cond.wait(left)
+            return list(self.deliveries[:n])
+
+    def wait_done(self, timeout):
+        """Bounded wait for the end of the stream; returns its status code."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not self.done:
+                if self._thread is None:
+                    raise AssertionError('wait_done on a stream nobody reads (start())')
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError('stream still open after %.1f s: %s' % (
+                        timeout, self._describe()))
+                self.cond.wait(left)
+            return self.code
+
+    def cancel(self, wait_s=5.0):
+        """Cancels the call (client side) and waits (bounded) for the reader
+        thread to record the end. Safe to call twice and at cleanup."""
+        try:
+            self.call.cancel()
+        except Exception:  # noqa: BLE001 - cleanup must go on
+            pass
+        if self._thread is not None:
+            self._thread.join(wait_s)
+
+
+def wait_presence(client, u, want, bound_s, interval_s=0.02):
+    """Bounded poll of client.presence([u]) until it is `want`; returns the
+    seconds it took. Only UNAVAILABLE is retried: any other error (e.g.
+    UNIMPLEMENTED) is raised at once."""
+    t0 = time.monotonic()
+    deadline = t0 + bound_s
+    last = None
+    while True:
+        try:
+            online = client.presence([u], timeout=max(1.0, bound_s))
+            if len(online) != 1:
+                raise AssertionError('Presence of 1 uid answered %r' % (online,))
+            if online[0] == want:
+                return time.monotonic() - t0
+            last = online[0]
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            last = '%s %s' % (e.code(), e.details())
+        if time.monotonic() > deadline:
+            raise AssertionError('Presence(%s) not %s after %.1f s (last: %s)' % (
+                u, want, bound_s, last))
+        time.sleep(interval_s)
+
+
+# -------------------------------------------------------------- TCP relay
+
+class TcpRelay:
+    """127.0.0.1:<port> -> 127.0.0.1:<upstream_port>, two copy threads per
+    connection. freeze() makes every pump stop reading and writing while
+    all sockets stay open: to both ends the peer is silently gone (no FIN,
+    no RST; the kernel still ACKs what fits in the buffers). close() closes
+    everything; it is idempotent."""
+
+    def __init__(self, upstream_port):
+        self.upstream_port = upstream_port
+        self.frozen = threading.Event()
+        self.closed = threading.Event()
+        self.lock = threading.Lock()
+        self.sockets = []
+        self.threads = []
+        self.connections = 0
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(('127.0.0.1', 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self._spawn(self._accept_loop)
+
+    def _spawn(self, fn, *args):
+        t = threading.Thread(target=fn, args=args, daemon=True, name='relay')
+        with self.lock:
+            self.threads.append(t)
+        t.start()
+
+    def _accept_loop(self):
+        while not self.closed.is_set():
+            try:
+                down, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if self.frozen.is_set():
+                down.close()
+                continue
+            try:
+                up = socket.create_connection(('127.0.0.1', self.upstream_port), timeout=5)
+            except OSError:
+                down.close()
+                continue
+            for s in (down, up):
+                s.settimeout(0.1)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.lock:
+                self.sockets += [down, up]
+                self.connections += 1
+            self._spawn(self._pump, down, up)
+            self._spawn(self._pump, up, down)
+
+    def _pump(self, src, dst):
+        while not self.closed.is_set():
+            if self.frozen.is_set():
+                self.closed.wait(0.1)      # hold the sockets, move nothing
+                continue
+            try:
+                data = src.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                data = b''
+            if not data:
+                # The peer closed: pass it on (only while not frozen).
+                if not self.frozen.is_set():
+                    try:
+                        dst.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                return
+            view = memoryview(data)
+            while view and not self.closed.is_set():
+                if self.frozen.is_set():
+                    break           # drop what was read: it never arrives
+                try:
+                    n = dst.send(view)
+                    view = view[n:]
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+
+    def freeze(self):
+        """Stop forwarding in both directions; keep every socket open."""
+        self.frozen.set()
+
+    def close(self):
+        self.closed.set()
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+        with self.lock:
+            socks, threads = list(self.sockets), list(self.threads)
+            self.sockets = []
+        for t in threads:
+            t.join(2.0)
+        for s in socks:
+            try:
+                s.close()
+            except OSError:
+                pass
 
 
 class DrainResult:
@@ -699,6 +1131,19 @@ class ImboxTestCase(unittest.TestCase):
         except Exception:  # noqa: BLE001
             self._log_snapshot = None
         return super().doCleanups()
+
+    def subscribe(self, client, cursor='', timeout=None, read=True, metadata=None):
+        """client.subscribe(...), cancelled at cleanup (before the
+        deployment's cleanup, which was registered earlier)."""
+        sub = client.subscribe(cursor, timeout=timeout, read=read, metadata=metadata)
+        self.addCleanup(sub.cancel)
+        return sub
+
+    def relay(self, upstream_port):
+        """A TcpRelay to upstream_port, closed at cleanup."""
+        r = TcpRelay(upstream_port)
+        self.addCleanup(r.close)
+        return r
 
     # --- assertions
 
