@@ -498,6 +498,99 @@ static void test_sigterm_restart(void)
     rpc_client_destroy(&cr);
 }
 
+/*
+ * rpc_stream and rpc_presence against whatever the server does: until live
+ * delivery lands, Subscribe and Presence answer UNIMPLEMENTED; after, the
+ * stream of an empty inbox ends at its deadline, a cancelled one with
+ * CANCELLED, one without a token with UNAUTHENTICATED, and uids without a
+ * stream are offline. Either way the end is reported once and then again
+ * (sticky), and every stream is released (ASan builds check that).
+ */
+static void test_stream_api(void)
+{
+    const char *U = "st-ursula";
+    rpc_client *c = s_client(U);
+    rpc_error e, e2;
+    rpc_delivery d;
+
+    /* A deadline: the stream ends by itself, soon after it. */
+    int64_t t0 = e2e_mono_ms();
+    rpc_stream *s = rpc_subscribe(c, "", 1000, &e);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT_EQUAL(rpc_stream_status(s, NULL), GRPC_STATUS_OK);
+    rpc_stream_event ev;
+    while ((ev = rpc_stream_next(s, 100, &d, &e)) == RPC_STREAM_IDLE &&
+           e2e_mono_ms() - t0 < 10000) {
+    }
+    CU_ASSERT_EQUAL(ev, RPC_STREAM_ENDED);
+    CU_ASSERT(e2e_mono_ms() - t0 < 5000);
+    if (e.code != GRPC_STATUS_UNIMPLEMENTED &&
+        e.code != GRPC_STATUS_DEADLINE_EXCEEDED)
+        e2e_note("deadline: %s: %s", rpc_code_name(e.code), e.details);
+    CU_ASSERT(e.code == GRPC_STATUS_UNIMPLEMENTED ||
+              e.code == GRPC_STATUS_DEADLINE_EXCEEDED);
+    CU_ASSERT_PTR_NULL(d.msg.msg_id);
+    CU_ASSERT_EQUAL(rpc_stream_next(s, 0, &d, &e2), RPC_STREAM_ENDED);
+    CU_ASSERT_EQUAL(e2.code, e.code);
+    CU_ASSERT_STRING_EQUAL(e2.details, e.details);
+    CU_ASSERT_EQUAL(rpc_stream_status(s, &e2), e.code);
+    CU_ASSERT_STRING_EQUAL(e2.details, e.details);
+    rpc_stream_close(&s);
+    CU_ASSERT_PTR_NULL(s);
+    rpc_stream_close(&s);
+
+    /* No deadline, cancelled: ends at once (unless it had ended). */
+    s = rpc_subscribe(c, NULL, 0, &e);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    ev = rpc_stream_next(s, 0, &d, &e);
+    CU_ASSERT(ev == RPC_STREAM_IDLE ||
+              (ev == RPC_STREAM_ENDED &&
+               e.code == GRPC_STATUS_UNIMPLEMENTED));
+    rpc_stream_cancel(s);
+    rpc_stream_cancel(s);
+    CU_ASSERT_EQUAL(rpc_stream_next(s, 5000, &d, &e), RPC_STREAM_ENDED);
+    if (e.code != GRPC_STATUS_UNIMPLEMENTED &&
+        e.code != GRPC_STATUS_CANCELLED)
+        e2e_note("cancel: %s: %s", rpc_code_name(e.code), e.details);
+    CU_ASSERT(e.code == GRPC_STATUS_UNIMPLEMENTED ||
+              e.code == GRPC_STATUS_CANCELLED);
+    rpc_stream_close(&s);
+
+    /* Closed while open, never read: close cancels and drains. */
+    s = rpc_subscribe(c, "", 0, &e);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    rpc_stream_close(&s);
+    CU_ASSERT_PTR_NULL(s);
+
+    /* Without a token. */
+    rpc_client *anon = rpc_client_new(F->addrs[0], NULL);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(anon);
+    s = rpc_subscribe(anon, "", 5000, &e);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    CU_ASSERT_EQUAL(rpc_stream_next(s, -1, &d, &e), RPC_STREAM_ENDED);
+    CU_ASSERT(e.code == GRPC_STATUS_UNIMPLEMENTED ||
+              e.code == GRPC_STATUS_UNAUTHENTICATED);
+    rpc_stream_close(&s);
+    rpc_client_destroy(&anon);
+
+    /* Presence of uids nobody subscribed for; an invalid one. */
+    const char *uids[] = {"st-nobody", "st-noone"};
+    bool online[2] = {true, true};
+    grpc_status_code st = rpc_presence(c, uids, 2, E2E_CALL_MS, online, &e);
+    CU_ASSERT(st == GRPC_STATUS_OK || st == GRPC_STATUS_UNIMPLEMENTED);
+    CU_ASSERT_FALSE(online[0]);
+    CU_ASSERT_FALSE(online[1]);
+    const char *bad[] = {"st-nobody", ""};
+    online[0] = online[1] = true;
+    st = rpc_presence(c, bad, 2, E2E_CALL_MS, online, &e);
+    CU_ASSERT(st == GRPC_STATUS_INVALID_ARGUMENT ||
+              st == GRPC_STATUS_UNIMPLEMENTED);
+    if (st == GRPC_STATUS_INVALID_ARGUMENT)
+        CU_ASSERT_PTR_NOT_NULL(strstr(e.details, "uids[1]"));
+    CU_ASSERT_FALSE(online[0] || online[1]);
+    rpc_client_destroy(&c);
+}
+
 /* ------------------------------------------------------------------ main */
 
 static const im_cunit_test s_tests[] = {
@@ -508,6 +601,7 @@ static const im_cunit_test s_tests[] = {
     {"duplicate send", test_duplicate},
     {"tokens and cursors are bound to their owner", test_isolation},
     {"garbage and over-limit requests", test_garbage},
+    {"subscribe and presence report their status", test_stream_api},
     {"SIGTERM, restart, message kept", test_sigterm_restart},
 };
 
