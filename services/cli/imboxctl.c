@@ -18,6 +18,19 @@
  * the output is grouped by sender per page, not over the whole drain:
  * holding messages back until the end would ack messages not yet shown.
  *
+ * `watch` is the live form of the same rule, over a Subscribe stream
+ * instead of pages: each Delivery is shown (or hidden when the seen file has
+ * it), and the cursor of the last one handled is acked once the stream
+ * pauses (no Delivery within S_WATCH_BURST_MS) or S_WATCH_ACK_EVERY are
+ * waiting, after their seen lines were appended and fsync'ed. A burst (the
+ * backlog, a group of messages) is thus one fsync and one Ack, and a
+ * message is acked only after it was shown and recorded. Ctrl-C / SIGTERM
+ * only set a flag (rpc_stream_next waits at most S_WATCH_POLL_MS, then the
+ * flag is looked at): the stream is cancelled, what was shown is recorded
+ * and acked, and watch exits 0. When the server ends the stream, watch
+ * acks what it showed, prints the status and exits 1: it does not
+ * reconnect (run it again: the seen file hides what was already shown).
+ *
  * Seen file format (default $HOME/.imboxctl-seen): one line per message,
  *
  *   sender_uid TAB msg_id LF
@@ -25,13 +38,15 @@
  * with backslash, TAB, CR and LF inside either field written as \\ \t \r \n.
  * A last line without LF (torn by a crash during the write) is ignored: its
  * page was not acked, so the message will come again. The file is locked
- * (flock) while a pull runs, so two pulls cannot interleave their records.
+ * (flock) while a pull or a watch runs, so that two cannot interleave their
+ * records.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -48,6 +63,12 @@
 #define S_DEFAULT_ADDR "127.0.0.1:50051"
 #define S_DEFAULT_TIMEOUT_S 30   /* per call: a Send waits for fsync */
 #define S_SEEN_NAME ".imboxctl-seen"
+#define S_WATCH_POLL_MS 200  /* longest wait in rpc_stream_next: Ctrl-C is
+                                noticed within this */
+#define S_WATCH_BURST_MS 50  /* handled messages are acked when no other
+                                one came within this: a burst, one Ack */
+#define S_WATCH_ACK_EVERY 500 /* ...or when this many wait for their Ack,
+                                so that a stream that never pauses acks */
 
 static int s_timeout_ms = S_DEFAULT_TIMEOUT_S * 1000;
 
@@ -79,6 +100,19 @@ static const char s_usage_text[] =
     ")\n"
     "      and only then acked by the next call: a crash never loses a\n"
     "      message, and a recorded message is never shown again.\n"
+    "  watch [--cursor C] [--dedup FILE]\n"
+    "      A live view: shows the waiting messages (after C, acking up to C\n"
+    "      first), then new ones as they arrive, one line each:\n"
+    "        [SEND_TIME] SENDER MSG_ID: CONTENT     (hex:... if not printable)\n"
+    "      As pull does, it records what it showed in FILE (a recorded message\n"
+    "      is not shown again) and only then acks it, a burst at a time.\n"
+    "      Runs until Ctrl-C or SIGTERM (exit 0 once what was shown is acked)\n"
+    "      or until the server ends the stream (its status on stderr, exit 1;\n"
+    "      no reconnect). --timeout bounds each Ack, not the stream. While a\n"
+    "      watch runs, the user is online.\n"
+    "  presence UID...\n"
+    "      One line per UID: `UID online` (a watch or another Subscribe stream\n"
+    "      of that user is open) or `UID offline`.\n"
     "  counts\n"
     "      Waiting messages per sender, most recent first, then the total.\n"
     "  ack CURSOR\n"
@@ -441,7 +475,7 @@ static int s_seen_open(s_seen *sn, const char *path)
     if (flock(sn->fd, LOCK_EX | LOCK_NB) != 0)
         return s_failed("%s: %s", path,
                         errno == EWOULDBLOCK
-                            ? "in use by another imboxctl pull"
+                            ? "in use by another imboxctl pull or watch"
                             : strerror(errno));
     struct stat st;
     if (fstat(sn->fd, &st) != 0)
@@ -489,6 +523,19 @@ static int s_seen_append(s_seen *sn, const char *lines, size_t len)
     if (!s_write_all(sn->fd, lines, len) || fsync(sn->fd) != 0)
         return s_failed("%s: %s", sn->path, strerror(errno));
     return 0;
+}
+
+/* The seen file: --dedup FILE, else $HOME/.imboxctl-seen (./ without
+ * HOME). */
+static void s_seen_path(const char *dedup, char *path, size_t cap)
+{
+    const char *home = getenv("HOME");
+    if (dedup)
+        snprintf(path, cap, "%s", dedup);
+    else if (home && *home)
+        snprintf(path, cap, "%s/%s", home, S_SEEN_NAME);
+    else
+        snprintf(path, cap, "./%s", S_SEEN_NAME);
 }
 
 static void s_seen_close(s_seen *sn)
@@ -578,15 +625,7 @@ static int s_cmd_pull(rpc_client *c, int argc, char **argv)
         return s_usage_error("pull: unexpected argument '%s'", argv[optind]);
 
     char path[PATH_MAX];
-    if (dedup) {
-        snprintf(path, sizeof path, "%s", dedup);
-    } else {
-        const char *home = getenv("HOME");
-        if (home && *home)
-            snprintf(path, sizeof path, "%s/%s", home, S_SEEN_NAME);
-        else
-            snprintf(path, sizeof path, "./%s", S_SEEN_NAME);
-    }
+    s_seen_path(dedup, path, sizeof path);
     s_seen sn;
     int rc = s_seen_open(&sn, path);
     if (rc) {
@@ -680,6 +719,191 @@ static int s_cmd_pull(rpc_client *c, int argc, char **argv)
     return rc;
 }
 
+/* ----------------------------------------------------------------- watch */
+
+static volatile sig_atomic_t s_stop_signal; /* set by SIGINT / SIGTERM */
+
+static void s_on_stop(int sig)
+{
+    s_stop_signal = sig;
+}
+
+typedef struct s_watch {
+    rpc_client *c;
+    s_seen sn;
+    char ack[RPC_CURSOR_CAP]; /* cursor of the last Delivery handled */
+    size_t unacked;           /* Deliveries handled since the last Ack */
+    char *rec;                /* their seen lines, not yet written */
+    size_t rec_len, rec_cap;
+    uint64_t shown, hidden, acks;
+} s_watch;
+
+/* Records what was shown, then acks every Delivery handled: 0 or an exit
+ * status (and then nothing is acked unless it was recorded). */
+static int s_watch_ack(s_watch *w)
+{
+    if (!w->unacked)
+        return 0;
+    if (w->rec_len) {
+        int rc = s_seen_append(&w->sn, w->rec, w->rec_len);
+        if (rc)
+            return rc;
+        w->rec_len = 0;
+    }
+    rpc_error e;
+    if (rpc_ack(w->c, w->ack, s_timeout_ms, NULL, &e) != GRPC_STATUS_OK)
+        return s_rpc_failed(&e);
+    w->unacked = 0;
+    w->acks++;
+    return 0;
+}
+
+/* Shows d, unless the seen file has it, and queues its seen line and its
+ * cursor for the next s_watch_ack; 0 or an exit status. */
+static int s_watch_show(s_watch *w, const rpc_delivery *d)
+{
+    const rpc_msg *m = &d->msg;
+    char *key = s_seen_key(m);
+    if (!key)
+        return s_failed("out of memory");
+    int rc = 0;
+    if (s_set_has(&w->sn.set, key)) {
+        w->hidden++;
+    } else {
+        size_t kl = strlen(key);
+        if (w->rec_cap - w->rec_len < kl + 1) {
+            size_t cap = (w->rec_len + kl + 1) * 2;
+            char *rec = realloc(w->rec, cap);
+            if (!rec) {
+                free(key);
+                return s_failed("out of memory");
+            }
+            w->rec = rec;
+            w->rec_cap = cap;
+        }
+        char when[64];
+        s_iso8601(m->send_time_ms, when, sizeof when);
+        printf("[%s] ", when);
+        s_print_str(stdout, m->sender_uid);
+        fputc(' ', stdout);
+        s_print_str(stdout, m->msg_id);
+        fputs(": ", stdout);
+        s_print_data(stdout, m->content, m->content_len);
+        fputc('\n', stdout);
+        if (fflush(stdout) != 0 || ferror(stdout))
+            rc = s_failed("stdout: %s", strerror(errno));
+        else if (!s_set_add(&w->sn.set, key))
+            rc = s_failed("out of memory");
+        if (rc) {
+            free(key);
+            return rc;
+        }
+        memcpy(w->rec + w->rec_len, key, kl);
+        w->rec[w->rec_len + kl] = '\n';
+        w->rec_len += kl + 1;
+        w->shown++;
+    }
+    free(key);
+    memcpy(w->ack, d->cursor, sizeof w->ack);
+    w->unacked++;
+    return 0;
+}
+
+static int s_cmd_watch(rpc_client *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"cursor", required_argument, NULL, 'c'},
+        {"dedup", required_argument, NULL, 'd'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *cursor = "", *dedup = NULL;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            cursor = optarg;
+            break;
+        case 'd':
+            dedup = optarg;
+            break;
+        case 'h':
+            fputs(s_usage_text, stdout);
+            return 0;
+        default:
+            return 2;
+        }
+    }
+    if (optind < argc)
+        return s_usage_error("watch: unexpected argument '%s'", argv[optind]);
+
+    s_watch w;
+    memset(&w, 0, sizeof w);
+    w.c = c;
+    char path[PATH_MAX];
+    s_seen_path(dedup, path, sizeof path);
+    int rc = s_seen_open(&w.sn, path);
+    if (rc) {
+        s_seen_close(&w.sn);
+        return rc;
+    }
+
+    /* The first Ctrl-C stops cleanly; SA_RESETHAND: a second one kills. A
+     * closed stdout is a write error to report, not a silent death. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_stop;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    rpc_error e;
+    rpc_stream *s = rpc_subscribe(c, cursor, 0, &e);
+    if (!s) {
+        s_seen_close(&w.sn);
+        return s_rpc_failed(&e);
+    }
+    bool cancelled = false;
+    for (;;) {
+        if (s_stop_signal && !cancelled) {
+            rpc_stream_cancel(s);
+            cancelled = true;
+        }
+        rpc_delivery d;
+        int wait = w.unacked ? S_WATCH_BURST_MS : S_WATCH_POLL_MS;
+        rpc_stream_event ev = rpc_stream_next(s, wait, &d, &e);
+        if (ev == RPC_STREAM_DELIVERY) {
+            rc = s_watch_show(&w, &d);
+            rpc_delivery_free(&d);
+            if (!rc && w.unacked >= S_WATCH_ACK_EVERY)
+                rc = s_watch_ack(&w);
+        } else if (ev == RPC_STREAM_IDLE) {
+            rc = s_watch_ack(&w);
+        } else {
+            if (!cancelled)
+                rc = s_failed("the stream ended: %s: %s",
+                              rpc_code_name(e.code), e.details);
+            break;
+        }
+        if (rc)
+            break;
+    }
+    /* However it ended: what was shown and recorded is acked. */
+    int ack_rc = s_watch_ack(&w);
+    if (!rc)
+        rc = ack_rc;
+    rpc_stream_close(&s);
+    if (!rc)
+        printf("watched: %" PRIu64 " shown, %" PRIu64 " duplicates hidden, "
+               "%" PRIu64 " acks\n",
+               w.shown, w.hidden, w.acks);
+    free(w.rec);
+    s_seen_close(&w.sn);
+    return rc;
+}
+
 /* ---------------------------------------------------------- counts, ack */
 
 static int s_no_args(const char *cmd, int argc, char **argv)
@@ -739,6 +963,32 @@ static int s_cmd_ack(rpc_client *c, int argc, char **argv)
     return 0;
 }
 
+static int s_cmd_presence(rpc_client *c, int argc, char **argv)
+{
+    int rc = s_no_args("presence", argc, argv);
+    if (rc)
+        return rc < 0 ? 0 : rc;
+    if (optind >= argc)
+        return s_usage_error("presence: at least one UID is required");
+    size_t n = (size_t)(argc - optind);
+    const char *const *uids = (const char *const *)(argv + optind);
+    bool *online = calloc(n, sizeof *online);
+    if (!online)
+        return s_failed("out of memory");
+    rpc_error e;
+    if (rpc_presence(c, uids, n, s_timeout_ms, online, &e) !=
+        GRPC_STATUS_OK) {
+        free(online);
+        return s_rpc_failed(&e);
+    }
+    for (size_t i = 0; i < n; i++) {
+        s_print_str(stdout, uids[i]);
+        puts(online[i] ? " online" : " offline");
+    }
+    free(online);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv)
@@ -782,8 +1032,8 @@ int main(int argc, char **argv)
         }
     }
     if (optind >= argc)
-        return s_usage_error("a COMMAND is required (send, pull, counts, "
-                             "ack)");
+        return s_usage_error("a COMMAND is required (send, pull, watch, "
+                             "presence, counts, ack)");
     const char *cmd = argv[optind];
     int (*run)(rpc_client *, int, char **) = NULL;
     if (strcmp(cmd, "help") == 0) {
@@ -793,6 +1043,10 @@ int main(int argc, char **argv)
         run = s_cmd_send;
     } else if (strcmp(cmd, "pull") == 0) {
         run = s_cmd_pull;
+    } else if (strcmp(cmd, "watch") == 0) {
+        run = s_cmd_watch;
+    } else if (strcmp(cmd, "presence") == 0) {
+        run = s_cmd_presence;
     } else if (strcmp(cmd, "counts") == 0) {
         run = s_cmd_counts;
     } else if (strcmp(cmd, "ack") == 0) {

@@ -14,6 +14,23 @@
  * everything the core handed us is released: the response byte buffer, both
  * metadata arrays, the details slice, the error string, the call, the queue.
  *
+ * A Subscribe stream (rpc_stream) is a call with a next-queue of its own
+ * and up to three accepted batches at a time, each tagged with the address
+ * of its own field of the stream:
+ *
+ *   t_start   SEND_INITIAL_METADATA, SEND_MESSAGE, SEND_CLOSE_FROM_CLIENT,
+ *             RECV_INITIAL_METADATA                       (once, at start)
+ *   t_status  RECV_STATUS_ON_CLIENT                        (once, at start)
+ *   t_msg     RECV_MESSAGE             (one at a time, by rpc_stream_next)
+ *
+ * A *_pending flag per tag says whether its batch is accepted and not yet
+ * dequeued; rpc_stream_close cancels the call and drains the queue until
+ * none is, so no tag outlives the stream and every received buffer is
+ * destroyed. The stream is over, for rpc_stream_next, when the status has
+ * arrived and no read is pending and either a read returned no message (the
+ * server is done) or we stopped reading (cancel, or a Delivery that broke
+ * the contract); messages behind a status are still delivered first.
+ *
  * Requests are encoded by hand with nanopb's primitives (two passes: size,
  * then write) instead of the generated static structs, so that what the
  * caller gives reaches the server unchanged, over-limit fields included: the
@@ -26,6 +43,7 @@
 #include <assert.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +63,8 @@
 
 _Static_assert(sizeof(((imbox_v1_PullResponse *)0)->cursor) <= RPC_CURSOR_CAP,
                "rpc_page.cursor must hold any decoded cursor");
+_Static_assert(sizeof(((imbox_v1_Delivery *)0)->cursor) <= RPC_CURSOR_CAP,
+               "rpc_delivery.cursor must hold any decoded cursor");
 _Static_assert(sizeof(((imbox_v1_Receipt *)0)->receiver_uid) ==
                        sizeof(((rpc_receipt *)0)->receiver_uid) &&
                    sizeof(((imbox_v1_Receipt *)0)->error) ==
@@ -187,6 +207,59 @@ static uint8_t *s_buffer_copy(grpc_byte_buffer *bb, size_t *len)
     return out;
 }
 
+/* Fills err with a received status: its details, or when they are empty
+ * and the status is not OK, the core's error string (e.g. why the
+ * connection failed). */
+static void s_status_to_error(rpc_error *err, grpc_status_code status,
+                              grpc_slice details, const char *error_string)
+{
+    err->code = status;
+    size_t n = GRPC_SLICE_LENGTH(details);
+    const char *src = (const char *)GRPC_SLICE_START_PTR(details);
+    if (n == 0 && status != GRPC_STATUS_OK && error_string) {
+        src = error_string;
+        n = strlen(error_string);
+    }
+    if (n >= sizeof err->details)
+        n = sizeof err->details - 1;
+    memcpy(err->details, src, n);
+    err->details[n] = '\0';
+}
+
+/* The authorization metadata of c, in md; the count to send (0 or 1). The
+ * value points into c, which outlives every call and stream made from it. */
+static size_t s_auth_md(const rpc_client *c, grpc_metadata *md)
+{
+    memset(md, 0, sizeof *md);
+    if (!c->auth)
+        return 0;
+    md->key = grpc_slice_from_static_string("authorization");
+    md->value = grpc_slice_from_static_buffer(c->auth, c->auth_len);
+    return 1;
+}
+
+/* A deadline timeout_ms from now; 0 = none. */
+static gpr_timespec s_deadline(int timeout_ms)
+{
+    if (timeout_ms == 0)
+        return gpr_inf_future(GPR_CLOCK_MONOTONIC);
+    return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                        gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
+}
+
+/* Shuts a queue down, drains it and destroys it; every batch on it must
+ * have completed and been dequeued. */
+static void s_cq_destroy(grpc_completion_queue *cq, bool pluck)
+{
+    grpc_completion_queue_shutdown(cq);
+    gpr_timespec inf = gpr_inf_future(GPR_CLOCK_REALTIME);
+    while ((pluck ? grpc_completion_queue_pluck(cq, NULL, inf, NULL)
+                  : grpc_completion_queue_next(cq, inf, NULL))
+               .type != GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(cq);
+}
+
 /*
  * Runs one unary call. On return *resp is the response message (malloc'ed,
  * free() it) or NULL when none arrived; err holds the status.
@@ -202,9 +275,7 @@ static grpc_status_code s_call(rpc_client *c, const char *method,
     *resp_len = 0;
 
     grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
-    gpr_timespec deadline =
-        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                     gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
+    gpr_timespec deadline = s_deadline(timeout_ms);
     grpc_slice method_slice = grpc_slice_from_copied_string(method);
     grpc_call *call =
         grpc_channel_create_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
@@ -217,11 +288,7 @@ static grpc_status_code s_call(rpc_client *c, const char *method,
     grpc_slice_unref(req_slice);
 
     grpc_metadata md;
-    memset(&md, 0, sizeof md);
-    if (c->auth) {
-        md.key = grpc_slice_from_static_string("authorization");
-        md.value = grpc_slice_from_static_buffer(c->auth, c->auth_len);
-    }
+    size_t nmd = s_auth_md(c, &md);
 
     grpc_metadata_array initial_md, trailing_md;
     grpc_metadata_array_init(&initial_md);
@@ -234,8 +301,8 @@ static grpc_status_code s_call(rpc_client *c, const char *method,
     grpc_op ops[6];
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[0].data.send_initial_metadata.count = c->auth ? 1 : 0;
-    ops[0].data.send_initial_metadata.metadata = c->auth ? &md : NULL;
+    ops[0].data.send_initial_metadata.count = nmd;
+    ops[0].data.send_initial_metadata.metadata = nmd ? &md : NULL;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = req_bb;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -262,31 +329,15 @@ static grpc_status_code s_call(rpc_client *c, const char *method,
         *resp = s_buffer_copy(resp_bb, resp_len);
         grpc_byte_buffer_destroy(resp_bb);
     }
-    if (err) {
-        err->code = status;
-        size_t n = GRPC_SLICE_LENGTH(details);
-        const char *src = (const char *)GRPC_SLICE_START_PTR(details);
-        if (n == 0 && status != GRPC_STATUS_OK && error_string) {
-            src = error_string; /* e.g. why the connection failed */
-            n = strlen(error_string);
-        }
-        if (n >= sizeof err->details)
-            n = sizeof err->details - 1;
-        memcpy(err->details, src, n);
-        err->details[n] = '\0';
-    }
+    if (err)
+        s_status_to_error(err, status, details, error_string);
     grpc_slice_unref(details);
     gpr_free((void *)error_string);
     grpc_metadata_array_destroy(&initial_md);
     grpc_metadata_array_destroy(&trailing_md);
     grpc_byte_buffer_destroy(req_bb);
     grpc_call_unref(call);
-    grpc_completion_queue_shutdown(cq);
-    while (grpc_completion_queue_pluck(cq, NULL,
-                                       gpr_inf_future(GPR_CLOCK_REALTIME),
-                                       NULL).type != GRPC_QUEUE_SHUTDOWN) {
-    }
-    grpc_completion_queue_destroy(cq);
+    s_cq_destroy(cq, true);
     return status;
 }
 
@@ -533,7 +584,6 @@ static void s_msg_free(rpc_msg *m)
     memset(m, 0, sizeof *m);
 }
 
-/* Message.content: at most RPC_CONTENT_MAX bytes, into the message. */
 /* Doubles the array v of *cap elements of elem bytes (starting at 16, at
  * most max) and returns it; NULL when out of memory (v and *cap are then
  * unchanged). */
@@ -548,6 +598,7 @@ static void *s_grow(void *v, size_t *cap, size_t elem, size_t max)
     return p;
 }
 
+/* Message.content: at most RPC_CONTENT_MAX bytes, into the message. */
 static bool s_dec_content(pb_istream_t *is, const pb_field_t *field,
                           void **arg)
 {
@@ -566,6 +617,22 @@ static bool s_dec_content(pb_istream_t *is, const pb_field_t *field,
     free(m->content); /* a repeated field occurrence: the last one wins */
     m->content = b;
     m->content_len = n;
+    return true;
+}
+
+/* Copies the decoded fields of pm into m, whose content the decoder's
+ * callback already set; false (and m freed) when out of memory. */
+static bool s_msg_fill(rpc_msg *m, const imbox_v1_Message *pm)
+{
+    m->msg_id = strdup(pm->msg_id);
+    m->sender_uid = strdup(pm->sender_uid);
+    m->receiver_uid = strdup(pm->receiver_uid);
+    if (!m->msg_id || !m->sender_uid || !m->receiver_uid) {
+        s_msg_free(m);
+        return false;
+    }
+    m->send_time_ms = pm->send_time_ms;
+    m->msg_type = pm->msg_type;
     return true;
 }
 
@@ -591,15 +658,8 @@ static bool s_dec_message(pb_istream_t *is, const pb_field_t *field,
         s_msg_free(m);
         return false;
     }
-    m->msg_id = strdup(pm.msg_id);
-    m->sender_uid = strdup(pm.sender_uid);
-    m->receiver_uid = strdup(pm.receiver_uid);
-    if (!m->msg_id || !m->sender_uid || !m->receiver_uid) {
-        s_msg_free(m);
+    if (!s_msg_fill(m, &pm))
         PB_RETURN_ERROR(is, "out of memory");
-    }
-    m->send_time_ms = pm.send_time_ms;
-    m->msg_type = pm.msg_type;
     x->n++;
     return true;
 }
@@ -752,4 +812,332 @@ void rpc_counts_result_free(rpc_counts_result *r)
         return;
     free(r->senders);
     memset(r, 0, sizeof *r);
+}
+
+/* -------------------------------------------------------------- Presence */
+
+typedef struct s_presence_args {
+    const char *const *uids;
+    size_t n;
+} s_presence_args;
+
+static bool s_encode_presence(pb_ostream_t *os, const void *arg)
+{
+    const s_presence_args *a = arg;
+    for (size_t i = 0; i < a->n; i++) {
+        /* Empty uids are written too: the server must see (and name) them. */
+        const char *u = a->uids[i] ? a->uids[i] : "";
+        if (!pb_encode_tag(os, PB_WT_STRING,
+                           imbox_v1_PresenceRequest_uids_tag) ||
+            !pb_encode_string(os, (const pb_byte_t *)u, strlen(u)))
+            return false;
+    }
+    return true;
+}
+
+grpc_status_code rpc_presence(rpc_client *c, const char *const *uids,
+                              size_t n, int timeout_ms, bool *online_out,
+                              rpc_error *err)
+{
+    assert(c && (uids || n == 0) && (online_out || n == 0));
+    if (n)
+        memset(online_out, 0, n * sizeof *online_out);
+    s_presence_args a = {uids, n};
+    uint8_t *resp;
+    size_t len;
+    grpc_status_code st = s_call_encoded(c, "/imbox.v1.Inbox/Presence",
+                                         s_encode_presence, &a, timeout_ms,
+                                         &resp, &len, err);
+    if (st != GRPC_STATUS_OK) {
+        free(resp);
+        return st;
+    }
+    /* online is a static array (imbox.options max_count): more answers
+     * than it holds fail to decode. */
+    imbox_v1_PresenceResponse r = imbox_v1_PresenceResponse_init_zero;
+    st = s_decode(resp, len, imbox_v1_PresenceResponse_fields, &r, err);
+    free(resp);
+    if (st == GRPC_STATUS_OK && r.online_count != n)
+        st = s_fail(err, GRPC_STATUS_INTERNAL,
+                    "response: %u answers for %zu uids",
+                    (unsigned)r.online_count, n);
+    if (st != GRPC_STATUS_OK)
+        return st;
+    if (n)
+        memcpy(online_out, r.online, n * sizeof *online_out);
+    return GRPC_STATUS_OK;
+}
+
+/* ------------------------------------------------------------- Subscribe */
+
+struct rpc_stream {
+    grpc_completion_queue *cq;   /* for_next, this stream's batches only */
+    grpc_call *call;
+    grpc_metadata md;            /* points into the client's token */
+    grpc_byte_buffer *req_bb;    /* alive until t_start is dequeued */
+    grpc_metadata_array initial_md, trailing_md;
+    grpc_byte_buffer *recv_bb;   /* filled by the t_msg batch */
+    grpc_status_code status;     /* filled by the t_status batch */
+    grpc_slice details;
+    const char *error_string;
+
+    /* The tags: only their addresses matter. */
+    char t_start, t_status, t_msg;
+    bool start_pending, status_pending, msg_pending;
+
+    bool read_done;              /* a read returned no message */
+    bool failed;                 /* a Delivery broke the contract: `final`
+                                    is our verdict, not the server's */
+    bool ended;                  /* ENDED was returned; `final` is set */
+    atomic_bool cancelled;       /* rpc_stream_cancel was called */
+    rpc_error final;
+};
+
+static bool s_encode_subscribe(pb_ostream_t *os, const void *arg)
+{
+    return s_put_str(os, imbox_v1_SubscribeRequest_cursor_tag, arg);
+}
+
+rpc_stream *rpc_subscribe(rpc_client *c, const char *cursor, int timeout_ms,
+                          rpc_error *err)
+{
+    assert(c && timeout_ms >= 0);
+    size_t len = 0;
+    uint8_t *req = s_encode(s_encode_subscribe, cursor ? cursor : "", &len);
+    rpc_stream *s = req ? calloc(1, sizeof *s) : NULL;
+    if (!s) {
+        free(req);
+        s_fail(err, GRPC_STATUS_RESOURCE_EXHAUSTED,
+               "request: out of memory");
+        return NULL;
+    }
+    atomic_init(&s->cancelled, false);
+    s->status = GRPC_STATUS_UNKNOWN;
+    s->details = grpc_empty_slice();
+    grpc_metadata_array_init(&s->initial_md);
+    grpc_metadata_array_init(&s->trailing_md);
+
+    s->cq = grpc_completion_queue_create_for_next(NULL);
+    grpc_slice method = grpc_slice_from_static_string(
+        "/imbox.v1.Inbox/Subscribe");
+    s->call = grpc_channel_create_call(c->channel, NULL,
+                                       GRPC_PROPAGATE_DEFAULTS, s->cq,
+                                       method, NULL, s_deadline(timeout_ms),
+                                       NULL);
+    grpc_slice req_slice = grpc_slice_from_copied_buffer((const char *)req,
+                                                         len);
+    free(req);
+    s->req_bb = grpc_raw_byte_buffer_create(&req_slice, 1);
+    grpc_slice_unref(req_slice);
+    size_t nmd = s_auth_md(c, &s->md);
+
+    grpc_op ops[4];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[0].data.send_initial_metadata.count = nmd;
+    ops[0].data.send_initial_metadata.metadata = nmd ? &s->md : NULL;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = s->req_bb;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &s->initial_md;
+    grpc_call_error ce = grpc_call_start_batch(s->call, ops, 4, &s->t_start,
+                                               NULL);
+    assert(ce == GRPC_CALL_OK); /* a refused batch is a bug here */
+    s->start_pending = true;
+
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[0].data.recv_status_on_client.trailing_metadata = &s->trailing_md;
+    ops[0].data.recv_status_on_client.status = &s->status;
+    ops[0].data.recv_status_on_client.status_details = &s->details;
+    ops[0].data.recv_status_on_client.error_string = &s->error_string;
+    ce = grpc_call_start_batch(s->call, ops, 1, &s->t_status, NULL);
+    assert(ce == GRPC_CALL_OK);
+    (void)ce;
+    s->status_pending = true;
+    return s;
+}
+
+void rpc_delivery_free(rpc_delivery *d)
+{
+    if (!d)
+        return;
+    s_msg_free(&d->msg);
+    memset(d, 0, sizeof *d);
+}
+
+/* Decodes one Delivery (untrusted bytes) into out; OK, or the status that
+ * ends the stream (out is then zeroed). */
+static grpc_status_code s_decode_delivery(grpc_byte_buffer *bb,
+                                          rpc_delivery *out, rpc_error *err)
+{
+    grpc_byte_buffer_reader reader;
+    if (!grpc_byte_buffer_reader_init(&reader, bb))
+        return s_fail(err, GRPC_STATUS_INTERNAL,
+                      "response: undecompressable Delivery");
+    grpc_slice all = grpc_byte_buffer_reader_readall(&reader);
+    grpc_byte_buffer_reader_destroy(&reader);
+
+    imbox_v1_Delivery d = imbox_v1_Delivery_init_zero;
+    d.message.content.funcs.decode = s_dec_content;
+    d.message.content.arg = &out->msg;
+    pb_istream_t is = pb_istream_from_buffer(GRPC_SLICE_START_PTR(all),
+                                             GRPC_SLICE_LENGTH(all));
+    grpc_status_code st = GRPC_STATUS_OK;
+    if (!pb_decode(&is, imbox_v1_Delivery_fields, &d))
+        st = s_fail(err, GRPC_STATUS_INTERNAL, "response: %s",
+                    PB_GET_ERROR(&is));
+    else if (!d.has_message)
+        st = s_fail(err, GRPC_STATUS_INTERNAL,
+                    "response: Delivery without message");
+    else if (!d.cursor[0])
+        st = s_fail(err, GRPC_STATUS_INTERNAL,
+                    "response: Delivery without cursor");
+    else if (!s_msg_fill(&out->msg, &d.message))
+        st = s_fail(err, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                    "response: out of memory");
+    grpc_slice_unref(all);
+    if (st != GRPC_STATUS_OK) {
+        rpc_delivery_free(out);
+        return st;
+    }
+    memcpy(out->cursor, d.cursor, sizeof d.cursor); /* NUL-terminated */
+    return GRPC_STATUS_OK;
+}
+
+/* Starts the next read. A read refused by the core happens only once the
+ * call is over (its status arrived): there is nothing more to read. */
+static void s_stream_read(rpc_stream *s)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &s->recv_bb;
+    grpc_call_error ce = grpc_call_start_batch(s->call, &op, 1, &s->t_msg,
+                                               NULL);
+    if (ce == GRPC_CALL_OK) {
+        s->msg_pending = true;
+        return;
+    }
+    assert(!s->status_pending); /* else a bug: two reads at once */
+    s->read_done = true;
+}
+
+/* Marks the dequeued batch of tag as done; returns the received buffer
+ * (ours to destroy) when it was a read that got a message. */
+static grpc_byte_buffer *s_stream_done(rpc_stream *s, void *tag)
+{
+    if (tag == &s->t_start) {
+        s->start_pending = false;
+        grpc_byte_buffer_destroy(s->req_bb);
+        s->req_bb = NULL;
+    } else if (tag == &s->t_status) {
+        s->status_pending = false;
+    } else {
+        assert(tag == &s->t_msg);
+        s->msg_pending = false;
+        grpc_byte_buffer *bb = s->recv_bb;
+        s->recv_bb = NULL;
+        if (!bb)
+            s->read_done = true; /* the server is done, or the call is */
+        return bb;
+    }
+    return NULL;
+}
+
+rpc_stream_event rpc_stream_next(rpc_stream *s, int wait_ms,
+                                 rpc_delivery *out, rpc_error *err)
+{
+    assert(s && out);
+    memset(out, 0, sizeof *out);
+    gpr_timespec deadline =
+        wait_ms < 0 ? gpr_inf_future(GPR_CLOCK_MONOTONIC)
+                    : gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                   gpr_time_from_millis(wait_ms,
+                                                        GPR_TIMESPAN));
+    while (!s->ended) {
+        bool stopping = s->failed || atomic_load(&s->cancelled);
+        if (!s->status_pending && !s->msg_pending &&
+            (s->read_done || stopping)) {
+            if (!s->failed) {
+                s_status_to_error(&s->final, s->status, s->details,
+                                  s->error_string);
+                if (s->status == GRPC_STATUS_OK)
+                    s_fail(&s->final, GRPC_STATUS_INTERNAL,
+                           "response: stream ended with OK");
+            }
+            s->ended = true;
+            break;
+        }
+        if (!s->msg_pending && !s->read_done && !stopping) {
+            s_stream_read(s);
+            continue;
+        }
+        grpc_event ev = grpc_completion_queue_next(s->cq, deadline, NULL);
+        if (ev.type == GRPC_QUEUE_TIMEOUT)
+            return RPC_STREAM_IDLE;
+        assert(ev.type == GRPC_OP_COMPLETE);
+        grpc_byte_buffer *bb = s_stream_done(s, ev.tag);
+        if (!bb)
+            continue;
+        grpc_status_code st = GRPC_STATUS_OK;
+        if (!atomic_load(&s->cancelled))
+            st = s_decode_delivery(bb, out, &s->final);
+        grpc_byte_buffer_destroy(bb);
+        if (atomic_load(&s->cancelled)) {
+            rpc_delivery_free(out); /* cancelled meanwhile: not delivered */
+            continue;
+        }
+        if (st == GRPC_STATUS_OK)
+            return RPC_STREAM_DELIVERY;
+        s->failed = true; /* s->final holds why; stop the server too */
+        grpc_call_cancel(s->call, NULL);
+    }
+    if (err)
+        *err = s->final;
+    return RPC_STREAM_ENDED;
+}
+
+void rpc_stream_cancel(rpc_stream *s)
+{
+    assert(s);
+    atomic_store(&s->cancelled, true);
+    grpc_call_cancel(s->call, NULL);
+}
+
+grpc_status_code rpc_stream_status(const rpc_stream *s, rpc_error *err)
+{
+    assert(s);
+    rpc_error ok = {GRPC_STATUS_OK, ""};
+    const rpc_error *e = s->ended ? &s->final : &ok;
+    if (err)
+        *err = *e;
+    return (grpc_status_code)e->code;
+}
+
+void rpc_stream_close(rpc_stream **sp)
+{
+    if (!sp || !*sp)
+        return;
+    rpc_stream *s = *sp;
+    if (s->start_pending || s->status_pending || s->msg_pending)
+        grpc_call_cancel(s->call, NULL); /* so that they complete now */
+    while (s->start_pending || s->status_pending || s->msg_pending) {
+        grpc_event ev = grpc_completion_queue_next(
+            s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        assert(ev.type == GRPC_OP_COMPLETE);
+        grpc_byte_buffer *bb = s_stream_done(s, ev.tag);
+        if (bb)
+            grpc_byte_buffer_destroy(bb);
+    }
+    assert(!s->req_bb); /* freed when the start batch was dequeued */
+    grpc_metadata_array_destroy(&s->initial_md);
+    grpc_metadata_array_destroy(&s->trailing_md);
+    grpc_slice_unref(s->details);
+    gpr_free((void *)s->error_string);
+    grpc_call_unref(s->call);
+    s_cq_destroy(s->cq, false);
+    free(s);
+    *sp = NULL;
 }
