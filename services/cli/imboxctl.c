@@ -87,8 +87,10 @@ static const char s_usage_text[] =
     "commands:\n"
     "  send --to U1,U2,... --id MSGID [--type N] TEXT...\n"
     "      Stores TEXT (the words joined by spaces) for every receiver and\n"
-    "      prints one line each: `U stored`, `U duplicate` (this MSGID was\n"
-    "      already stored: retrying is safe) or `U failed CODE: reason`.\n"
+    "      prints one line each: `U stored`, `U stored, pushed` (U was\n"
+    "      online: the message went to its live stream too), `U duplicate`\n"
+    "      (this MSGID was already stored: retrying is safe) or\n"
+    "      `U failed CODE: reason`.\n"
     "      Exit status 0 only if every receiver has the message.\n"
     "  pull [--page N] [--sender S] [--dedup FILE]\n"
     "      Shows and deletes every waiting message (only sender S's with\n"
@@ -334,7 +336,7 @@ static int s_cmd_send(rpc_client *c, int argc, char **argv)
                 printf(" failed %s: %s\n", rpc_code_name(r->code), r->error);
                 rc = 1;
             } else {
-                puts(r->duplicate ? " duplicate" : " stored");
+                puts(r->duplicate ? " duplicate" : r->online ? " stored, pushed" : " stored");
             }
         }
         rpc_send_result_free(&res);
