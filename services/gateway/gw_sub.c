@@ -341,7 +341,8 @@ static void s_on_page(void *arg, int status, const char *why, const uint8_t *rep
         if (r->count && !s->seqs) {
             s_end(s, IM_RESOURCE_EXHAUSTED, "out of memory");
         } else {
-            memcpy(s->seqs, r->seqs, r->count * sizeof *s->seqs);
+            if (r->count)
+                memcpy(s->seqs, r->seqs, r->count * sizeof *s->seqs);
             s->nseqs = r->count;
             s->iseq = 0;
             s->page = entries.p;
