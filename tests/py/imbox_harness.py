@@ -292,6 +292,13 @@ class Proc:
         """VmRSS (resident set size now), bytes."""
         return self.status()['VmRSS']
 
+    def sanitized(self):
+        """Whether the process runs under AddressSanitizer (libasan mapped):
+        its RSS then holds ASan's quarantine and shadow memory, and says
+        nothing about what the server itself keeps."""
+        with open('/proc/%d/maps' % self.pid) as f:
+            return 'libasan' in f.read()
+
     def hwm(self):
         """VmHWM (peak resident set size), bytes."""
         return self.status()['VmHWM']

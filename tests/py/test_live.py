@@ -26,7 +26,11 @@ the full figure), IMBOX_LIVE_STALL_BYTES the content size of each message.
 import concurrent.futures
 import os
 import secrets
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -492,7 +496,10 @@ class LiveServeTest(LiveTestCase):
                         n, size, send_s, rss0 / 2 ** 20, rss1 / 2 ** 20, growth / 2 ** 20,
                         hwm0 / 2 ** 20, hwm1 / 2 ** 20))
         sys.stderr.write('\n[%s] ' % sys_note)
-        self.assertLess(growth, STALL_GROWTH_LIMIT, sys_note)
+        if dep.proc.sanitized():
+            sys.stderr.write('[ASan build: RSS holds its quarantine, bound not checked] ')
+        else:
+            self.assertLess(growth, STALL_GROWTH_LIMIT, sys_note)
         if sub.call.done():     # code() would block on a live call
             self.fail('the stalled stream was ended: %s %r' % (
                 sub.call.code(), sub.call.details()))
@@ -559,6 +566,46 @@ class LiveServeTest(LiveTestCase):
                          [s.receipt.send_time_ms for s in before + during + after])
         self.assertFalse(page.more)
         self.assertEqual(len(sub), 2)
+
+    def test_imboxctl_watch_shows_backlog_then_live_acks_and_dedups(self):
+        """The reference client's live view, as a person runs it: backlog,
+        then live messages, each shown once, acked as shown; SIGTERM stops it
+        cleanly (exit 0) and leaves nothing waiting."""
+        dep = self.dep = self.serve(shards=1)
+        a_uid, b_uid = h.uid('A'), h.uid('B')
+        a, b = dep.fast_client(a_uid), dep.fast_client(b_uid)
+        sent = self.send_seq(a, b_uid, 'w0', 2)          # backlog
+        home = tempfile.mkdtemp(prefix='imbox-watch-')
+        self.addCleanup(shutil.rmtree, home, True)
+        ctl = os.path.join(os.path.dirname(h.IMBOX_BIN), 'imboxctl')
+        env = dict(os.environ, HOME=home, IMBOX_ADDR='127.0.0.1:%d' % dep.port,
+                   IMBOX_TOKEN=dep.token(b_uid))
+        w = subprocess.Popen([ctl, 'watch'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.addCleanup(lambda: w.poll() is None and os.killpg(w.pid, signal.SIGKILL))
+        lines, got = [], threading.Event()
+
+        def read():
+            for raw in w.stdout:
+                lines.append(raw.decode('utf-8', 'replace').rstrip('\n'))
+                if sum(' w1-' in x for x in lines) == 2:
+                    got.set()
+        threading.Thread(target=read, daemon=True).start()
+        h.wait_presence(a, b_uid, True, ONLINE_BOUND_S)
+        sent += self.send_seq(a, b_uid, 'w1', 2, online=True)    # live
+        self.assertTrue(got.wait(DELIVERY_BOUND_S), 'watch showed: %r' % lines)
+        os.killpg(w.pid, signal.SIGTERM)
+        self.assertEqual(w.wait(timeout=10), 0, 'watch exit status; output %r' % lines)
+        shown = [x for x in lines if x.startswith('[')]
+        self.assertEqual([x.split()[2].rstrip(':') for x in shown], [m.msg_id for m in sent])
+        self.assertTrue(all(x.split()[1] == a_uid for x in shown), shown)
+        self.assertIn('4 shown, 0 duplicates hidden', lines[-1])
+        self.assertEqual(b.counts().total, 0, 'watch acks what it shows')
+        h.wait_presence(a, b_uid, False, 1.0)
+        with open(os.path.join(home, '.imboxctl-seen')) as f:
+            seen = f.read()
+        for m in sent:
+            self.assertIn(m.msg_id, seen)
 
 
 if __name__ == '__main__':
