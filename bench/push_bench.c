@@ -742,7 +742,7 @@ static void s_on_delivery(pb *b, s_sub *s, grpc_byte_buffer *bb, int64_t now)
     /* The cursor: a valid whole-inbox cursor of this subscriber, past the
      * previous one; and the stored time never goes back. */
     uint64_t cseq = 0;
-    char scope[ST_UID_MAX + 1];
+    char scope[sizeof d.message.sender_uid]; /* > any uid + NUL (129 > 65) */
     size_t cl = strlen(d.cursor);
     if (cl >= sizeof s->cursor ||
         im_cursor_scope(&b->secret, s->uid, d.cursor, cl, &cseq, scope, NULL) || scope[0]) {
