@@ -39,8 +39,9 @@
  * and reopened over ceil(rest / limit) more channels, and this is printed.
  * "Open" means Presence says online. The gateway's VmRSS is read before
  * the streams and once they are all open, giving the memory of an idle
- * stream; Health/Check and Send latency is measured on another channel
- * before the streams and while they are open.
+ * stream; the gateway's CPU time over a quiet window of --seconds with the
+ * streams open and no call running; Health/Check and Send latency is
+ * measured on another channel before the streams and while they are open.
  *
  * How the generator stays out of the figures: one thread and one
  * completion queue drive every call asynchronously (no thread per
@@ -1526,14 +1527,14 @@ static int s_run_idle(pb *b)
     PUT_I("streams_with_initial_metadata", b->initial_md);
     s_idle_for(b, 1000000000LL); /* let allocations settle */
     int64_t rss1 = b->gw_pid ? s_proc_rss_kib(b->gw_pid) : -1;
-    int64_t gcpu0 = b->gw_pid ? s_proc_cpu_ns(b->gw_pid) : -1;
+    /* A quiet window of --seconds (no call at all): what the open streams
+     * cost the gateway by themselves (keepalive, presence lease renewal). */
+    int64_t gcpu0 = b->gw_pid ? s_proc_cpu_ns(b->gw_pid) : -1, q0 = s_now();
+    s_idle_for(b, (int64_t)(b->seconds * 1e9));
+    int64_t gcpu1 = b->gw_pid ? s_proc_cpu_ns(b->gw_pid) : -1, quiet = s_now() - q0;
     s_probe_run(b, "idle");
-    int64_t hold_until = t_open + (int64_t)(b->seconds * 1e9);
-    if (s_now() < hold_until)
-        s_idle_for(b, hold_until - s_now());
     int64_t held = s_now() - t_open;
     int64_t rss2 = b->gw_pid ? s_proc_rss_kib(b->gw_pid) : -1;
-    int64_t gcpu1 = b->gw_pid ? s_proc_cpu_ns(b->gw_pid) : -1;
     PUT_F("held_secs", held / 1e9, 1);
     if (b->gw_pid) {
         PUT_I("rss_before_kib", rss0);
@@ -1541,8 +1542,11 @@ static int s_run_idle(pb *b)
         PUT_I("rss_end_kib", rss2);
         if (b->nsubs && rss0 >= 0 && rss1 >= 0)
             PUT_F("rss_per_stream_kib", (double)(rss1 - rss0) / b->nsubs, 2);
-        if (gcpu0 >= 0 && gcpu1 >= 0)
-            PUT_F("gateway_cpu_ms_while_idle", (gcpu1 - gcpu0) / 1e6, 0);
+        if (gcpu0 >= 0 && gcpu1 >= 0 && quiet > 0) {
+            PUT_F("quiet_secs", quiet / 1e9, 1);
+            PUT_F("gateway_cpu_ms_quiet", (gcpu1 - gcpu0) / 1e6, 0);
+            PUT_F("gateway_cpu_pct_quiet", 100.0 * (double)(gcpu1 - gcpu0) / (double)quiet, 2);
+        }
     }
     PUT_I("streams_lost", b->streams_lost);
     PUT_I("deliveries_unexpected", b->unexpected);
