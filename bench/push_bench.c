@@ -6,7 +6,7 @@
  *   push_bench --mode latency --send-addr A --sub-addr B --data-dir D
  *              [--subscribers 100] [--rate 1000] [--seconds 10]
  *              [--content 64] [--ack-every 50] [--server-pids P1,P2,...]
- *              [--streams-per-channel 0] [--json]
+ *              [--max-inflight 4096] [--streams-per-channel 0] [--json]
  *   push_bench --mode idle --sub-addr B --data-dir D
  *              [--subscribers 10000] [--seconds 10] [--gateway-pid P]
  *              [--probe-calls 2000] [--probe-rate 200]
@@ -30,6 +30,9 @@
  * subscriber (verified with the secret) with strictly increasing positions,
  * and send_time_ms never decreases. Subscribers ack (Ack with the last
  * cursor) after --ack-every deliveries or 100 ms, one Ack in flight each.
+ * At most --max-inflight Sends are outstanding: when the server falls
+ * behind, due sends wait (their latency still counts from the schedule)
+ * and saturated=1 says the offered rate was not carried.
  * Given --server-pids, the servers' CPU time (utime + stime from
  * /proc/PID/stat) over the send phase is divided by the pushes delivered.
  *
@@ -385,6 +388,7 @@ typedef struct pb {
     size_t content;
     uint32_t ack_every;
     uint32_t per_channel; /* 0 = one channel, spread when it stalls */
+    int max_inflight;     /* Sends outstanding at most (latency mode) */
     int pids[PB_MAX_PIDS], npids, gw_pid;
     uint32_t probe_calls;
     double probe_rate;
@@ -1265,37 +1269,56 @@ static int s_run_latency(pb *b)
         return 1;
     }
 
-    /* The send phase: open loop, seq n is due at t0 + n / rate. */
+    /* The send phase: open loop, seq n is due at t0 + n / rate. At most
+     * --max-inflight Sends are outstanding: past that, due sends wait (their
+     * latency still counts from the schedule) and the generator does not
+     * drown itself and the server in calls. Sending stops at 2 x --seconds
+     * + 5 s, whatever is left is not_sent. */
     int64_t cpu0[PB_MAX_PIDS], gen0 = s_self_cpu_ns();
     for (int i = 0; i < b->npids; i++)
         cpu0[i] = s_proc_cpu_ns(b->pids[i]);
     double period = 1e9 / b->rate;
     int64_t t0 = s_now() + 1000000, next_scan = t0, drain_until = 0;
-    uint64_t n = 0;
+    int64_t send_stop = t0 + (int64_t)((2 * b->seconds + 5) * 1e9);
+    uint64_t n = 0, target = b->nmsgs, held = 0, held_seq = UINT64_MAX;
+    int inflight_max = 0;
     for (;;) {
         int64_t now = s_now();
-        while (n < b->nmsgs) {
+        if (n < target && now >= send_stop)
+            target = n;
+        bool capped = false;
+        while (n < target) {
             int64_t due = t0 + (int64_t)((double)n * period);
             if (due > now)
                 break;
+            if (b->inflight[M_SEND] >= b->max_inflight) {
+                capped = true;
+                if (held_seq != n) {
+                    held_seq = n;
+                    held++;
+                }
+                break;
+            }
             s_send(b, n++, due);
+            if (b->inflight[M_SEND] > inflight_max)
+                inflight_max = b->inflight[M_SEND];
         }
         if (now >= next_scan) {
             s_ack_scan(b, now, false);
             next_scan = now + PB_ACK_SCAN_NS;
         }
-        if (n == b->nmsgs) {
+        if (n == target) {
             if (!drain_until)
                 drain_until = now + (int64_t)(PB_DRAIN_S * 1e9);
             if ((b->inflight[M_SEND] == 0 && b->awaiting == 0) || now >= drain_until || b->fatal)
                 break;
         }
         int64_t wake = next_scan;
-        if (n < b->nmsgs) {
+        if (n < target && !capped) {
             int64_t due = t0 + (int64_t)((double)n * period);
             if (due < wake)
                 wake = due;
-        } else if (drain_until < wake) {
+        } else if (n == target && drain_until < wake) {
             wake = drain_until;
         }
         s_pump(b, wake);
@@ -1348,9 +1371,15 @@ static int s_run_latency(pb *b)
         }
     }
     double send_secs = (double)(last_start - t0) / 1e9 + period / 1e9;
+    double achieved = (double)b->nsent / send_secs;
     PUT_I("sent", b->nsent);
+    PUT_I("not_sent", b->nmsgs - b->nsent);
     PUT_F("send_secs", send_secs, 3);
-    PUT_F("rate_achieved", (double)b->nsent / send_secs, 0);
+    PUT_F("rate_achieved", achieved, 0);
+    PUT_I("sends_inflight_max", inflight_max);
+    PUT_I("sends_held_by_inflight_cap", held);
+    /* The offered load was not carried: what follows is an overload. */
+    PUT_I("saturated", b->nsent < b->nmsgs || held > 0 || achieved < 0.95 * b->rate);
     PUT_I("delivered", b->delivered);
     PUT_F("delivered_per_s", (double)b->delivered / send_secs, 0);
     PUT_F("run_secs", (double)(t_end - t0) / 1e9, 3);
@@ -1376,6 +1405,7 @@ static int s_run_latency(pb *b)
     s_put_status_errors(b, M_ACK);
     s_put_status_errors(b, M_PRESENCE);
     PUT_I("ack_calls", b->ack_calls);
+    PUT_F("acks_per_push", b->delivered ? (double)b->ack_calls / (double)b->delivered : 0, 2);
     PUT_I("ack_deleted", b->ack_deleted);
     PUT_I("missing", missing);
     PUT_I("deliveries_duplicate", b->dup);
@@ -1568,8 +1598,8 @@ static void s_usage(FILE *f)
     fprintf(f,
             "usage: push_bench --mode latency --send-addr A --sub-addr B --data-dir D\n"
             "                  [--subscribers 100] [--rate 1000] [--seconds 10] [--content 64]\n"
-            "                  [--ack-every 50] [--server-pids P1,P2] [--streams-per-channel N]\n"
-            "                  [--json]\n"
+            "                  [--ack-every 50] [--server-pids P1,P2] [--max-inflight 4096]\n"
+            "                  [--streams-per-channel N] [--json]\n"
             "       push_bench --mode idle --sub-addr B --data-dir D [--subscribers 10000]\n"
             "                  [--seconds 10] [--gateway-pid P] [--probe-calls 2000]\n"
             "                  [--probe-rate 200] [--streams-per-channel N] [--json]\n");
@@ -1608,6 +1638,7 @@ int main(int argc, char **argv)
     b->ack_every = 50;
     b->probe_calls = 2000;
     b->probe_rate = 200;
+    b->max_inflight = 4096;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -1641,6 +1672,8 @@ int main(int argc, char **argv)
             b->content = (size_t)s_num(a, v, 8, 65536);
         else if (!strcmp(a, "--ack-every"))
             b->ack_every = (uint32_t)s_num(a, v, 1, 1000000);
+        else if (!strcmp(a, "--max-inflight"))
+            b->max_inflight = (int)s_num(a, v, 1, 1000000);
         else if (!strcmp(a, "--streams-per-channel"))
             b->per_channel = (uint32_t)s_num(a, v, 0, 1000000);
         else if (!strcmp(a, "--gateway-pid"))
