@@ -12,8 +12,8 @@
 # (also on failure or Ctrl-C). Needs build/ (scripts/test builds it).
 #   bench/run_push.sh
 # Knobs (environment): PUSH_RATES ("1000 10000"), PUSH_SECONDS (10),
-# PUSH_SUBSCRIBERS (100, latency mode), PUSH_IDLE (10000), PUSH_JSON (set:
-# JSON lines instead of key=value).
+# PUSH_SUBSCRIBERS (100, latency mode), PUSH_IDLE (10000; 0 skips the idle
+# run), PUSH_JSON (set: JSON lines instead of key=value).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/build/bin"
@@ -94,8 +94,10 @@ for r in $rates; do
         --subscribers "$subs" --rate "$r" --seconds "$secs" --server-pids "$all_pids" \
         "${json[@]}" || rc=1
 done
-echo "# idle: $idle Subscribe streams on gateway 2"
-"$bin/push_bench" --mode idle --sub-addr "$gw2" --data-dir "$data/gw" --subscribers "$idle" \
-    --gateway-pid "$gw2_pid" --seconds "$secs" "${json[@]}" || rc=1
+if [ "$idle" != 0 ]; then
+    echo "# idle: $idle Subscribe streams on gateway 2"
+    "$bin/push_bench" --mode idle --sub-addr "$gw2" --data-dir "$data/gw" --subscribers "$idle" \
+        --gateway-pid "$gw2_pid" --seconds "$secs" "${json[@]}" || rc=1
+fi
 "$bin/fsync_rate" --dir "$data" | head -1
 exit $rc
