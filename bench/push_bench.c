@@ -1310,7 +1310,9 @@ static int s_run_latency(pb *b)
         if (n == target) {
             if (!drain_until)
                 drain_until = now + (int64_t)(PB_DRAIN_S * 1e9);
-            if ((b->inflight[M_SEND] == 0 && b->awaiting == 0) || now >= drain_until || b->fatal)
+            /* Done when nothing is owed, or nothing can come any more. */
+            if ((b->inflight[M_SEND] == 0 && (b->awaiting == 0 || b->live_streams == 0)) ||
+                now >= drain_until || b->fatal)
                 break;
         }
         int64_t wake = next_scan;
