@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Live delivery under load on a loopback cluster: starts 3 `imbox shard` and
+# 2 `imbox gateway` (one shared auth.secret) with their data in a fresh
+# directory under the current one (a real disk: /tmp may be tmpfs), waits
+# until both gateways store a message on every shard, measures the disk's
+# fsync rate, runs bench/push_bench.c:
+#   - latency at 1,000 and 10,000 pushes/s (Send on gateway 1, Subscribe on
+#     gateway 2), the CPU time of all five servers per push;
+#   - idle: 10,000 Subscribe streams on gateway 2, its RSS per stream and
+#     the Health/Send latency beside them;
+# measures the fsync rate again, then stops everything and removes the data
+# (also on failure or Ctrl-C). Needs build/ (scripts/test builds it).
+#   bench/run_push.sh
+# Knobs (environment): PUSH_RATES ("1000 10000"), PUSH_SECONDS (10),
+# PUSH_SUBSCRIBERS (100, latency mode), PUSH_IDLE (10000; 0 skips the idle
+# run), PUSH_JSON (set: JSON lines instead of key=value).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bin="$root/build/bin"
+for b in imbox imboxctl push_bench fsync_rate; do
+    [ -x "$bin/$b" ] || { echo "run_push.sh: $bin/$b is missing: build first (scripts/test)" >&2; exit 1; }
+done
+rates=${PUSH_RATES:-1000 10000}
+secs=${PUSH_SECONDS:-10}
+subs=${PUSH_SUBSCRIBERS:-100}
+idle=${PUSH_IDLE:-10000}
+json=()
+[ -n "${PUSH_JSON:-}" ] && json=(--json)
+
+data=$(mktemp -d ./bench-push-XXXXXX)
+data=$(cd "$data" && pwd)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$data"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Five free loopback ports, held together while chosen so they differ.
+read -r -a ports <<<"$(/usr/bin/python3 -c '
+import socket
+ss = [socket.socket() for _ in range(5)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))')"
+shards="tcp://127.0.0.1:${ports[0]},tcp://127.0.0.1:${ports[1]},tcp://127.0.0.1:${ports[2]}"
+gw1="127.0.0.1:${ports[3]}"
+gw2="127.0.0.1:${ports[4]}"
+
+# One secret for both gateways: they share the directory that holds it.
+mkdir -p "$data/gw"
+"$bin/imbox" token --uid setup --data-dir "$data/gw" >/dev/null
+
+for i in 0 1 2; do
+    "$bin/imbox" shard --index "$i" --count 3 --listen "tcp://127.0.0.1:${ports[$i]}" \
+        --data-dir "$data/shard-$i" 2>"$data/shard-$i.log" &
+    pids+=($!)
+done
+"$bin/imbox" gateway --listen "$gw1" --shards "$shards" --data-dir "$data/gw" 2>"$data/gw1.log" &
+pids+=($!)
+gw1_pid=$!
+"$bin/imbox" gateway --listen "$gw2" --shards "$shards" --data-dir "$data/gw" 2>"$data/gw2.log" &
+pids+=($!)
+gw2_pid=$!
+all_pids=$(IFS=,; echo "${pids[*]}")
+
+# Readiness (bounded: 15 s): each gateway stores one message for 8 uids,
+# which the hash spreads over the 3 shards (imboxctl exits 0 only when
+# every receiver has it).
+token=$("$bin/imbox" token --uid ready --data-dir "$data/gw" | tail -1)
+for gw in "$gw1" "$gw2"; do
+    ok=
+    for n in $(seq 150); do
+        for p in "${pids[@]}"; do
+            kill -0 "$p" 2>/dev/null || { tail -n 5 "$data"/*.log >&2; echo "run_push.sh: a server died" >&2; exit 1; }
+        done
+        if "$bin/imboxctl" --addr "$gw" --token "$token" --timeout 1 send \
+            --to r0,r1,r2,r3,r4,r5,r6,r7 --id "ready-$gw-$n" ready >/dev/null 2>&1; then
+            ok=1
+            break
+        fi
+        sleep 0.1
+    done
+    [ -n "$ok" ] || { tail -n 5 "$data"/*.log >&2; echo "run_push.sh: $gw not ready after 15 s" >&2; exit 1; }
+done
+echo "cluster: shards $shards, gateway 1 $gw1 (pid $gw1_pid), gateway 2 $gw2 (pid $gw2_pid)"
+
+"$bin/fsync_rate" --dir "$data" | head -1
+rc=0
+for r in $rates; do
+    echo "# latency: $r pushes/s for $secs s, $subs subscribers (send on gateway 1, subscribe on gateway 2)"
+    "$bin/push_bench" --mode latency --send-addr "$gw1" --sub-addr "$gw2" --data-dir "$data/gw" \
+        --subscribers "$subs" --rate "$r" --seconds "$secs" --server-pids "$all_pids" \
+        "${json[@]}" || rc=1
+done
+if [ "$idle" != 0 ]; then
+    echo "# idle: $idle Subscribe streams on gateway 2"
+    "$bin/push_bench" --mode idle --sub-addr "$gw2" --data-dir "$data/gw" --subscribers "$idle" \
+        --gateway-pid "$gw2_pid" --seconds "$secs" "${json[@]}" || rc=1
+fi
+"$bin/fsync_rate" --dir "$data" | head -1
+exit $rc
