@@ -567,3 +567,19 @@ int e2e_suite_cleanup(e2e_fixture *f)
     e2e_fixture_teardown(f, SIGTERM, E2E_STOP_MS);
     return 0;
 }
+
+int e2e_run_suites(const e2e_suite *suites, size_t nsuites, const im_cunit_test *tests,
+                   size_t ntests)
+{
+    if (CU_initialize_registry() != CUE_SUCCESS)
+        return 2;
+    for (size_t s = 0; s < nsuites; s++) {
+        CU_pSuite su = CU_add_suite(suites[s].name, suites[s].init, suites[s].clean);
+        if (!su)
+            return 2;
+        for (size_t i = 0; i < ntests; i++)
+            if (!CU_add_test(su, tests[i].name, tests[i].fn))
+                return 2;
+    }
+    return im_cunit_run();
+}

@@ -41,6 +41,7 @@
 
 #include <CUnit/Basic.h>
 
+#include "im_cunit.h"
 #include "rpc_client.h"
 
 #define E2E_READY_MS 15000 /* a process must be serving within this */
@@ -107,6 +108,20 @@ void e2e_fixture_teardown(e2e_fixture *f, int sig, int wait_ms);
  * test of the suite failed. */
 int e2e_suite_init(e2e_fixture *f);
 int e2e_suite_cleanup(e2e_fixture *f);
+
+/* One CUnit suite: its name and the init/cleanup that start and stop its
+ * fixture (calling e2e_suite_init / e2e_suite_cleanup). */
+typedef struct e2e_suite {
+    const char *name;
+    CU_InitializeFunc init;
+    CU_CleanupFunc clean;
+} e2e_suite;
+
+/* Registers every one of tests[0..ntests) in each of suites[0..nsuites),
+ * runs them (im_cunit_run) and returns the exit code: the same tests
+ * against each deployment. */
+int e2e_run_suites(const e2e_suite *suites, size_t nsuites, const im_cunit_test *tests,
+                   size_t ntests);
 
 /* Prints the last lines of every log of f to stderr. */
 void e2e_dump_logs(const e2e_fixture *f);

@@ -597,18 +597,9 @@ int main(void)
                        sizeof s_fixtures / sizeof s_fixtures[0]);
     if (rc)
         return rc;
-    if (CU_initialize_registry() != CUE_SUCCESS)
-        return 2;
-    CU_pSuite serve = CU_add_suite("imbox serve", s_init_serve,
-                                   s_clean_serve);
-    CU_pSuite cluster = CU_add_suite("imbox shard x3 + gateway x2",
-                                     s_init_cluster, s_clean_cluster);
-    if (!serve || !cluster)
-        return 2;
-    for (size_t i = 0; i < sizeof s_tests / sizeof s_tests[0]; i++) {
-        if (!CU_add_test(serve, s_tests[i].name, s_tests[i].fn) ||
-            !CU_add_test(cluster, s_tests[i].name, s_tests[i].fn))
-            return 2;
-    }
-    return im_cunit_run();
+    static const e2e_suite suites[] = {
+        {"imbox serve", s_init_serve, s_clean_serve},
+        {"imbox shard x3 + gateway x2", s_init_cluster, s_clean_cluster},
+    };
+    return e2e_run_suites(suites, 2, s_tests, sizeof s_tests / sizeof s_tests[0]);
 }
