@@ -76,6 +76,12 @@ _Static_assert(sizeof(((imbox_v1_Receipt *)0)->receiver_uid) ==
 /* Reconnect back-off bounds: a restarted server is found again within a
  * second or two instead of gRPC's default of up to two minutes. */
 #define S_RECONNECT_MIN_MS 100
+/* Keepalive while a call is open (a Subscribe stream may be silent for
+ * hours): a ping after 20 s without traffic, the connection dropped when it
+ * is not answered in 10 s, so a vanished server ends the stream instead of
+ * leaving it waiting for ever. The server accepts pings 5 s apart or more. */
+#define S_KEEPALIVE_MS 20000
+#define S_KEEPALIVE_TIMEOUT_MS 10000
 #define S_RECONNECT_MAX_MS 1000
 
 struct rpc_client {
@@ -144,7 +150,7 @@ rpc_client *rpc_client_new(const char *addr, const char *token)
         }
     }
 
-    grpc_arg args[5];
+    grpc_arg args[8];
     memset(args, 0, sizeof args);
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -163,6 +169,15 @@ rpc_client *rpc_client_new(const char *addr, const char *token)
     args[4].type = GRPC_ARG_INTEGER;
     args[4].key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
     args[4].value.integer = S_RECONNECT_MIN_MS;
+    args[5].type = GRPC_ARG_INTEGER;
+    args[5].key = GRPC_ARG_KEEPALIVE_TIME_MS;
+    args[5].value.integer = S_KEEPALIVE_MS;
+    args[6].type = GRPC_ARG_INTEGER;
+    args[6].key = GRPC_ARG_KEEPALIVE_TIMEOUT_MS;
+    args[6].value.integer = S_KEEPALIVE_TIMEOUT_MS;
+    args[7].type = GRPC_ARG_INTEGER; /* keep pinging a silent stream */
+    args[7].key = GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA;
+    args[7].value.integer = 0;
     grpc_channel_args ca = {sizeof args / sizeof args[0], args};
 
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
