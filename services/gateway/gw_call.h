@@ -127,6 +127,7 @@ struct gw_server {
     imbox_internal_v1_ShardRequest *shard_req;
     /* scratch, owned by the bus thread (used only in bus callbacks) */
     imbox_internal_v1_ShardReply *shard_reply;
+    char shard_why[192];      /* gw__shard_decode's own failure text */
     struct gw_subs *subs;     /* live streams (gw_sub.c) */
 };
 
@@ -150,6 +151,14 @@ void gw__respond_errf(gw_call *c, int status, const char *fmt, ...)
  * answers OK. */
 void gw__respond_pb(gw_call *c, const pb_msgdesc_t *fields, const void *msg,
                     const uint8_t *prefix, size_t prefix_len);
+
+/* Decodes a shard reply into the bus thread's scratch (g->shard_reply),
+ * with its entries into *entries when not NULL (max set by the caller;
+ * malloc'ed, the caller frees). Returns 0, or the failure's status with
+ * *why: the bus's own (status, passed in), the reply not decoding, the
+ * shard's code and error, or entries over their max (then freed). */
+int gw__shard_decode(gw_server *g, int status, const char **why, const uint8_t *reply,
+                     size_t len, im_bytes_in *entries);
 
 /* Decodes a shard reply into the bus thread's scratch, with its entries
  * into *entries (malloc'ed, caller frees). Returns 0 or answers the call

@@ -16,20 +16,10 @@ static void s_on_query(void *arg, int status, const char *why, const uint8_t *re
     gw_part *p = arg;
     gw_call *c = p->c;
     const imbox_internal_v1_ShardReply *r = c->g->shard_reply;
-    if (!status) {
-        imbox_internal_v1_ShardReply *w = c->g->shard_reply;
-        memset(w, 0, sizeof *w);
-        pb_istream_t is = pb_istream_from_buffer(reply, len);
-        if (!pb_decode(&is, imbox_internal_v1_ShardReply_fields, w)) {
-            status = IM_INTERNAL;
-            why = "shard reply does not decode";
-        } else if (w->code) {
-            status = w->code;
-            why = w->error;
-        } else if (w->online_count != (pb_size_t)p->n) {
-            status = IM_INTERNAL;
-            why = "shard reply has the wrong number of answers";
-        }
+    status = gw__shard_decode(c->g, status, &why, reply, len, NULL);
+    if (!status && r->online_count != (pb_size_t)p->n) {
+        status = IM_INTERNAL;
+        why = "shard reply has the wrong number of answers";
     }
     if (status && !c->fail) {
         c->fail = status;

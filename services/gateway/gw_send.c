@@ -43,23 +43,12 @@ static void s_on_store(void *arg, int status, const char *why, const uint8_t *re
 {
     gw_part *p = arg;
     gw_call *c = p->c;
-    imbox_internal_v1_ShardReply *r = c->g->shard_reply;
+    const imbox_internal_v1_ShardReply *r = c->g->shard_reply;
     const char *fail = why;
-    char buf[160];
-    if (!status) {
-        memset(r, 0, sizeof *r);
-        pb_istream_t is = pb_istream_from_buffer(reply, len);
-        if (!pb_decode(&is, imbox_internal_v1_ShardReply_fields, r)) {
-            status = IM_INTERNAL;
-            snprintf(buf, sizeof buf, "shard reply does not decode: %s", PB_GET_ERROR(&is));
-            fail = buf;
-        } else if (r->code) {
-            status = r->code;
-            fail = r->error;
-        } else if (r->results_count != (pb_size_t)p->n) {
-            status = IM_INTERNAL;
-            fail = "shard reply has the wrong number of results";
-        }
+    status = gw__shard_decode(c->g, status, &fail, reply, len, NULL);
+    if (!status && r->results_count != (pb_size_t)p->n) {
+        status = IM_INTERNAL;
+        fail = "shard reply has the wrong number of results";
     }
     for (int i = 0; i < p->n; i++) {
         gw_receipt *rc = &c->receipts[p->idx[i]];

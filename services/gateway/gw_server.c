@@ -114,28 +114,44 @@ void gw__respond_pb(gw_call *c, const pb_msgdesc_t *fields, const void *msg,
 /* Decodes a shard reply into the bus thread's scratch, with its entries
  * into *entries (malloc'ed, caller frees). Returns 0 or answers the call
  * with the failure and returns -1. */
+int gw__shard_decode(gw_server *g, int status, const char **why, const uint8_t *reply,
+                     size_t len, im_bytes_in *entries)
+{
+    if (status)
+        return status;
+    imbox_internal_v1_ShardReply *r = g->shard_reply;
+    memset(r, 0, sizeof *r);
+    if (entries) {
+        r->entries.funcs.decode = im_pb_read_bytes;
+        r->entries.arg = entries;
+    }
+    pb_istream_t is = pb_istream_from_buffer(reply, len);
+    if (!pb_decode(&is, imbox_internal_v1_ShardReply_fields, r)) {
+        snprintf(g->shard_why, sizeof g->shard_why, "shard reply does not decode: %s",
+                 PB_GET_ERROR(&is));
+        *why = g->shard_why;
+        status = IM_INTERNAL;
+    } else if (r->code) {
+        *why = r->error;
+        status = r->code;
+    } else if (entries && entries->over) {
+        *why = "shard reply too large";
+        status = IM_INTERNAL;
+    }
+    if (status && entries) {
+        free(entries->p);
+        entries->p = NULL;
+    }
+    return status;
+}
+
 int gw__shard_reply(gw_call *c, int status, const char *why, const uint8_t *reply,
                     size_t len, im_bytes_in *entries)
 {
-    imbox_internal_v1_ShardReply *r = c->g->shard_reply;
     *entries = (im_bytes_in){.max = GW_REPLY_MAX};
+    status = gw__shard_decode(c->g, status, &why, reply, len, entries);
     if (status) {
         gw__respond(c, status, why, NULL, 0);
-        return -1;
-    }
-    memset(r, 0, sizeof *r);
-    r->entries.funcs.decode = im_pb_read_bytes;
-    r->entries.arg = entries;
-    pb_istream_t is = pb_istream_from_buffer(reply, len);
-    if (!pb_decode(&is, imbox_internal_v1_ShardReply_fields, r)) {
-        free(entries->p);
-        gw__respond_errf(c, IM_INTERNAL, "shard reply does not decode: %s", PB_GET_ERROR(&is));
-        return -1;
-    }
-    if (r->code || entries->over) {
-        free(entries->p);
-        gw__respond(c, r->code ? r->code : IM_INTERNAL,
-                    r->code ? r->error : "shard reply too large", NULL, 0);
         return -1;
     }
     return 0;

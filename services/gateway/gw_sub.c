@@ -216,35 +216,6 @@ static void s_on_ignored(void *arg, int status, const char *why, const uint8_t *
     (void)arg, (void)status, (void)why, (void)reply, (void)len;
 }
 
-/* Decodes a shard reply into the bus thread's scratch (no entries kept).
- * Returns 0, or a status with *why. */
-static int s_reply(gw_server *g, int status, const char **why, const uint8_t *reply,
-                   size_t len, im_bytes_in *entries)
-{
-    if (status)
-        return status;
-    imbox_internal_v1_ShardReply *r = g->shard_reply;
-    memset(r, 0, sizeof *r);
-    if (entries) {
-        r->entries.funcs.decode = im_pb_read_bytes;
-        r->entries.arg = entries;
-    }
-    pb_istream_t is = pb_istream_from_buffer(reply, len);
-    if (!pb_decode(&is, imbox_internal_v1_ShardReply_fields, r)) {
-        *why = "shard reply does not decode";
-        return IM_INTERNAL;
-    }
-    if (r->code) {
-        *why = r->error;
-        return r->code;
-    }
-    if (entries && entries->over) {
-        *why = "shard reply too large";
-        return IM_INTERNAL;
-    }
-    return 0;
-}
-
 /* ------------------------------------------------------------- streams */
 
 static void s_pump(gw_sub *s);
@@ -322,7 +293,7 @@ static void s_on_page(void *arg, int status, const char *why, const uint8_t *rep
     gw_call *c = s->c;
     gw_server *g = c->g;
     im_bytes_in entries = {.max = GW_SUB_PAGE_BYTES + GW_SUB_PAGE * 1024};
-    int code = s_reply(g, status, &why, reply, len, &entries);
+    int code = gw__shard_decode(g, status, &why, reply, len, &entries);
     const imbox_internal_v1_ShardReply *r = g->shard_reply;
     if (!code && r->seqs_count != r->count) {
         code = IM_INTERNAL;
@@ -456,7 +427,7 @@ static void s_on_online(void *arg, int status, const char *why, const uint8_t *r
 {
     gw_sub *s = arg;
     gw_call *c = s->c;
-    int code = s_reply(c->g, status, &why, reply, len, NULL);
+    int code = gw__shard_decode(c->g, status, &why, reply, len, NULL);
     pthread_mutex_lock(&c->g->subs->mu);
     if (!s->ended && code) {
         s_end(s, code, why);
@@ -568,8 +539,8 @@ void gw__sub_closed(gw_call *c)
 
 /* ----------------------------------------------------- bus thread hooks */
 
-/* Calls fn on every stream of the uids that pass keep(shard), under the
- * lock; fn may end the stream (and so free its set). */
+/* Calls fn on every stream of the uids on shard (all uids when shard < 0),
+ * under the lock; fn may end the stream (and so free its set). */
 static void s_each(gw_server *g, int shard, void (*fn)(gw_sub *, void *), void *arg)
 {
     gw_subs *r = g->subs;
