@@ -19,7 +19,9 @@
  *   3. Pages go out one message at a time, each Delivery with its cursor.
  *      When a page is used up, the next is read if the shard said `more` or
  *      a notice told of a seq past the last one read; else the stream is
- *      idle: no thread, no timer, a notice wakes it.
+ *      idle: no thread, no timer, a notice wakes it. A notice that
+ *      carries the very next message (s_take_entry) puts it in the page
+ *      without a read.
  *   4. It ends when the client cancels or its deadline passes (TAG_CLOSE);
  *      with UNAVAILABLE when its shard cannot be read or its shard's
  *      connection dropped (notices may have been lost with it: the client
@@ -613,27 +615,67 @@ void gw__subs_tick(void *arg)
     free(start);
 }
 
-static void s_noticed(gw_sub *s, void *seq)
+/*
+ * Appends the message seq (one PullResponse entry, e[0..n)) to the stream's
+ * page when it is the next one the stream would read: the stream is up to
+ * date (its last read message is seq - 1, no read in flight) and the page
+ * has room. Else the stream reads it later (the caller bumps `noticed`).
+ */
+static bool s_take_entry(gw_sub *s, uint64_t seq, const uint8_t *e, size_t n)
 {
-    uint64_t q = *(const uint64_t *)seq;
-    if (q > s->noticed)
-        s->noticed = q;
-    s_pump(s);
+    if (!e || s->ended || !s->first_read_done || s->reading || seq != s->fetched + 1)
+        return false;
+    size_t left = s->page_len - s->page_off, nleft = s->nseqs - s->iseq;
+    if (nleft >= GW_SUB_PAGE || left + n > GW_SUB_PAGE_BYTES + GW_SUB_PAGE * 1024)
+        return false;
+    uint8_t *page = malloc(left + n);
+    uint64_t *seqs = malloc((nleft + 1) * sizeof *seqs);
+    if (!page || !seqs) {
+        free(page);
+        free(seqs);
+        return false;
+    }
+    if (left) {
+        memcpy(page, s->page + s->page_off, left);
+        memcpy(seqs, s->seqs + s->iseq, nleft * sizeof *seqs);
+    }
+    memcpy(page + left, e, n);
+    seqs[nleft] = seq;
+    free(s->page);
+    free(s->seqs);
+    s->page = page;
+    s->page_len = left + n;
+    s->page_off = 0;
+    s->seqs = seqs;
+    s->nseqs = nleft + 1;
+    s->iseq = 0;
+    s->fetched = seq;
+    return true;
 }
 
+/* One Commit of a Notice, decoded: its entry is checked to be exactly one
+ * PullResponse entry (the shard's bytes are forwarded as they are). */
 static bool s_read_commit(pb_istream_t *st, const pb_field_t *f, void **arg)
 {
     (void)f;
     gw_server *g = *arg;
     imbox_internal_v1_Commit cm = imbox_internal_v1_Commit_init_zero;
-    if (!pb_decode(st, imbox_internal_v1_Commit_fields, &cm))
-        return false;
-    gw_uidset *u = *s_slot(g->subs, cm.uid);
+    im_bytes_in entry = {.max = IM_CONTENT_MAX + 1024};
+    cm.entry.funcs.decode = im_pb_read_bytes;
+    cm.entry.arg = &entry;
+    bool ok = pb_decode(st, imbox_internal_v1_Commit_fields, &cm);
+    const uint8_t *e = entry.p;
+    if (ok && e && s_entry_len(e, entry.n) != entry.n)
+        e = NULL; /* malformed: the stream reads the message instead */
+    gw_uidset *u = ok ? *s_slot(g->subs, cm.uid) : NULL;
     for (gw_sub *s = u ? u->subs : NULL, *sn; s; s = sn) {
         sn = s->next;
-        s_noticed(s, &cm.seq);
+        if (!s_take_entry(s, cm.seq, e, entry.n) && cm.seq > s->noticed)
+            s->noticed = cm.seq;
+        s_pump(s);
     }
-    return true;
+    free(entry.p);
+    return ok;
 }
 
 /* A shard's Notice: wakes the streams of the uids it names. */

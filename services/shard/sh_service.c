@@ -33,6 +33,8 @@
                                         whole set on this shard */
 #define SH_EXPIRE_EVERY_MS 1000      /* lapsed leases dropped this often */
 #define SH_HOLDERS_MAX 64            /* gateways notified per uid */
+#define SH_NOTICE_ENTRY_MAX 16384    /* content carried inside a Commit ... */
+#define SH_NOTICE_INLINE_MAX (1024 * 1024) /* ... while a Notice is smaller */
 
 typedef enum { JOB_STORE = 1, JOB_READ, JOB_ACK, JOB_COUNTS } sh_kind;
 
@@ -74,6 +76,7 @@ struct sh_service {
     sh_presence *pres;                  /* live streams (thread-owned) */
     im_buf *notices;                    /* per gateway number: Commit entries
                                            of the finished batch */
+    im_buf entry;                       /* one Commit's message (thread-owned) */
     int nnotices;
 };
 
@@ -234,17 +237,41 @@ static void s_counts_reply(sh_service *sh, const st_req *r)
 /* --------------------------------------------------------------- push */
 
 /*
- * A message for uid was stored as seq: if gateways hold live streams for
- * uid, queue a Commit for each (sent by s_notices_send once the whole batch
- * of finished jobs is answered: one ZeroMQ message per gateway per batch).
- * Returns whether uid was online.
+ * A message for p->receiver was stored as p->seq: if gateways hold live
+ * streams for it, queue a Commit for each (sent by s_notices_send once the
+ * whole batch of finished jobs is answered: one ZeroMQ message per gateway
+ * per batch). The Commit carries the message itself while it is at most
+ * SH_NOTICE_ENTRY_MAX bytes and the gateway's Notice at most
+ * SH_NOTICE_INLINE_MAX, so that a stream that is up to date pushes it
+ * without a read round trip; past those, "read up to seq" (the stream
+ * reads it, bounded by its page). Returns whether the receiver was online.
  */
-static bool s_notice_add(sh_service *sh, const char *uid, uint64_t seq)
+static bool s_notice_add(sh_service *sh, const st_put *p)
 {
     int gws[SH_HOLDERS_MAX];
-    int n = sh_presence_holders(sh->pres, uid, s_mono_ms(), gws, SH_HOLDERS_MAX);
-    imbox_internal_v1_Commit c = {.seq = seq};
-    s_copy(c.uid, sizeof c.uid, uid);
+    int n = sh_presence_holders(sh->pres, p->receiver, s_mono_ms(), gws, SH_HOLDERS_MAX);
+    if (n == 0)
+        return false;
+    imbox_internal_v1_Commit c = {.seq = p->seq};
+    s_copy(c.uid, sizeof c.uid, p->receiver);
+    im_buf *e = &sh->entry;
+    e->n = 0;
+    if (p->content_len <= SH_NOTICE_ENTRY_MAX) {
+        imbox_v1_Message m;
+        memset(&m, 0, sizeof m);
+        s_copy(m.msg_id, sizeof m.msg_id, p->msg_id);
+        s_copy(m.sender_uid, sizeof m.sender_uid, p->sender);
+        s_copy(m.receiver_uid, sizeof m.receiver_uid, p->receiver);
+        m.send_time_ms = p->send_time_ms;
+        m.msg_type = p->msg_type;
+        im_bytes_out content = {p->content, p->content_len};
+        m.content.funcs.encode = im_pb_write_bytes;
+        m.content.arg = &content;
+        if (im_pb_append_submsg(e, imbox_v1_PullResponse_messages_tag, imbox_v1_Message_fields,
+                                &m))
+            e->n = 0; /* out of memory: the stream reads it */
+    }
+    im_bytes_out entry = {e->p, e->n};
     for (int i = 0; i < n; i++) {
         if (gws[i] >= sh->nnotices) {
             int cap = sh_presence_gateways(sh->pres);
@@ -255,10 +282,14 @@ static bool s_notice_add(sh_service *sh, const char *uid, uint64_t seq)
             sh->notices = v;
             sh->nnotices = cap;
         }
-        im_pb_append_submsg(&sh->notices[gws[i]], imbox_internal_v1_Notice_commits_tag,
+        im_buf *b = &sh->notices[gws[i]];
+        bool inline_ok = e->n && b->n + e->n <= SH_NOTICE_INLINE_MAX;
+        c.entry.funcs.encode = inline_ok ? im_pb_write_bytes : NULL;
+        c.entry.arg = inline_ok ? &entry : NULL;
+        im_pb_append_submsg(b, imbox_internal_v1_Notice_commits_tag,
                             imbox_internal_v1_Commit_fields, &c);
     }
-    return n > 0;
+    return true;
 }
 
 /* Sends each gateway its Notice: [routing id][8 zero bytes][Commit entries]
@@ -309,7 +340,7 @@ static void s_job_finish(sh_service *sh, sh_job *j)
             res->seq = p->seq;
             res->send_time_ms = p->send_time_ms;
             if (p->code == ST_OK && !p->duplicate)
-                res->online = s_notice_add(sh, p->receiver, p->seq);
+                res->online = s_notice_add(sh, p);
         }
         break;
     case JOB_ACK:
@@ -809,6 +840,7 @@ static void s_free(sh_service *sh)
     pthread_cond_destroy(&sh->sweep_cv);
     pthread_mutex_destroy(&sh->mu);
     im_buf_free(&sh->entries);
+    im_buf_free(&sh->entry);
     for (int i = 0; i < sh->nnotices; i++)
         im_buf_free(&sh->notices[i]);
     free(sh->notices);

@@ -158,6 +158,8 @@ class LiveClusterTest(LiveTestCase):
         sub = self.subscribe(b_gw2)
         h.wait_presence(a, b_uid, True, ONLINE_BOUND_S)   # asked on gateway 1
 
+        # Small messages ride inside the shard's notice; the 64 KiB one does
+        # not (over 16 KiB: the stream reads it), between them.
         kinds = [(0, b''), (-1, b'\x00\x01\x02\xff' * 8), (2 ** 31 - 1, b'x' * MAX_CONTENT)]
         sent = []
         for i in range(20):
