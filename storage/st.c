@@ -138,7 +138,8 @@ struct st_shard {
     pthread_cond_t cv;
     st_req *head, *tail;
     bool closing;
-    pthread_t writer;
+    pthread_t writer;    /* the writer thread, unless o.wake (inline) */
+    struct s_writer *inl; /* inline mode: the writer state st_run uses */
     st_stats stats;
 };
 
@@ -1185,14 +1186,57 @@ static void s_round(s_writer *w, st_req *list)
     s_batch_commit(w);
 }
 
+static int s_writer_init(s_writer *w, st_shard *s)
+{
+    memset(w, 0, sizeof *w);
+    w->s = s;
+    w->wb = rocksdb_writebatch_create();
+    w->awb = rocksdb_writebatch_create();
+    w->rec = malloc(ST_MSG_FIXED + ST_UID_MAX + ST_MSGID_MAX + ST_CONTENT_MAX);
+    return w->rec ? 0 : -1;
+}
+
+static void s_writer_fini(s_writer *w)
+{
+    s_ov_free(&w->ov);
+    s_ov_free(&w->aov);
+    free(w->acked);
+    free(w->rec);
+    if (w->wb)
+        rocksdb_writebatch_destroy(w->wb);
+    if (w->awb)
+        rocksdb_writebatch_destroy(w->awb);
+}
+
+/* Takes the whole queue (NULL when empty). */
+static st_req *s_take(st_shard *s)
+{
+    pthread_mutex_lock(&s->mu);
+    st_req *list = s->head;
+    s->head = s->tail = NULL;
+    pthread_mutex_unlock(&s->mu);
+    return list;
+}
+
+size_t st_run(st_shard *s)
+{
+    assert(s->inl && "st_run: the shard has its own writer thread");
+    size_t n = 0;
+    st_req *list = s_take(s);
+    for (st_req *r = list; r; r = r->next_)
+        n++;
+    if (list)
+        s_round(s->inl, list);
+    return n;
+}
+
 static void *s_writer_main(void *arg)
 {
     st_shard *s = arg;
-    s_writer w = {.s = s};
-    w.wb = rocksdb_writebatch_create();
-    w.awb = rocksdb_writebatch_create();
-    w.rec = malloc(ST_MSG_FIXED + ST_UID_MAX + ST_MSGID_MAX + ST_CONTENT_MAX);
-    assert(w.rec && "out of memory at writer start");
+    s_writer w;
+    int rc = s_writer_init(&w, s);
+    assert(rc == 0 && "out of memory at writer start");
+    (void)rc;
     for (;;) {
         pthread_mutex_lock(&s->mu);
         while (!s->head && !s->closing)
@@ -1205,12 +1249,7 @@ static void *s_writer_main(void *arg)
             break;
         s_round(&w, list);
     }
-    s_ov_free(&w.ov);
-    s_ov_free(&w.aov);
-    free(w.acked);
-    free(w.rec);
-    rocksdb_writebatch_destroy(w.wb);
-    rocksdb_writebatch_destroy(w.awb);
+    s_writer_fini(&w);
     return NULL;
 }
 
@@ -1336,7 +1375,16 @@ int st_open(const char *dir, const st_options *o, st_shard **out, st_error *err)
         s_free(s);
         return rc;
     }
-    if ((rc = pthread_create(&s->writer, NULL, s_writer_main, s))) {
+    if (s->o.wake) {
+        if (!(s->inl = malloc(sizeof *s->inl)) || s_writer_init(s->inl, s)) {
+            if (s->inl)
+                s_writer_fini(s->inl);
+            free(s->inl);
+            s->inl = NULL;
+            s_free(s);
+            return s_err(err, ST_ENOMEM, "out of memory");
+        }
+    } else if ((rc = pthread_create(&s->writer, NULL, s_writer_main, s))) {
         s_err(err, ST_ENOMEM, "writer thread: %s", strerror(rc));
         s_free(s);
         return ST_ENOMEM;
@@ -1355,7 +1403,14 @@ void st_close(st_shard **sp)
     s->closing = true;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
-    pthread_join(s->writer, NULL);
+    if (s->inl) { /* every accepted request completes, here */
+        while (st_run(s))
+            ;
+        s_writer_fini(s->inl);
+        free(s->inl);
+    } else {
+        pthread_join(s->writer, NULL);
+    }
     s_free(s);
     *sp = NULL;
 }
@@ -1404,6 +1459,7 @@ int st_submit(st_shard *s, st_req *r)
         pthread_mutex_unlock(&s->mu);
         return s_err(err, ST_ECLOSED, "shard is closing");
     }
+    bool was_empty = !s->head;
     if (s->tail)
         s->tail->next_ = r;
     else
@@ -1411,6 +1467,8 @@ int st_submit(st_shard *s, st_req *r)
     s->tail = r;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
+    if (was_empty && s->o.wake)
+        s->o.wake(s->o.wake_arg);
     return ST_OK;
 }
 

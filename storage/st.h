@@ -98,6 +98,15 @@ typedef struct st_options {
     size_t block_cache_bytes;   /* RocksDB block cache (default 64 MiB) */
     st_clock_fn clock;          /* default: CLOCK_REALTIME */
     void *clock_ctx;
+    /* Who executes the writes. NULL (default): the engine's own writer
+     * thread. Set (inline mode): no thread; st_submit() queues and calls
+     * wake(wake_arg) when the queue was empty, and the owner calls st_run()
+     * to execute what is queued on its own thread, `done` callbacks
+     * included: no thread hand-off either way. Then only that thread may
+     * call st_run() and st_close(), and it must not call the blocking
+     * helpers (st_append, st_ack, st_expire...): another thread may. */
+    void (*wake)(void *wake_arg);
+    void *wake_arg;
 } st_options;
 
 /* Fills *o with the defaults above. */
@@ -178,7 +187,8 @@ struct st_req {
     uint64_t total;
 
     st_error err;       /* out: request-level result (err.code) */
-    st_done_fn done;    /* called exactly once, on the writer thread, when
+    st_done_fn done;    /* called exactly once, on the writer thread (in
+                           inline mode: the thread in st_run), when
                            the request is complete; must not block long */
     void *arg;          /* for the caller */
 
@@ -199,6 +209,11 @@ struct st_req {
  * sequence ever assigned (nothing deleted), ST_EIO.
  */
 int st_submit(st_shard *s, st_req *req);
+
+/* Inline mode (st_options.wake set): executes every request queued so far
+ * on the calling thread, the appends gathered into group commits as the
+ * writer thread would, and returns how many it executed. */
+size_t st_run(st_shard *s);
 
 /* Synchronous wrappers: submit and wait for completion. */
 int st_append(st_shard *s, st_put *puts, size_t n, st_error *err);

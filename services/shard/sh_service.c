@@ -77,6 +77,7 @@ struct sh_service {
     im_buf *notices;                    /* per gateway number: Commit entries
                                            of the finished batch */
     im_buf entry;                       /* one Commit's message (thread-owned) */
+    bool inline_writes;                 /* the engine writes on this thread */
     int nnotices;
 };
 
@@ -797,6 +798,10 @@ static void *s_main(void *arg)
             s_drain_done(sh);
         for (int i = 0; i < SH_RECV_BURST && s_recv_one(sh); i++)
             ;
+        /* Inline writes: what arrived while the last commit was being
+         * fsync'ed waited in the socket, so this is the group commit. */
+        if (sh->inline_writes && st_run(sh->st))
+            s_drain_done(sh);
         int64_t now = s_mono_ms();
         if (now >= next_expire) {
             held = sh_presence_expire(sh->pres, now);
@@ -812,19 +817,27 @@ static void *s_main(void *arg)
     return NULL;
 }
 
-/* Engine callback, on the writer thread: queue the job, wake the thread. */
+static void s_wake(void *arg)
+{
+    sh_service *sh = arg;
+    uint64_t one = 1;
+    if (write(sh->efd, &one, sizeof one) < 0)
+        fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index, strerror(errno));
+}
+
+/* Engine callback, on the writer thread (inline: this thread, in st_run):
+ * queue the job; a writer thread wakes this one. */
 static void s_job_done(st_req *r)
 {
     sh_service *sh = r->arg;
     sh_job *j = (sh_job *)r; /* req is the first member */
     pthread_mutex_lock(&sh->mu);
-    bool wake = !sh->done; /* one eventfd write per batch of completions */
+    bool wake = !sh->done && !sh->inline_writes; /* one write per batch */
     j->next = sh->done;
     sh->done = j;
     pthread_mutex_unlock(&sh->mu);
-    uint64_t one = 1;
-    if (wake && write(sh->efd, &one, sizeof one) < 0)
-        fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index, strerror(errno));
+    if (wake)
+        s_wake(sh);
 }
 
 /* --------------------------------------------------------- start, stop */
@@ -883,7 +896,13 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
     }
     mkdir(c->dir, 0700);
     st_error e;
-    if (st_open(c->dir, &c->st, &sh->st, &e)) {
+    st_options o = c->st;
+    sh->inline_writes = !c->writer_thread;
+    if (sh->inline_writes) {
+        o.wake = s_wake; /* the sweeper's requests wake this thread */
+        o.wake_arg = sh;
+    }
+    if (st_open(c->dir, &o, &sh->st, &e)) {
         snprintf(err, errlen, "shard %d: %s", c->index, e.msg);
         s_free(sh);
         return NULL;

@@ -29,6 +29,8 @@ typedef struct sh_config {
     st_options st;          /* engine options */
     void *zctx;             /* ZeroMQ context; the caller keeps it alive */
     int64_t sweep_ms;       /* expiry sweep period (0 = default 10 min) */
+    bool writer_thread;     /* the engine's own writer thread (default:
+                               writes run on the socket thread, st_run) */
 } sh_config;
 
 typedef struct sh_service sh_service;

@@ -28,6 +28,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -2771,6 +2772,177 @@ out:
     fx_finish(&f);
 }
 
+/* Inline mode (st_options.wake): no writer thread. st_submit only queues
+ * (wake once per empty-to-non-empty), st_run executes the whole queue on
+ * the calling thread as one round (group commit, submission order, every
+ * done once, on this thread), a blocking helper from another thread works
+ * by waking the owner, and st_close completes what is still queued. */
+#define IW_N 40
+
+typedef struct iw_ctx {
+    atomic_int wakes;
+    int calls[IW_N + 2];
+    bool other_thread;
+    pthread_t owner;
+} iw_ctx;
+
+static void iw_wake(void *arg)
+{
+    atomic_fetch_add(&((iw_ctx *)arg)->wakes, 1);
+}
+
+typedef struct iw_req {
+    st_req req; /* first */
+    iw_ctx *ctx;
+    int i;
+    st_put put;
+    char id[16];
+} iw_req;
+
+static void iw_done(st_req *r)
+{
+    iw_req *q = (iw_req *)r;
+    q->ctx->calls[q->i]++;
+    if (!pthread_equal(pthread_self(), q->ctx->owner))
+        q->ctx->other_thread = true;
+}
+
+static void iw_append(iw_ctx *c, iw_req *q, int i, const char *uid, const char *id_prefix)
+{
+    memset(q, 0, sizeof *q);
+    q->ctx = c;
+    q->i = i;
+    snprintf(q->id, sizeof q->id, "%s%d", id_prefix, i);
+    q->put = (st_put){.receiver = uid, .sender = i % 2 ? "bob" : "carol", .msg_id = q->id,
+                      .content = "x", .content_len = 1};
+    q->req = (st_req){.type = ST_REQ_APPEND, .puts = &q->put, .nputs = 1, .done = iw_done};
+}
+
+static int64_t iw_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+typedef struct iw_blocker {
+    fx *f;
+    int rc;
+    uint64_t seq;
+    atomic_bool finished;
+} iw_blocker;
+
+static void *iw_block_run(void *arg)
+{
+    iw_blocker *b = arg;
+    st_put p = {.receiver = "iw", .sender = "dave", .msg_id = "blocking", .content = "y",
+                .content_len = 1};
+    st_error err;
+    b->rc = st_append(b->f->s, &p, 1, &err);
+    b->seq = p.seq;
+    atomic_store(&b->finished, true);
+    return NULL;
+}
+
+static void test_inline_writes(void)
+{
+    fx f;
+    rlist r = {0};
+    static iw_ctx c;
+    static iw_req q[IW_N + 2];
+    memset(&c, 0, sizeof c);
+    atomic_init(&c.wakes, 0);
+    c.owner = pthread_self();
+    if (!fx_init(&f, true))
+        return;
+    f.opt.wake = iw_wake;
+    f.opt.wake_arg = &c;
+    if (!fx_open(&f))
+        goto out;
+
+    /* 20 appends, an ack of the first 10, 20 more, counts: queued only. */
+    for (int i = 0; i < IW_N; i++) {
+        iw_append(&c, &q[i], i, "iw", "m");
+        if (i == IW_N / 2) {
+            q[IW_N] = (iw_req){.ctx = &c, .i = IW_N};
+            q[IW_N].req = (st_req){.type = ST_REQ_ACK, .uid = "iw", .upto = 10, .done = iw_done};
+            EXPECT_CODE(st_submit(f.s, &q[IW_N].req), ST_OK);
+        }
+        EXPECT_CODE(st_submit(f.s, &q[i].req), ST_OK);
+    }
+    q[IW_N + 1] = (iw_req){.ctx = &c, .i = IW_N + 1};
+    q[IW_N + 1].req = (st_req){.type = ST_REQ_COUNTS, .uid = "iw", .done = iw_done};
+    EXPECT_CODE(st_submit(f.s, &q[IW_N + 1].req), ST_OK);
+    EXPECT_I64(atomic_load(&c.wakes), 1);
+    int early = 0;
+    for (int i = 0; i < IW_N + 2; i++)
+        early += c.calls[i];
+    EXPECT_I64(early, 0);
+
+    EXPECT_U64(st_run(f.s), IW_N + 2);
+    EXPECT_U64(st_run(f.s), 0);
+    int not_once = 0;
+    for (int i = 0; i < IW_N + 2; i++)
+        not_once += c.calls[i] != 1;
+    EXPECT_I64(not_once, 0);
+    EXPECT_TRUE(!c.other_thread);
+    for (int i = 0; i < IW_N; i++)
+        if (!EXPECT_U64(q[i].put.seq, (uint64_t)i + 1) || !EXPECT_CODE(q[i].put.code, ST_OK))
+            break;
+    EXPECT_CODE(q[IW_N].req.err.code, ST_OK);
+    EXPECT_U64(q[IW_N].req.deleted, 10);
+    EXPECT_U64(q[IW_N + 1].req.total, IW_N - 10);
+    free(q[IW_N + 1].req.counts);
+    st_stats st;
+    stats(&f, &st);
+    EXPECT_U64(st.appends, IW_N);
+    EXPECT_TRUE(st.commits >= 1 && st.commits <= 2); /* the ack splits the batch */
+
+    /* A blocking append from another thread: it wakes this one. */
+    static iw_blocker b;
+    memset(&b, 0, sizeof b);
+    b.f = &f;
+    atomic_init(&b.finished, false);
+    int wakes = atomic_load(&c.wakes);
+    pthread_t th;
+    if (!EXPECT_I64(pthread_create(&th, NULL, iw_block_run, &b), 0))
+        goto out;
+    int64_t until = iw_now_ms() + 10000;
+    while (!atomic_load(&b.finished) && iw_now_ms() < until) {
+        if (atomic_load(&c.wakes) > wakes)
+            st_run(f.s);
+        sched_yield();
+    }
+    bool finished = atomic_load(&b.finished);
+    EXPECT_TRUE(finished);
+    if (!finished) { /* unblock it before failing out */
+        while (!atomic_load(&b.finished))
+            st_run(f.s);
+    }
+    pthread_join(th, NULL);
+    EXPECT_CODE(b.rc, ST_OK);
+    EXPECT_U64(b.seq, IW_N + 1);
+
+    /* Queued, never run: st_close completes them, and they are durable. */
+    memset(c.calls, 0, sizeof c.calls);
+    for (int i = 0; i < 5; i++) {
+        iw_append(&c, &q[i], i, "iw2", "late");
+        EXPECT_CODE(st_submit(f.s, &q[i].req), ST_OK);
+    }
+    st_close(&f.s);
+    for (int i = 0; i < 5; i++)
+        EXPECT_I64(c.calls[i], 1);
+    f.opt.wake = NULL; /* reopen with a writer thread: same data */
+    if (!fx_open(&f))
+        goto out;
+    EXPECT_U64(inbox(&f, "iw").count, IW_N + 1 - 10);
+    if (read_all(&f, "iw2", NULL, &r))
+        expect_seq_range(&r, 1, 5);
+out:
+    rlist_free(&r);
+    fx_finish(&f);
+}
+
 /* ================================================================= runner */
 
 static const im_cunit_test tests[] = {
@@ -2798,6 +2970,7 @@ static const im_cunit_test tests[] = {
     {"large_acks_use_disjoint_ranges", test_large_acks_use_disjoint_ranges},
     {"reopen_after_many_small_acks", test_reopen_after_many_small_acks},
     {"old_conversation_ack_ranges", test_old_conversation_ack_ranges},
+    {"inline_writes", test_inline_writes},
 };
 
 int main(int argc, char **argv)
