@@ -1106,6 +1106,7 @@ static int s_loop(s_pace pace, const char *what)
         cap = C->d->max_outstanding;
     C->timed = pace != P_FILL;
     C->open = pace == P_OPEN;
+    C->outstanding_max = 0;
     C->t0 = s_ns() + (pace == P_OPEN ? 1000000 : 0);
     C->next_tick = C->t0 + 1000000000LL;
     int64_t stop = 0, bound = 0;
@@ -1589,6 +1590,10 @@ static void s_put_figures(s_core *c, int64_t cpu_ns, bool cpu_ok, int nprocs, in
             bc_put_double("server_cpu_ms", (double)cpu_ns / 1e6, 0);
             bc_put_double("server_cpu_us_per_call",
                           c->calls_ok ? (double)cpu_ns / 1e3 / (double)c->calls_ok : 0, 1);
+            if (c->work == W_DRAIN)
+                bc_put_double("server_cpu_us_per_msg",
+                              c->msgs_pulled ? (double)cpu_ns / 1e3 / (double)c->msgs_pulled : 0,
+                              2);
         }
     }
     bc_put_double("gen_cpu_ms", (double)gen_ns / 1e6, 0);

@@ -278,7 +278,7 @@ typedef struct s_stream s_stream;
  * received and what it still has to ack. */
 typedef struct s_sub {
     uint32_t idx;
-    char uid[48];
+    char uid[64];
     char auth[IM_TOKEN_MAX + 8]; /* "Bearer <token>": lives as long as the bench */
     size_t auth_len;
     s_stream *st;                /* NULL when none is open (or it ended) */
@@ -359,12 +359,12 @@ typedef struct pb {
 
     grpc_completion_queue *cq;
     im_secret secret;
-    char run[32];
+    char run[41];
     grpc_channel *ch_send, *ch_ctl, *ch_sub[PB_MAX_CHANNELS];
     int nch;
     uint32_t *ch_open;        /* streams confirmed open per channel */
     s_sub *subs;
-    char sender[48];
+    char sender[64];
     char auth[IM_TOKEN_MAX + 8];
     size_t auth_len;
 
@@ -1617,8 +1617,12 @@ int pb_run(const pb_args *a, pb_put_fn put)
     }
 
     /* Fresh uids per run: every inbox starts empty. */
-    snprintf(b->run, sizeof b->run, "pb%lx%x", (unsigned long)time(NULL), (unsigned)getpid());
-    snprintf(b->sender, sizeof b->sender, "%.31s-snd", b->run);
+    if (a->run_id)
+        snprintf(b->run, sizeof b->run, "%s", a->run_id);
+    else
+        snprintf(b->run, sizeof b->run, "pb%lx%x", (unsigned long)time(NULL),
+                 (unsigned)getpid());
+    snprintf(b->sender, sizeof b->sender, "%.40s-snd", b->run);
     if (s_make_auth(&b->secret, b->sender, b->auth, &b->auth_len))
         return 1;
     b->subs = calloc(b->nsubs + 1, sizeof *b->subs); /* + the preflight's */
@@ -1632,7 +1636,7 @@ int pb_run(const pb_args *a, pb_put_fn put)
     for (uint32_t i = 0; i <= b->nsubs; i++) {
         s_sub *s = &b->subs[i];
         s->idx = i;
-        snprintf(s->uid, sizeof s->uid, "%.31s-s%u", b->run, (unsigned)i);
+        snprintf(s->uid, sizeof s->uid, "%.40s-s%u", b->run, (unsigned)i);
         if (s_make_auth(&b->secret, s->uid, s->auth, &s->auth_len))
             return 1;
     }

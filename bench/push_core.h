@@ -37,6 +37,8 @@ typedef struct pb_args {
     int gw_pid;              /* idle: the gateway whose RSS is measured */
     uint32_t probe_calls;    /* idle: Health and Send probes */
     double probe_rate;       /* idle: probes/s */
+    const char *run_id;      /* prefix of uids and msg_ids, at most 40
+                                characters; NULL: "pb" time and pid */
 } pb_args;
 
 typedef void (*pb_put_fn)(const char *key, bool str, const char *val);
