@@ -1253,7 +1253,7 @@ static void s_usage(FILE *f, const char *prog, const char *extra)
             "  pacing:  --inflight N (closed loop, default 16) | --rate R (open loop, calls/s)\n"
             "           --max-outstanding N (open loop cap, 4096)  --timeout-ms MS (10000)\n"
             "  length:  --seconds S (default 5; drain: its bound, 600) | --count N (calls)\n"
-            "  users:   --receivers R (send, mixed, noop 1000; drain, counts 100)\n"
+            "  users:   --receivers R (send, mixed 1000; drain, counts 100)\n"
             "           --senders S (10)  --pick rr|random (rr)  --run-id ID\n"
             "  payload: --content BYTES (100)  --group K (1)  --page P (100)\n"
             "           --backlog M (drain 1000, counts 100)  --mix send=8,pull=1,counts=1\n"
@@ -1267,8 +1267,12 @@ static int s_num(const char *flag, const char *v, double lo, double hi, double *
 {
     char *end;
     errno = 0;
-    double x = v ? strtod(v, &end) : 0;
-    if (!v || errno || end == v || *end || !(x >= lo && x <= hi)) {
+    if (!v) {
+        fprintf(stderr, "bench: %s needs a value\n", flag);
+        return -1;
+    }
+    double x = strtod(v, &end);
+    if (errno || end == v || *end || !(x >= lo && x <= hi)) {
         fprintf(stderr, "bench: %s: '%s' is not a number in %g..%g\n", flag, v ? v : "",
                 lo, hi);
         return -1;
@@ -1376,9 +1380,10 @@ static int s_parse(s_core *c, int argc, char **argv, bc_extra_fn extra, void *ct
             s_usage(stderr, argv[0], usage_extra);
             return 2;
         }
-        if (took < 0 || !v) {
-            if (!v)
-                fprintf(stderr, "bench: %s needs a value\n", a);
+        if (took < 0)
+            return 2;
+        if (!v) {
+            fprintf(stderr, "bench: %s needs a value\n", a);
             return 2;
         }
         if (!inline_v)
@@ -1691,7 +1696,7 @@ int bc_main(int argc, char **argv, bc_driver *d, bc_extra_fn parse_extra, void *
     s_put_head(c);
     bool opened = false;
     if (d->open(d->self)) {
-        s_fatal("%s: cannot reach the system", d->name);
+        s_fatal("%s: could not open (see above)", d->name);
         rc = 1;
     } else {
         opened = true;
