@@ -1107,6 +1107,7 @@ static int s_loop(s_pace pace, const char *what)
     C->timed = pace != P_FILL;
     C->open = pace == P_OPEN;
     C->outstanding_max = 0;
+    C->scheduled = 0;
     C->t0 = s_ns() + (pace == P_OPEN ? 1000000 : 0);
     C->next_tick = C->t0 + 1000000000LL;
     int64_t stop = 0, bound = 0;
