@@ -69,9 +69,10 @@
  * commit one after the other, each waiting for its own WAL flush, and
  * never share one; separate connections commit concurrently and do.
  */
-#include "bench_core.h"
+#include "peer.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdio.h>
@@ -83,6 +84,7 @@
 #define PG_CONNS_DEFAULT_MAX 1024 /* above max_connections of any sane server */
 #define PG_NAMES_MAX 64           /* distinct error names kept for the report */
 #define PG_CURSOR_LEN 24          /* "9223372036854775807" and a NUL */
+#define PG_OPEN_LOOP_CONNS 64     /* opened before an open-loop run (--rate) */
 
 /* ------------------------------------------------------------ statements */
 
@@ -151,18 +153,13 @@ typedef struct pg_conn {
     int64_t started_ns; /* when op was sent (its deadline: + timeout_ns) */
 } pg_conn;
 
-typedef struct s_fifo {  /* a growable ring of ops, oldest first */
-    bc_op **v;
-    size_t cap, head, n;
-} s_fifo;
-
 typedef struct pg_drv {
     const char *conninfo;
     int preopen, max_conns;
     pg_conn **conns;     /* every live connection (each allocated alone) */
     int nconns, cap_conns;
-    s_fifo waiting;      /* calls with no idle connection yet */
-    s_fifo failed;       /* calls that failed in start(): completed by poll() */
+    peer_fifo waiting;      /* calls with no idle connection yet */
+    peer_fifo failed;       /* calls that failed in start(): completed by poll() */
     struct pollfd *pfd;  /* poll set, rebuilt per poll; pfd_conn maps it back */
     pg_conn **pfd_conn;
     bc_entry *entries;   /* one page, reused: bc_done() copies it */
@@ -178,35 +175,6 @@ typedef struct pg_drv {
     char version[32], fsync[16], sync_commit[16], wal_sync[32], max_connections[16],
         shared_buffers[16];
 } pg_drv;
-
-static bool s_fifo_push(s_fifo *f, bc_op *op)
-{
-    if (f->n == f->cap) {
-        size_t cap = f->cap ? f->cap * 2 : 64;
-        bc_op **v = malloc(cap * sizeof *v);
-        if (!v)
-            return false;
-        for (size_t i = 0; i < f->n; i++)
-            v[i] = f->v[(f->head + i) % f->cap];
-        free(f->v);
-        f->v = v;
-        f->cap = cap;
-        f->head = 0;
-    }
-    f->v[(f->head + f->n) % f->cap] = op;
-    f->n++;
-    return true;
-}
-
-static bc_op *s_fifo_pop(s_fifo *f)
-{
-    if (f->n == 0)
-        return NULL;
-    bc_op *op = f->v[f->head];
-    f->head = (f->head + 1) % f->cap;
-    f->n--;
-    return op;
-}
 
 /* The status name for an error: "pg:" and the SQLSTATE when the server
  * sent one, else a fixed name. Interned: the core may keep the pointer. */
@@ -512,21 +480,6 @@ static const char *s_id(const PGresult *r, int row, int col)
     return v; /* libpq NUL-terminates every value, binary ones too */
 }
 
-static bool s_grow(void **v, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return true;
-    size_t n = *cap ? *cap : 64;
-    while (n < need)
-        n *= 2;
-    void *p = realloc(*v, n * elem);
-    if (!p)
-        return false;
-    *v = p;
-    *cap = n;
-    return true;
-}
-
 /* Fills op's result from the statement's result r. False: r is not what
  * the statement returns (the op fails as MALFORMED, bench_core.h). */
 static bool s_fill(pg_drv *d, bc_op *op, s_query q, const PGresult *r)
@@ -556,7 +509,7 @@ static bool s_fill(pg_drv *d, bc_op *op, s_query q, const PGresult *r)
     case Q_PULL:
     case Q_PULL_CONV: {
         if (PQnfields(r) != 4 || rows > op->page ||
-            !s_grow((void **)&d->entries, &d->cap_entries, (size_t)rows + 1, sizeof *d->entries))
+            !peer_grow((void **)&d->entries, &d->cap_entries, (size_t)rows + 1, sizeof *d->entries))
             return false;
         int64_t last = -1;
         for (int row = 0; row < rows; row++) {
@@ -582,7 +535,7 @@ static bool s_fill(pg_drv *d, bc_op *op, s_query q, const PGresult *r)
     }
     case Q_COUNTS:
         if (PQnfields(r) != 3 ||
-            !s_grow((void **)&d->counts, &d->cap_counts, (size_t)rows + 1, sizeof *d->counts))
+            !peer_grow((void **)&d->counts, &d->cap_counts, (size_t)rows + 1, sizeof *d->counts))
             return false;
         for (int row = 0; row < rows; row++) {
             int64_t n;
@@ -679,27 +632,39 @@ static void s_event(pg_drv *d, pg_conn *c, short ev, int *completed)
         s_conn_fail(d, c, "connection", completed);
 }
 
+/* One more connection while the run goes on (blocking: counted, and said
+ * at the end). When the server refuses one, the pool stops growing. */
+static pg_conn *s_conn_more(pg_drv *d)
+{
+    pg_conn *c = s_conn_open(d);
+    if (c) {
+        d->opened_late++;
+    } else {
+        fprintf(stderr, "pg-bench: the pool stays at %d connections\n", d->nconns);
+        d->max_conns = d->nconns;
+    }
+    return c;
+}
+
 /* Gives waiting calls the idle connections, opening more when allowed. */
 static void s_dispatch(pg_drv *d, int *completed)
 {
     while (d->waiting.n) {
         pg_conn *c = s_idle(d);
         if (!c && d->nconns < d->max_conns) {
-            c = s_conn_open(d);
-            if (c)
-                d->opened_late++;
+            c = s_conn_more(d);
         }
         if (!c) {
             if (s_busy(d))
                 return; /* one will finish */
             /* nothing in flight and no connection to be had: fail them */
-            for (bc_op *op; (op = s_fifo_pop(&d->waiting));) {
+            for (bc_op *op; (op = peer_fifo_pop(&d->waiting));) {
                 s_fail(op, "pg:connection");
                 (*completed)++;
             }
             return;
         }
-        bc_op *op = s_fifo_pop(&d->waiting);
+        bc_op *op = peer_fifo_pop(&d->waiting);
         if (!s_send(c, op)) {
             s_conn_break(d, c, "send");
             s_fail(op, "pg:connection");
@@ -718,15 +683,9 @@ static int pg_open(void *self)
         return -1;
     }
     /* One connection per call in flight, opened now so that connecting is
-     * not timed; an open loop grows its pool as calls pile up. */
+     * not timed; a run that needs more opens them as it goes. */
     const bc_opts *o = bc_options();
-    int n = d->preopen;
-    if (!n) {
-        /* a drain pulls every receiver's inbox at once (bench_core.h) */
-        int calls = strcmp(o->workload, "drain") == 0 && o->receivers > o->inflight ? o->receivers
-                                                                                   : o->inflight;
-        n = o->rate > 0 ? 1 : calls;
-    }
+    int n = d->preopen ? d->preopen : peer_calls_at_once(o, PG_OPEN_LOOP_CONNS);
     if (n > d->max_conns)
         n = d->max_conns;
     d->timeout_ns = (int64_t)(o->timeout_ms > 0 ? o->timeout_ms : 10000) * 1000000;
@@ -739,13 +698,17 @@ static int pg_open(void *self)
 static void pg_close(void *self)
 {
     pg_drv *d = self;
+    if (d->opened_late)
+        fprintf(stderr,
+                "pg-bench: %" PRId64 " connections were opened during the run (give --connections)\n",
+                d->opened_late);
     for (int i = 0; i < d->nconns; i++)
         s_conn_free(d->conns[i]);
     free(d->conns);
     free(d->pfd);
     free(d->pfd_conn);
-    free(d->waiting.v);
-    free(d->failed.v);
+    peer_fifo_free(&d->waiting);
+    peer_fifo_free(&d->failed);
     free(d->entries);
     free(d->counts);
     for (int i = 0; i < d->nnames; i++)
@@ -768,16 +731,14 @@ static int pg_start(void *self, bc_op *op)
     }
     pg_conn *c = d->waiting.n ? NULL : s_idle(d);
     if (!c && d->waiting.n == 0 && d->nconns < d->max_conns) {
-        c = s_conn_open(d);
-        if (c)
-            d->opened_late++;
+        c = s_conn_more(d);
     }
     if (!c)
-        return s_fifo_push(&d->waiting, op) ? 0 : -1;
+        return peer_fifo_push(&d->waiting, op) ? 0 : -1;
     if (s_send(c, op))
         return 0;
     s_conn_break(d, c, "send");
-    return s_fifo_push(&d->failed, op) ? 0 : -1; /* completed by poll() */
+    return peer_fifo_push(&d->failed, op) ? 0 : -1; /* completed by poll() */
 }
 
 /* Fails the calls past their deadline (--timeout-ms) and drops their
@@ -807,7 +768,7 @@ static int pg_poll(void *self, int64_t deadline_ns)
 {
     pg_drv *d = self;
     int completed = 0;
-    for (bc_op *op; (op = s_fifo_pop(&d->failed));) {
+    for (bc_op *op; (op = peer_fifo_pop(&d->failed));) {
         s_fail(op, "pg:connection");
         completed++;
     }
@@ -868,20 +829,6 @@ static void pg_report(void *self)
 
 /* ------------------------------------------------------------------ main */
 
-/* parse_extra's answers: 1 took the flag, 0 unknown, -1 bad value. */
-static int s_int_flag(const char *flag, const char *v, int lo, int hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long n = v ? strtol(v, &end, 10) : 0;
-    if (!v || errno || *end || end == v || n < lo || n > hi) {
-        fprintf(stderr, "pg-bench: %s wants an integer in %d..%d\n", flag, lo, hi);
-        return -1;
-    }
-    *out = (int)n;
-    return 1;
-}
-
 static int s_extra(const char *flag, const char *value, void *ctx)
 {
     pg_drv *d = ctx;
@@ -894,9 +841,9 @@ static int s_extra(const char *flag, const char *value, void *ctx)
         return 1;
     }
     if (strcmp(flag, "--connections") == 0)
-        return s_int_flag(flag, value, 1, 100000, &d->preopen);
+        return peer_int_flag("pg-bench", flag, value, 1, 100000, &d->preopen);
     if (strcmp(flag, "--max-connections") == 0)
-        return s_int_flag(flag, value, 1, 100000, &d->max_conns);
+        return peer_int_flag("pg-bench", flag, value, 1, 100000, &d->max_conns);
     return 0;
 }
 

@@ -63,9 +63,10 @@
  * oldest reply is past --timeout-ms is dropped and its calls fail as
  * redis:timeout.
  */
-#include "bench_core.h"
+#include "peer.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
@@ -80,6 +81,7 @@
 #define RD_KEY_MAX 256             /* "ib:" L ":{" R "}:d:" MSGID, all bounded */
 #define RD_DEDUP_SECONDS "86400"   /* imbox's dedup window, 24 h */
 #define RD_CONNECT_TIMEOUT_S 5
+#define RD_OPEN_LOOP_CONNS 64      /* opened before an open-loop run (--rate) */
 
 /* ------------------------------------------------------------- scripts */
 
@@ -154,11 +156,6 @@ typedef struct rd_conn {
     bool broken;         /* failed: no call is given to it; s_sweep frees it */
 } rd_conn;
 
-typedef struct s_fifo {
-    bc_op **v;
-    size_t cap, head, n;
-} s_fifo;
-
 typedef struct s_cnt {   /* a sender's count while a Counts reply is parsed */
     const char *sender;
     uint64_t n;
@@ -171,7 +168,7 @@ typedef struct rd_drv {
     char send_sha[41], pull_sha[41];
     rd_conn **conns;
     int nconns, cap_conns;
-    s_fifo waiting, failed;
+    peer_fifo waiting, failed;
     struct pollfd *pfd;
     rd_conn **pfd_conn;
     bc_entry *entries;
@@ -186,50 +183,6 @@ typedef struct rd_drv {
     int64_t timeout_ns;  /* a call's deadline (--timeout-ms) */
     char version[32], appendonly[16], appendfsync[16];
 } rd_drv;
-
-static bool s_fifo_push(s_fifo *f, bc_op *op)
-{
-    if (f->n == f->cap) {
-        size_t cap = f->cap ? f->cap * 2 : 64;
-        bc_op **v = malloc(cap * sizeof *v);
-        if (!v)
-            return false;
-        for (size_t i = 0; i < f->n; i++)
-            v[i] = f->v[(f->head + i) % f->cap];
-        free(f->v);
-        f->v = v;
-        f->cap = cap;
-        f->head = 0;
-    }
-    f->v[(f->head + f->n) % f->cap] = op;
-    f->n++;
-    return true;
-}
-
-static bc_op *s_fifo_pop(s_fifo *f)
-{
-    if (f->n == 0)
-        return NULL;
-    bc_op *op = f->v[f->head];
-    f->head = (f->head + 1) % f->cap;
-    f->n--;
-    return op;
-}
-
-static bool s_grow(void **v, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return true;
-    size_t n = *cap ? *cap : 64;
-    while (n < need)
-        n *= 2;
-    void *p = realloc(*v, n * elem);
-    if (!p)
-        return false;
-    *v = p;
-    *cap = n;
-    return true;
-}
 
 /* "redis:" and the error's first word (ERR, NOSCRIPT, WRONGTYPE...), kept:
  * the core may hold the pointer. */
@@ -490,9 +443,8 @@ static bool s_send(rd_drv *d, rd_conn *c, bc_op *op)
                                   op->msg_id, op->sender, op->content_len ? (const char *)op->content : "",
                                   RD_DEDUP_SECONDS};
             size_t len[10];
-            for (int j = 0; j < 10; j++)
-                len[j] = strlen(argv[j]);
-            len[8] = op->content_len;
+            for (int j = 0; j < 10; j++) /* content (8) is bytes, not a string */
+                len[j] = j == 8 ? op->content_len : strlen(argv[j]);
             if (redisAppendCommandArgv(c->rc, 10, argv, len) != REDIS_OK ||
                 !s_expect(c, op, i, R_SEND, now))
                 return false;
@@ -585,7 +537,7 @@ static const char *s_id(const redisReply *r)
 static bool s_fill_pull(rd_drv *d, bc_op *op, const redisReply *r)
 {
     if (r->type != REDIS_REPLY_ARRAY || r->elements > (size_t)op->page ||
-        !s_grow((void **)&d->entries, &d->cap_entries, r->elements + 1, sizeof *d->entries))
+        !peer_grow((void **)&d->entries, &d->cap_entries, r->elements + 1, sizeof *d->entries))
         return false;
     const char *cur = op->cursor ? op->cursor : "";
     uint64_t ms, seq;
@@ -668,7 +620,7 @@ static bool s_fill_counts(rd_drv *d, bc_op *op, const redisReply *r)
     if (r->type != REDIS_REPLY_ARRAY || r->elements % 2)
         return false;
     size_t pairs = r->elements / 2;
-    if (!s_grow((void **)&d->cnt, &d->cap_counts, pairs + 1, sizeof *d->cnt))
+    if (!peer_grow((void **)&d->cnt, &d->cap_counts, pairs + 1, sizeof *d->cnt))
         return false;
     /* cnt and cnt_t and counts grow together to cap_counts */
     s_cnt *t = realloc(d->cnt_t, d->cap_counts * sizeof *t);
@@ -809,20 +761,32 @@ static void s_event(rd_drv *d, rd_conn *c, short ev, int *completed)
     }
 }
 
+/* One more connection while the run goes on (blocking: counted, and said
+ * at the end). When the server refuses one, the pool stops growing. */
+static rd_conn *s_conn_more(rd_drv *d)
+{
+    rd_conn *c = s_conn_open(d);
+    if (c) {
+        d->opened_late++;
+    } else {
+        fprintf(stderr, "redis-bench: the pool stays at %d connections\n", d->nconns);
+        d->max_conns = d->nconns;
+    }
+    return c;
+}
+
 /* Gives waiting calls room on connections, opening more when allowed. */
 static void s_dispatch(rd_drv *d, int *completed)
 {
     while (d->waiting.n) {
         rd_conn *c = s_pick(d);
         if (!c && d->nconns < d->max_conns) {
-            c = s_conn_open(d);
-            if (c)
-                d->opened_late++;
+            c = s_conn_more(d);
         }
         if (!c) {
             if (s_busy(d))
                 return;
-            for (bc_op *op; (op = s_fifo_pop(&d->waiting));) {
+            for (bc_op *op; (op = peer_fifo_pop(&d->waiting));) {
                 op->status = 1;
                 op->status_name = "redis:connection";
                 bc_done(op);
@@ -830,7 +794,7 @@ static void s_dispatch(rd_drv *d, int *completed)
             }
             return;
         }
-        bc_op *op = s_fifo_pop(&d->waiting);
+        bc_op *op = peer_fifo_pop(&d->waiting);
         if (!s_send(d, c, op)) {
             bool awaited = false;
             for (size_t i = 0; i < c->n; i++)
@@ -852,15 +816,11 @@ static int rd_open(void *self)
 {
     rd_drv *d = self;
     /* Enough connections for the calls in flight, opened now so that
-     * connecting is not timed; an open loop grows its pool as calls pile up. */
+     * connecting is not timed; a run that needs more opens them as it goes. */
     const bc_opts *o = bc_options();
     int n = d->preopen;
-    if (!n) {
-        /* a drain pulls every receiver's inbox at once (bench_core.h) */
-        int calls = strcmp(o->workload, "drain") == 0 && o->receivers > o->inflight ? o->receivers
-                                                                                   : o->inflight;
-        n = o->rate > 0 ? 1 : (calls + d->depth - 1) / d->depth;
-    }
+    if (!n)
+        n = (peer_calls_at_once(o, RD_OPEN_LOOP_CONNS * d->depth) + d->depth - 1) / d->depth;
     if (n > d->max_conns)
         n = d->max_conns;
     d->timeout_ns = (int64_t)(o->timeout_ms > 0 ? o->timeout_ms : 10000) * 1000000;
@@ -873,13 +833,17 @@ static int rd_open(void *self)
 static void rd_close(void *self)
 {
     rd_drv *d = self;
+    if (d->opened_late)
+        fprintf(stderr,
+                "redis-bench: %" PRId64 " connections were opened during the run (give --connections)\n",
+                d->opened_late);
     for (int i = 0; i < d->nconns; i++)
         s_conn_free(d->conns[i]);
     free(d->conns);
     free(d->pfd);
     free(d->pfd_conn);
-    free(d->waiting.v);
-    free(d->failed.v);
+    peer_fifo_free(&d->waiting);
+    peer_fifo_free(&d->failed);
     free(d->entries);
     free(d->counts);
     free(d->cnt);
@@ -905,12 +869,10 @@ static int rd_start(void *self, bc_op *op)
     }
     rd_conn *c = d->waiting.n ? NULL : s_pick(d);
     if (!c && d->waiting.n == 0 && d->nconns < d->max_conns) {
-        c = s_conn_open(d);
-        if (c)
-            d->opened_late++;
+        c = s_conn_more(d);
     }
     if (!c)
-        return s_fifo_push(&d->waiting, op) ? 0 : -1;
+        return peer_fifo_push(&d->waiting, op) ? 0 : -1;
     if (s_send(d, c, op))
         return 0;
     /* Never complete from inside start(): the connection's awaited replies
@@ -921,7 +883,7 @@ static int rd_start(void *self, bc_op *op)
         awaited |= c->w[(c->head + i) % c->cap].op == op;
     if (awaited)
         return 0;
-    return s_fifo_push(&d->failed, op) ? 0 : -1;
+    return peer_fifo_push(&d->failed, op) ? 0 : -1;
 }
 
 /* Fails every call of a connection whose oldest reply is past its deadline
@@ -946,7 +908,7 @@ static int rd_poll(void *self, int64_t deadline_ns)
 {
     rd_drv *d = self;
     int completed = 0;
-    for (bc_op *op; (op = s_fifo_pop(&d->failed));) {
+    for (bc_op *op; (op = peer_fifo_pop(&d->failed));) {
         op->status = 1;
         op->status_name = "redis:connection";
         bc_done(op);
@@ -1008,20 +970,6 @@ static void rd_report(void *self)
 
 /* ------------------------------------------------------------------ main */
 
-/* parse_extra's answers: 1 took the flag, 0 unknown, -1 bad value. */
-static int s_int_flag(const char *flag, const char *v, int lo, int hi, int *out)
-{
-    char *end;
-    errno = 0;
-    long n = v ? strtol(v, &end, 10) : 0;
-    if (!v || errno || *end || end == v || n < lo || n > hi) {
-        fprintf(stderr, "redis-bench: %s wants an integer in %d..%d\n", flag, lo, hi);
-        return -1;
-    }
-    *out = (int)n;
-    return 1;
-}
-
 static int s_extra(const char *flag, const char *value, void *ctx)
 {
     rd_drv *d = ctx;
@@ -1034,13 +982,13 @@ static int s_extra(const char *flag, const char *value, void *ctx)
         return 1;
     }
     if (strcmp(flag, "--port") == 0)
-        return s_int_flag(flag, value, 1, 65535, &d->port);
+        return peer_int_flag("redis-bench", flag, value, 1, 65535, &d->port);
     if (strcmp(flag, "--connections") == 0)
-        return s_int_flag(flag, value, 1, 100000, &d->preopen);
+        return peer_int_flag("redis-bench", flag, value, 1, 100000, &d->preopen);
     if (strcmp(flag, "--pipeline") == 0)
-        return s_int_flag(flag, value, 1, 100000, &d->depth);
+        return peer_int_flag("redis-bench", flag, value, 1, 100000, &d->depth);
     if (strcmp(flag, "--max-connections") == 0)
-        return s_int_flag(flag, value, 1, 100000, &d->max_conns);
+        return peer_int_flag("redis-bench", flag, value, 1, 100000, &d->max_conns);
     return 0;
 }
 
