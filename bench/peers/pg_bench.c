@@ -59,21 +59,22 @@
  *
  * Concurrency: one thread; one connection per call in flight, each
  * nonblocking (PQsendQueryPrepared, PQflush, PQconsumeInput, PQisBusy),
- * all watched with one poll(). --connections N are opened before the run
- * (default: --inflight, so that connecting is not timed; 1 in an open
- * loop); a call finding none idle opens one more (blocking, counted in the
- * report as pg_conns_opened_late) up to --max-connections, then waits for
- * one. A call past --timeout-ms fails as pg:timeout and its connection is
- * dropped. One connection per call, not pipelining: a backend
- * runs one statement at a time, so calls pipelined on one connection
- * commit one after the other, each waiting for its own WAL flush, and
- * never share one; separate connections commit concurrently and do.
+ * all watched with one poll(). Before the run, --connections N are opened
+ * (default: as many as the run has calls at once, peer.h, so that
+ * connecting is not timed); a call finding none idle opens one more
+ * (blocking; the count is printed at the end) up to --max-connections or
+ * the first refusal, then waits for one. A call past --timeout-ms fails as
+ * pg:timeout and its connection is dropped.
+ *
+ * One connection per call rather than pipelining: a backend runs one
+ * statement at a time, so calls pipelined on one connection commit one
+ * after the other, each waiting for its own WAL flush; calls on separate
+ * connections commit concurrently and share flushes.
  */
 #include "peer.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -158,8 +159,8 @@ typedef struct pg_drv {
     int preopen, max_conns;
     pg_conn **conns;     /* every live connection (each allocated alone) */
     int nconns, cap_conns;
-    peer_fifo waiting;      /* calls with no idle connection yet */
-    peer_fifo failed;       /* calls that failed in start(): completed by poll() */
+    peer_fifo waiting;   /* calls with no idle connection yet */
+    peer_fifo failed;    /* calls that failed in start(): completed by poll() */
     struct pollfd *pfd;  /* poll set, rebuilt per poll; pfd_conn maps it back */
     pg_conn **pfd_conn;
     bc_entry *entries;   /* one page, reused: bc_done() copies it */
@@ -171,7 +172,8 @@ typedef struct pg_drv {
     int nnames;
     bool schema_done;    /* the first connection created the table */
     int64_t timeout_ns;  /* a call's deadline (--timeout-ms) */
-    int64_t opened_late, conn_errors;
+    int64_t opened_late; /* connections opened after open() */
+    int64_t conn_errors;
     char version[32], fsync[16], sync_commit[16], wal_sync[32], max_connections[16],
         shared_buffers[16];
 } pg_drv;
@@ -823,7 +825,6 @@ static void pg_report(void *self)
     bc_put_str("pg_max_connections", d->max_connections);
     bc_put_str("pg_shared_buffers", d->shared_buffers);
     bc_put_int("pg_connections", d->nconns);
-    bc_put_int("pg_conns_opened_late", d->opened_late);
     bc_put_int("pg_conn_errors", d->conn_errors);
 }
 

@@ -49,19 +49,22 @@
  * Where this design does not keep imbox's promises (docs/BENCHMARKS.md
  * says it too): the cursor is a bare stream id, not bound to its owner; no
  * quota per inbox and no expiry of messages; an inbox must fit in memory.
- * The dedup mark outlives the ack, as imbox's does (24 h). The ack of a
- * page is fsync'ed like any write (imbox does not fsync acks).
+ * The dedup mark outlives the ack, as imbox's does (24 h); its key is
+ * (receiver, msg_id) where imbox's is (receiver, sender, msg_id). The ack
+ * of a page is fsync'ed like any write (imbox does not fsync acks).
  *
  * Concurrency: one thread; nonblocking hiredis contexts (redisBufferWrite,
  * redisBufferRead, redisGetReplyFromReader) watched with one poll(). A
  * call goes to the connection with the fewest calls in flight, below
- * --pipeline (default 1: one call per connection, like redis-benchmark
- * -c N); when all are full a new connection is opened (blocking, counted
- * as conns_opened_late) up to --max-connections, then the call waits.
- * --connections N are opened before the run (default: --inflight / D,
- * so that connecting is not timed; 1 in an open loop). A connection whose
- * oldest reply is past --timeout-ms is dropped and its calls fail as
- * redis:timeout.
+ * --pipeline D (default 1: one call per connection, like redis-benchmark
+ * -c N; with D > 1 the calls of a connection are pipelined, their replies
+ * come back in order). Before the run, --connections N are opened
+ * (default: the run's calls at once, peer.h, divided by D, so that
+ * connecting is not timed); when every connection is full another is
+ * opened (blocking; the count is printed at the end) up to
+ * --max-connections or the first refusal, then the call waits. A
+ * connection whose oldest reply is past --timeout-ms is dropped and its
+ * calls fail as redis:timeout.
  */
 #include "peer.h"
 
@@ -143,8 +146,9 @@ typedef enum { R_SEND, R_PULL, R_COUNTS, R_NOOP } s_cmd;
 typedef struct s_wait {  /* one reply a connection waits for, in order */
     bc_op *op;
     int64_t started_ns;  /* when op was sent (its deadline: + timeout_ns) */
-    int idx;             /* BC_SEND: the receiver; its op ends at the last */
+    int idx;             /* BC_SEND: the receiver */
     s_cmd cmd;
+    bool last;           /* op's last reply: its completion */
 } s_wait;
 
 typedef struct rd_conn {
@@ -179,7 +183,8 @@ typedef struct rd_drv {
     char cursor[BC_CURSOR_MAX];
     char *names[RD_NAMES_MAX];
     int nnames;
-    int64_t opened_late, conn_errors;
+    int64_t opened_late; /* connections opened after open() */
+    int64_t conn_errors;
     int64_t timeout_ns;  /* a call's deadline (--timeout-ms) */
     char version[32], appendonly[16], appendfsync[16];
 } rd_drv;
@@ -402,7 +407,8 @@ static bool s_expect(rd_conn *c, bc_op *op, int idx, s_cmd cmd, int64_t now)
         c->cap = cap;
         c->head = 0;
     }
-    c->w[(c->head + c->n) % c->cap] = (s_wait){op, now, idx, cmd};
+    bool last = cmd != R_SEND || idx == op->nreceivers - 1;
+    c->w[(c->head + c->n) % c->cap] = (s_wait){op, now, idx, cmd, last};
     c->n++;
     return true;
 }
@@ -436,18 +442,22 @@ static bool s_send(rd_drv *d, rd_conn *c, bc_op *op)
     case BC_SEND:
         for (int i = 0; i < op->nreceivers; i++) {
             const char *r = op->receivers[i];
-            if (!s_key(k1, sizeof k1, r, "d:", op->msg_id) || !s_key(k2, sizeof k2, r, "s", NULL) ||
-                !s_key(k3, sizeof k3, r, "c", NULL))
-                return false;
-            const char *argv[] = {"EVALSHA", d->send_sha, "3", k1, k2, k3,
-                                  op->msg_id, op->sender, op->content_len ? (const char *)op->content : "",
+            const char *argv[] = {"EVALSHA", d->send_sha, "3", k1, k2, k3, op->msg_id, op->sender,
+                                  op->content_len ? (const char *)op->content : "",
                                   RD_DEDUP_SECONDS};
             size_t len[10];
-            for (int j = 0; j < 10; j++) /* content (8) is bytes, not a string */
+            bool ok = s_key(k1, sizeof k1, r, "d:", op->msg_id) &&
+                      s_key(k2, sizeof k2, r, "s", NULL) && s_key(k3, sizeof k3, r, "c", NULL);
+            for (int j = 0; ok && j < 10; j++) /* content (8) is bytes, not a string */
                 len[j] = j == 8 ? op->content_len : strlen(argv[j]);
-            if (redisAppendCommandArgv(c->rc, 10, argv, len) != REDIS_OK ||
-                !s_expect(c, op, i, R_SEND, now))
+            if (!ok || redisAppendCommandArgv(c->rc, 10, argv, len) != REDIS_OK ||
+                !s_expect(c, op, i, R_SEND, now)) {
+                /* the replies already awaited end the op (the caller fails
+                 * the connection); with none, the caller completes it */
+                if (i > 0 && c->n)
+                    c->w[(c->head + c->n - 1) % c->cap].last = true;
                 return false;
+            }
         }
         break;
     case BC_PULL: {
@@ -670,7 +680,7 @@ static bool s_fill_counts(rd_drv *d, bc_op *op, const redisReply *r)
 static void s_reply(rd_drv *d, rd_conn *c, s_wait w, redisReply *r, const char *fail)
 {
     bc_op *op = w.op;
-    bool last = w.cmd != R_SEND || w.idx == op->nreceivers - 1;
+    bool last = w.last;
     if (!r) {
         if (op->status == 0) {
             op->status = 1;
@@ -719,7 +729,7 @@ static void s_conn_fail(rd_drv *d, rd_conn *c, const char *why, int *completed)
         s_wait w = c->w[c->head];
         c->head = (c->head + 1) % c->cap;
         c->n--;
-        if (w.cmd != R_SEND || w.idx == w.op->nreceivers - 1)
+        if (w.last)
             (*completed)++;
         s_reply(d, c, w, NULL, strcmp(why, "timeout") == 0 ? "redis:timeout" : "redis:connection");
     }
@@ -748,7 +758,7 @@ static void s_event(rd_drv *d, rd_conn *c, short ev, int *completed)
         s_wait w = c->w[c->head];
         c->head = (c->head + 1) % c->cap;
         c->n--;
-        if (w.cmd != R_SEND || w.idx == w.op->nreceivers - 1)
+        if (w.last)
             (*completed)++;
         s_reply(d, c, w, p, NULL);
         freeReplyObject(p);
@@ -964,7 +974,6 @@ static void rd_report(void *self)
     bc_put_str("redis_appendfsync", d->appendfsync);
     bc_put_int("redis_connections", d->nconns);
     bc_put_int("redis_pipeline", d->depth);
-    bc_put_int("redis_conns_opened_late", d->opened_late);
     bc_put_int("redis_conn_errors", d->conn_errors);
 }
 
