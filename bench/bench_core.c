@@ -432,7 +432,6 @@ typedef struct s_op {
     int rcv;           /* pull, counts: the receiver; send: the first one */
     uint64_t seq;      /* send: the message number; fill: k */
     int tries;
-    bool scheduled;    /* counts against --count / the open-loop plan */
     bool call_ok;      /* the driver's status was 0 (checks aside) */
     char msg_id[BC_ID_MAX];
     char *cursor;      /* owned copy behind op.cursor (NULL: "") */
@@ -443,7 +442,8 @@ typedef struct s_rcv {
     uint64_t *seen;    /* drain, counts: bit k = "<run>-f<k>" was seen */
     uint32_t nseen;
     uint8_t retries;   /* consecutive failed pulls */
-    bool busy, started, done, retried;
+    bool busy;         /* a pull of this inbox is outstanding */
+    bool retried;      /* a pull of it failed and went again */
 } s_rcv;
 
 typedef struct s_err {
@@ -943,7 +943,6 @@ static void s_make_send(s_op *o)
 static bool s_make(s_op *o)
 {
     o->role = R_WORK;
-    o->scheduled = true;
     switch (C->work) {
     case W_SEND:
         s_make_send(o);
@@ -962,7 +961,6 @@ static bool s_make(s_op *o)
     case W_DRAIN:
         if (C->next_rcv >= C->o.receivers)
             return false;
-        C->rcv[C->next_rcv].started = true;
         s_make_pull(o, C->next_rcv++, -1);
         return true;
     case W_MIXED: {
@@ -1015,7 +1013,6 @@ static bool s_follow(s_op *o)
     bool good = op->status == 0;
     if (C->work == W_COUNTS && op->kind == BC_COUNTS && good && o->seq != UINT64_MAX) {
         o->role = R_FOLLOW;
-        o->scheduled = false;
         s_make_pull(o, o->rcv, (int)o->seq);
         return true;
     }
@@ -1024,12 +1021,10 @@ static bool s_follow(s_op *o)
         if (o->call_ok) {
             rv->retries = 0;
             if (op->nentries == 0) {
-                rv->done = true; /* the empty page acked the last one */
-                return false;
+                return false; /* the empty page acked the last one */
             }
         } else if (++rv->retries > BC_RETRIES) {
             C->checks[K_DRAIN_GAVE_UP]++;
-            rv->done = true;
             return false;
         } else {
             rv->retried = true; /* the same cursor again */
