@@ -1706,6 +1706,8 @@ int bc_main(int argc, char **argv, bc_driver *d, bc_extra_fn parse_extra, void *
             if (d->report)
                 d->report(d->self);
             rc = s_run(c) ? 1 : 0;
+            if (d->report) /* again: the run's own figures (a key keeps its place) */
+                d->report(d->self);
         }
     }
     if (rc != 2) {

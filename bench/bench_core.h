@@ -116,7 +116,8 @@ typedef struct bc_driver {
      * then it just waits until deadline_ns. */
     int (*poll)(void *self, int64_t deadline_ns);
     /* Optional (NULL: none): what the driver wants in the report, as
-     * bc_put_* calls, e.g. the server's own settings. */
+     * bc_put_* calls, e.g. the server's own settings; called before the
+     * timed run and again after it (a key put twice keeps its place). */
     void (*report)(void *self);
     /* Optional: runs a workload the core does not know (imbox's "push"),
      * returning an exit code; NULL or a return of -2: unknown workload.

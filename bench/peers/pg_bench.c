@@ -826,6 +826,7 @@ static void pg_report(void *self)
     bc_put_str("pg_shared_buffers", d->shared_buffers);
     bc_put_int("pg_connections", d->nconns);
     bc_put_int("pg_conn_errors", d->conn_errors);
+    bc_put_int("pg_connections_opened_late", d->opened_late);
 }
 
 /* ------------------------------------------------------------------ main */

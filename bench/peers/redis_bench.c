@@ -975,6 +975,7 @@ static void rd_report(void *self)
     bc_put_int("redis_connections", d->nconns);
     bc_put_int("redis_pipeline", d->depth);
     bc_put_int("redis_conn_errors", d->conn_errors);
+    bc_put_int("redis_connections_opened_late", d->opened_late);
 }
 
 /* ------------------------------------------------------------------ main */
