@@ -90,7 +90,8 @@ pb_grpc = None
 # initial, growing) while the server is not yet listening.
 FAST_RECONNECT = [
     ('grpc.initial_reconnect_backoff_ms', 5),
-    ('grpc.min_reconnect_backoff_ms', 5),
+    # (not min_reconnect_backoff_ms: gRPC core takes it as the minimum
+    # connect timeout too, and 5 ms would cut handshakes short)
     ('grpc.max_reconnect_backoff_ms', 50),
 ]
 

@@ -24,12 +24,21 @@
  * Contract between core and driver:
  *   - The core owns every bc_op: it fills the request part, calls
  *     start(), and the op stays valid until the driver calls bc_done(op)
- *     exactly once (from inside poll(), never from inside start()).
+ *     exactly once (from inside poll(), never from inside start()). An op
+ *     whose start() returned -1 is not started: no bc_done() for it.
  *   - The driver fills the result part before bc_done(): status (0 = the
  *     system answered as its contract says), and for BC_PULL the page, for
  *     BC_COUNTS the counts, for BC_SEND one outcome per receiver.
  *   - Strings the driver returns (msg ids, senders, cursors) are copied by
  *     the core inside bc_done(); the driver may free them afterwards.
+ *   - The core never calls start() from inside poll() or bc_done(): it
+ *     starts new ops once poll() has returned.
+ *   - Request strings (receivers, sender, msg_id, cursor, content) stay
+ *     valid until bc_done() for that op. The uids are fixed for the whole
+ *     run: "<run>-r<i>" (receivers, i < --receivers) and "<run>-s<j>"
+ *     (senders, j < --senders), so a driver may cache per-uid state.
+ *   - A reply that does not parse is status -1 with status_name
+ *     "MALFORMED" (any driver); the core counts errors by status_name.
  */
 #ifndef IMBOX_BENCH_CORE_H
 #define IMBOX_BENCH_CORE_H
@@ -41,6 +50,7 @@
 #define BC_ID_MAX 64       /* msg_id and uid bytes, NUL included */
 #define BC_CURSOR_MAX 512  /* opaque cursor bytes, NUL included */
 #define BC_GROUP_MAX 100   /* receivers in one group send */
+#define BC_PAGE_MAX 1000   /* --page at most (imbox's page_size ceiling) */
 
 typedef enum { BC_SEND, BC_PULL, BC_COUNTS, BC_NOOP, BC_KINDS } bc_kind;
 
@@ -61,7 +71,8 @@ typedef struct bc_count {        /* one sender's count */
 typedef struct bc_op {
     bc_kind kind;
     /* request (set by the core) */
-    const char *receivers[BC_GROUP_MAX]; /* BC_SEND: 1..group; others: [0] */
+    const char *receivers[BC_GROUP_MAX]; /* BC_SEND: 1..group; others: [0],
+                                    the caller (owner of the inbox) */
     int nreceivers;
     const char *sender;          /* BC_SEND: the sender; BC_PULL: the one
                                     conversation to pull, or NULL for all */
@@ -75,6 +86,9 @@ typedef struct bc_op {
     int status;                  /* 0 or the system's error code */
     const char *status_name;     /* e.g. "UNAVAILABLE", "pg:40P01"; NULL when 0 */
     bc_stored stored[BC_GROUP_MAX]; /* BC_SEND, per receiver */
+    const char *refused_name;    /* BC_SEND: why a receiver was refused (the
+                                    first one), e.g. "RESOURCE_EXHAUSTED";
+                                    NULL: counted as "REFUSED" */
     const bc_entry *entries;     /* BC_PULL */
     size_t nentries;
     const char *next_cursor;     /* BC_PULL: cursor for the next pull */
@@ -97,25 +111,58 @@ typedef struct bc_driver {
      * stops with the message the driver printed). */
     int (*start)(void *self, bc_op *op);
     /* Waits until at least one op completes or deadline_ns (CLOCK_MONOTONIC)
-     * passes, calling bc_done() for every completed op. Returns 0 or -1. */
+     * passes, calling bc_done() for every completed op. Returns 0 or -1.
+     * Also called with no op outstanding (open loop, between two starts):
+     * then it just waits until deadline_ns. */
     int (*poll)(void *self, int64_t deadline_ns);
     /* Optional (NULL: none): what the driver wants in the report, as
-     * bc_put_* calls, e.g. the server's own settings. */
+     * bc_put_* calls, e.g. the server's own settings; called before the
+     * timed run and again after it (a key put twice keeps its place). */
     void (*report)(void *self);
     /* Optional: runs a workload the core does not know (imbox's "push"),
-     * returning an exit code; NULL or a return of -2: unknown workload. */
+     * returning an exit code; NULL or a return of -2: unknown workload.
+     * It puts its figures (ok included) with bc_put_*; the core prints them
+     * after its own header lines. open() has been called before it. */
     int (*custom)(void *self, const char *workload);
+    /* Most ops the driver can have outstanding at once (e.g. its number of
+     * connections when each runs one query at a time); 0: no limit of its
+     * own. The core never starts more. */
+    int max_outstanding;
 } bc_driver;
 
 /* Called by a driver for each completed op, from inside poll(). */
 void bc_done(bc_op *op);
 
-/* Report lines a driver may add from report(). */
+/* Report lines a driver may add from report() or custom(). */
 void bc_put_int(const char *key, int64_t v);
 void bc_put_str(const char *key, const char *v);
+void bc_put_double(const char *key, double v, int decimals);
 
 /* CLOCK_MONOTONIC in ns. */
 int64_t bc_now_ns(void);
+
+/* The common flags, parsed by bc_main; valid from open() on (custom
+ * workloads read their rate, seconds, content and pids here). */
+typedef struct bc_opts {
+    const char *workload;
+    int inflight;          /* closed loop: ops outstanding (default 16) */
+    double rate;           /* open loop: calls/s; 0 = closed loop */
+    int max_outstanding;   /* open loop: cap on outstanding ops (4096) */
+    double seconds;        /* timed window (default 5; drain: its bound) */
+    bool seconds_set;      /* --seconds was given */
+    uint64_t count;        /* --count: calls to start instead; 0 = by time */
+    int receivers, senders;
+    size_t content;        /* bytes per message (default 100) */
+    int group, page, backlog;
+    bool random;           /* --pick random (default rr: round-robin) */
+    int timeout_ms;        /* --timeout-ms: a driver's deadline per call
+                              (default 10000) */
+    const char *run_id;    /* prefix of uids and msg_ids */
+    const int *pids;       /* --server-pid */
+    int npids;
+    bool json;
+} bc_opts;
+const bc_opts *bc_options(void);
 
 /*
  * The command line every driver's main() hands to the core: bc_main parses
@@ -125,10 +172,16 @@ int64_t bc_now_ns(void);
  *
  *   --workload send|drain|counts|noop|mixed  --inflight N (closed loop)
  *   --rate R (open loop: R calls/s, latency from the intended start)
+ *   --max-outstanding N (open loop cap)  --timeout-ms MS
  *   --seconds S | --count N   --receivers R  --senders S  --content BYTES
  *   --group K  --page P  --backlog M (drain, counts: messages per receiver)
- *   --mix send=8,pull=1,counts=1  --server-pid P[,P...]  --json
- *   --run-id ID (prefix of uids and msg_ids; default: time and pid)
+ *   --pick rr|random  --mix send=8,pull=1,counts=1  --server-pid P[,P...]
+ *   --json  --run-id ID (prefix of uids and msg_ids; default: time and pid)
+ *
+ * parse_extra(flag, value, ctx) is called for a flag the core does not
+ * know; driver flags always take a value (value is NULL when the command
+ * line ends after the flag). It returns 1 when it took the flag, 0 when
+ * the flag is unknown, -1 (after printing why) when the value is bad.
  */
 typedef int (*bc_extra_fn)(const char *flag, const char *value, void *ctx);
 int bc_main(int argc, char **argv, bc_driver *d, bc_extra_fn parse_extra, void *ctx,

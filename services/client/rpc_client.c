@@ -73,8 +73,8 @@ _Static_assert(sizeof(((imbox_v1_Receipt *)0)->receiver_uid) ==
                        sizeof(((rpc_sender_count *)0)->sender_uid),
                "rpc_client.h strings mirror imbox.options");
 
-/* Reconnect back-off bounds: a restarted server is found again within a
- * second or two instead of gRPC's default of up to two minutes. */
+/* Reconnect back-off (initial, max): a restarted server is found again
+ * within a second or two instead of gRPC's default of up to two minutes. */
 #define S_RECONNECT_MIN_MS 100
 /* Keepalive while a call is open (a Subscribe stream may be silent for
  * hours): a ping after 20 s without traffic, the connection dropped when it
@@ -150,7 +150,7 @@ rpc_client *rpc_client_new(const char *addr, const char *token)
         }
     }
 
-    grpc_arg args[8];
+    grpc_arg args[7];
     memset(args, 0, sizeof args);
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -160,9 +160,14 @@ rpc_client *rpc_client_new(const char *addr, const char *token)
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
     args[1].value.integer = 1;
+    /* Not GRPC_ARG_MIN_RECONNECT_BACKOFF_MS: gRPC core takes it as the
+     * minimum *connect timeout* too, and at 100 ms a handshake on a loaded
+     * machine was cut short ("handshaker shutdown", "timed out before
+     * receiving SETTINGS frame"). The initial backoff is what reconnects
+     * fast; the connect timeout stays gRPC's 20 s. */
     args[2].type = GRPC_ARG_INTEGER;
-    args[2].key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
-    args[2].value.integer = S_RECONNECT_MIN_MS;
+    args[2].key = GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA; /* keep pinging a silent stream */
+    args[2].value.integer = 0;
     args[3].type = GRPC_ARG_INTEGER;
     args[3].key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
     args[3].value.integer = S_RECONNECT_MAX_MS;
@@ -175,9 +180,6 @@ rpc_client *rpc_client_new(const char *addr, const char *token)
     args[6].type = GRPC_ARG_INTEGER;
     args[6].key = GRPC_ARG_KEEPALIVE_TIMEOUT_MS;
     args[6].value.integer = S_KEEPALIVE_TIMEOUT_MS;
-    args[7].type = GRPC_ARG_INTEGER; /* keep pinging a silent stream */
-    args[7].key = GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA;
-    args[7].value.integer = 0;
     grpc_channel_args ca = {sizeof args / sizeof args[0], args};
 
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();

@@ -69,8 +69,10 @@ CHANNEL_OPTIONS = [
     ('grpc.enable_retries', 0),
     # A channel reaches a restarted process again within about a second
     # (with the defaults, the reconnect backoff makes it 5 s and more).
+    # Not min_reconnect_backoff_ms: gRPC core also takes it as the minimum
+    # connect timeout, and at 100 ms a handshake on a loaded machine is cut
+    # short ("handshaker shutdown").
     ('grpc.initial_reconnect_backoff_ms', 100),
-    ('grpc.min_reconnect_backoff_ms', 100),
     ('grpc.max_reconnect_backoff_ms', 1000),
 ]
 
