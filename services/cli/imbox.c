@@ -234,7 +234,7 @@ static int cmd_serve(int argc, char **argv)
             break;
         }
         sh_config c = {.index = i, .count = S, .endpoint = eps[i], .dir = sdir, .st = so,
-                       .zctx = zctx, .writer_thread = getenv("IMBOX_AB_WRITER_THREAD") != NULL};
+                       .zctx = zctx};
         if (!(shards[i] = sh_start(&c, err, sizeof err))) {
             fprintf(stderr, "imbox serve: %s\n", err);
             rc = 1;
@@ -281,8 +281,7 @@ static int cmd_shard(int argc, char **argv)
     int index = (int)s_int(flags, "index", 0, count - 1);
     sigset_t sigs = s_block_signals();
     sh_config c = {.index = index, .count = count, .endpoint = s_get(flags, "listen"),
-                   .dir = s_get(flags, "data-dir"), .zctx = zmq_ctx_new(),
-                   .writer_thread = getenv("IMBOX_AB_WRITER_THREAD") != NULL};
+                   .dir = s_get(flags, "data-dir"), .zctx = zmq_ctx_new()};
     s_engine_options(flags, &c.st);
     char err[256];
     sh_service *sh = sh_start(&c, err, sizeof err);

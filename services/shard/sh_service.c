@@ -77,7 +77,6 @@ struct sh_service {
     im_buf *notices;                    /* per gateway number: Commit entries
                                            of the finished batch */
     im_buf entry;                       /* one Commit's message (thread-owned) */
-    bool inline_writes;                 /* the engine writes on this thread */
     int nnotices;
 };
 
@@ -370,9 +369,6 @@ static void s_job_finish(sh_service *sh, sh_job *j)
 /* Takes the finished jobs and answers them, oldest first. */
 static void s_drain_done(sh_service *sh)
 {
-    uint64_t v;
-    if (read(sh->efd, &v, sizeof v) < 0 && errno != EAGAIN)
-        fprintf(stderr, "imbox shard %d: eventfd: %s\n", sh->c.index, strerror(errno));
     pthread_mutex_lock(&sh->mu);
     sh_job *list = sh->done;
     sh->done = NULL;
@@ -794,13 +790,15 @@ static void *s_main(void *arg)
             fprintf(stderr, "imbox shard %d: poll: %s\n", sh->c.index, zmq_strerror(errno));
             break;
         }
-        if (items[1].revents & ZMQ_POLLIN)
-            s_drain_done(sh);
+        uint64_t v; /* a wake-up: the sweeper queued a request, or sh_stop */
+        if ((items[1].revents & ZMQ_POLLIN) && read(sh->efd, &v, sizeof v) < 0 &&
+            errno != EAGAIN)
+            fprintf(stderr, "imbox shard %d: eventfd: %s\n", sh->c.index, strerror(errno));
         for (int i = 0; i < SH_RECV_BURST && s_recv_one(sh); i++)
             ;
         /* Inline writes: what arrived while the last commit was being
          * fsync'ed waited in the socket, so this is the group commit. */
-        if (sh->inline_writes && st_run(sh->st))
+        if (st_run(sh->st))
             s_drain_done(sh);
         int64_t now = s_mono_ms();
         if (now >= next_expire) {
@@ -825,19 +823,16 @@ static void s_wake(void *arg)
         fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index, strerror(errno));
 }
 
-/* Engine callback, on the writer thread (inline: this thread, in st_run):
- * queue the job; a writer thread wakes this one. */
+/* Engine callback, on this thread (inside st_run): queue the job; the
+ * turn answers it (s_drain_done). */
 static void s_job_done(st_req *r)
 {
     sh_service *sh = r->arg;
     sh_job *j = (sh_job *)r; /* req is the first member */
     pthread_mutex_lock(&sh->mu);
-    bool wake = !sh->done && !sh->inline_writes; /* one write per batch */
     j->next = sh->done;
     sh->done = j;
     pthread_mutex_unlock(&sh->mu);
-    if (wake)
-        s_wake(sh);
 }
 
 /* --------------------------------------------------------- start, stop */
@@ -897,11 +892,8 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
     mkdir(c->dir, 0700);
     st_error e;
     st_options o = c->st;
-    sh->inline_writes = !c->writer_thread;
-    if (sh->inline_writes) {
-        o.wake = s_wake; /* the sweeper's requests wake this thread */
-        o.wake_arg = sh;
-    }
+    o.wake = s_wake; /* inline: the engine writes on the socket thread, and */
+    o.wake_arg = sh; /* the sweeper's requests wake that thread */
     if (st_open(c->dir, &o, &sh->st, &e)) {
         snprintf(err, errlen, "shard %d: %s", c->index, e.msg);
         s_free(sh);

@@ -2,16 +2,17 @@
  * sh_service.h - a storage shard as a service: a ZeroMQ ROUTER in front of
  * one storage engine (st.h), speaking proto/imbox/internal/v1/shard.proto.
  *
- * One thread owns the ROUTER socket. It decodes each request, refuses uids
- * this shard does not own (FAILED_PRECONDITION), runs reads inline and hands
- * writes to the engine's group-commit writer without waiting: many Store
- * requests in flight become one fsync. The engine's completion callbacks
- * queue the finished request and wake the thread through an eventfd polled
- * beside the socket; the thread then sends the reply (replies leave in
- * completion order, paired to requests by their id frame). The socket
- * thread never waits on the writer: Counts (which purges the inbox's expired
- * messages first) is an engine request like the writes, and the periodic
- * expiry sweep runs on a sweeper thread of its own.
+ * One thread owns the ROUTER socket and runs the engine's writes too (the
+ * engine's inline mode, st_run): each turn it takes every request waiting
+ * in the socket (up to a burst), runs reads at once, queues the writes,
+ * executes them as one group commit (one fsync for all the Stores of the
+ * turn), and sends the replies (in completion order, paired to requests by
+ * their id frame) and the notices. What arrives during an fsync waits in
+ * the socket and makes the next turn's batch, as in Redis's event loop: no
+ * thread hand-off before or after a write (measured against a writer
+ * thread of its own in docs/BENCHMARKS.md). The periodic expiry sweep runs
+ * on a sweeper thread of its own, which submits to the engine and wakes
+ * this one through an eventfd polled beside the socket.
  */
 #ifndef IMBOX_SH_SERVICE_H
 #define IMBOX_SH_SERVICE_H
@@ -29,8 +30,6 @@ typedef struct sh_config {
     st_options st;          /* engine options */
     void *zctx;             /* ZeroMQ context; the caller keeps it alive */
     int64_t sweep_ms;       /* expiry sweep period (0 = default 10 min) */
-    bool writer_thread;     /* the engine's own writer thread (default:
-                               writes run on the socket thread, st_run) */
 } sh_config;
 
 typedef struct sh_service sh_service;
