@@ -443,26 +443,6 @@ static void s_result(ib *b, ib_call *c)
 
 /* -------------------------------------------------------------- calls */
 
-static grpc_channel *s_channel(const char *addr)
-{
-    grpc_arg args[2];
-    memset(args, 0, sizeof args);
-    /* Each channel its own connection: channels with equal arguments share
-     * subchannels (one TCP connection) by default. */
-    args[0].type = GRPC_ARG_INTEGER;
-    args[0].key = (char *)GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
-    args[0].value.integer = 1;
-    /* No retry machinery (it buffers every message sent): less client work. */
-    args[1].type = GRPC_ARG_INTEGER;
-    args[1].key = (char *)GRPC_ARG_ENABLE_RETRIES;
-    args[1].value.integer = 0;
-    grpc_channel_args ca = {2, args};
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-    grpc_channel *ch = grpc_channel_create(addr, creds, &ca);
-    grpc_channel_credentials_release(creds);
-    return ch;
-}
-
 static void s_call_free(ib *b, ib_call *c)
 {
     if (c->req)
@@ -717,7 +697,7 @@ static int s_open(void *self)
     b->inited = true;
     b->cq = grpc_completion_queue_create_for_next(NULL);
     for (int i = 0; i < b->nch; i++)
-        if (!(b->ch[i] = s_channel(b->addr))) {
+        if (!(b->ch[i] = pb_channel(b->addr))) {
             fprintf(stderr, "imbox-bench: cannot create a channel to %s\n", b->addr);
             s_close(b);
             return -1;

@@ -487,7 +487,7 @@ static bool s_decode(grpc_byte_buffer *bb, const pb_msgdesc_t *fields, void *des
 
 /* ------------------------------------------------------------ channels */
 
-static grpc_channel *s_channel(const char *addr)
+grpc_channel *pb_channel(const char *addr)
 {
     grpc_arg args[2];
     memset(args, 0, sizeof args);
@@ -504,6 +504,12 @@ static grpc_channel *s_channel(const char *addr)
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
     grpc_channel *ch = grpc_channel_create(addr, creds, &ca);
     grpc_channel_credentials_release(creds);
+    return ch;
+}
+
+static grpc_channel *s_channel(const char *addr)
+{
+    grpc_channel *ch = pb_channel(addr);
     if (!ch) {
         fprintf(stderr, "push: cannot create a channel to %s\n", addr);
         exit(1);

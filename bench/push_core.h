@@ -45,4 +45,10 @@ typedef void (*pb_put_fn)(const char *key, bool str, const char *val);
 
 int pb_run(const pb_args *a, pb_put_fn put);
 
+/* An insecure channel to addr (HOST:PORT) on a connection of its own (a
+ * local subchannel pool), without gRPC's retry machinery; NULL on failure.
+ * imbox-bench's channels are made here too. */
+struct grpc_channel;
+struct grpc_channel *pb_channel(const char *addr);
+
 #endif
