@@ -319,9 +319,44 @@ static int s_read_stat(int pid, s_pstat *out)
     return 0;
 }
 
-/* CPU of the process trees rooted at pids, in ns, and how many processes
- * they hold. Returns 0, or -1 when a root is gone. */
-static int s_tree_cpu(const int *pids, int npids, int64_t *ns, int *nprocs)
+/* Context switches (voluntary and not) of every thread of pid so far: each
+ * is a thread that slept and was woken, or was preempted; 0 if pid is gone. */
+static int64_t s_proc_ctx(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    int64_t sum = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!isdigit((unsigned char)e->d_name[0]))
+            continue;
+        char sp[96], line[128];
+        snprintf(sp, sizeof sp, "/proc/%d/task/%.16s/status", pid, e->d_name);
+        FILE *f = fopen(sp, "r");
+        if (!f)
+            continue;
+        while (fgets(line, sizeof line, f)) {
+            const char *v = NULL;
+            if (!strncmp(line, "voluntary_ctxt_switches:", 24))
+                v = line + 24;
+            else if (!strncmp(line, "nonvoluntary_ctxt_switches:", 27))
+                v = line + 27;
+            if (v)
+                sum += strtoll(v, NULL, 10);
+        }
+        fclose(f);
+    }
+    closedir(d);
+    return sum;
+}
+
+/* CPU of the process trees rooted at pids, in ns, their threads' context
+ * switches, and how many processes they hold. Returns 0, or -1 when a root
+ * is gone. */
+static int s_tree_cpu(const int *pids, int npids, int64_t *ns, int64_t *ctx, int *nprocs)
 {
     size_t n = 0, cap = 256;
     s_pstat *ps = s_calloc(cap, sizeof *ps);
@@ -380,9 +415,12 @@ static int s_tree_cpu(const int *pids, int npids, int64_t *ns, int *nprocs)
         }
         long hz = sysconf(_SC_CLK_TCK);
         int64_t ticks = 0;
+        *ctx = 0;
         for (size_t i = 0; i < n; i++)
-            if (ps[i].in)
+            if (ps[i].in) {
                 ticks += ps[i].ticks;
+                *ctx += s_proc_ctx(ps[i].pid);
+            }
         *ns = ticks * (1000000000LL / (hz > 0 ? hz : 100));
         *nprocs = found;
         rc = 0;
@@ -1507,7 +1545,8 @@ static void s_put_head(s_core *c)
     }
 }
 
-static void s_put_figures(s_core *c, int64_t cpu_ns, bool cpu_ok, int nprocs, int64_t gen_ns)
+static void s_put_figures(s_core *c, int64_t cpu_ns, int64_t ctx, bool cpu_ok, int nprocs,
+                          int64_t gen_ns)
 {
     static const char *const kind[BC_KINDS] = {"send", "pull", "counts", "noop"};
     const bc_opts *o = &c->o;
@@ -1591,6 +1630,8 @@ static void s_put_figures(s_core *c, int64_t cpu_ns, bool cpu_ok, int nprocs, in
             bc_put_double("server_cpu_ms", (double)cpu_ns / 1e6, 0);
             bc_put_double("server_cpu_us_per_call",
                           c->calls_ok ? (double)cpu_ns / 1e3 / (double)c->calls_ok : 0, 1);
+            bc_put_double("server_ctx_switches_per_call",
+                          c->calls_ok ? (double)ctx / (double)c->calls_ok : 0, 2);
             if (c->work == W_DRAIN)
                 bc_put_double("server_cpu_us_per_msg",
                               c->msgs_pulled ? (double)cpu_ns / 1e3 / (double)c->msgs_pulled : 0,
@@ -1623,10 +1664,10 @@ static int s_run(s_core *c)
         if (c->fill_errors)
             bc_put_int("fill_retried", (int64_t)c->fill_errors);
     }
-    int64_t cpu0 = 0, cpu1 = 0, gen0, gen1;
+    int64_t cpu0 = 0, cpu1 = 0, ctx0 = 0, ctx1 = 0, gen0, gen1;
     int nprocs = 0;
     bool cpu_ok = o->npids > 0;
-    if (cpu_ok && s_tree_cpu(o->pids, o->npids, &cpu0, &nprocs)) {
+    if (cpu_ok && s_tree_cpu(o->pids, o->npids, &cpu0, &ctx0, &nprocs)) {
         s_fatal("--server-pid: no such process");
         return -1;
     }
@@ -1634,13 +1675,13 @@ static int s_run(s_core *c)
     s_pace pace = c->work == W_DRAIN ? P_DRAIN : o->rate > 0 ? P_OPEN : P_CLOSED;
     s_loop(pace, o->workload);
     gen1 = s_self_cpu_ns();
-    if (cpu_ok && s_tree_cpu(o->pids, o->npids, &cpu1, &nprocs))
+    if (cpu_ok && s_tree_cpu(o->pids, o->npids, &cpu1, &ctx1, &nprocs))
         cpu_ok = false;
     if (c->work == W_DRAIN) {
         for (int r = 0; r < o->receivers; r++)
             c->checks[K_DRAIN_MISSING] += (uint64_t)o->backlog - c->rcv[r].nseen;
     }
-    s_put_figures(c, cpu1 - cpu0, cpu_ok, nprocs, gen1 - gen0);
+    s_put_figures(c, cpu1 - cpu0, ctx1 - ctx0, cpu_ok, nprocs, gen1 - gen0);
     return c->fatal ? -1 : 0;
 }
 

@@ -64,6 +64,8 @@ class BenchTest(h.ImboxTestCase):
         self.assertLessEqual(rep['latency_p50_us'], rep['latency_p99_us'], rep)
         self.assertLessEqual(rep['latency_p99_us'], rep['latency_max_us'], rep)
         self.assertIn('server_cpu_us_per_call', rep)
+        # The server's threads sleep between calls: serving any wakes one.
+        self.assertGreater(rep['server_ctx_switches_per_call'], 0, rep)
         self.assertEqual(rep['server_procs'], 1, rep)
         self.assertIn('gen_cpu_us_per_call', rep)
 
