@@ -54,7 +54,8 @@ typedef enum {
 } gw_method;
 
 
-/* TAG_SEND: the final batch (status); TAG_MD, TAG_MSG: a stream's initial
+/* TAG_SEND: the final batch (status; a unary call's receive-close rides in it);
+ * TAG_CLOSE: a stream's receive-close; TAG_MD, TAG_MSG: a stream's initial
  * metadata and each of its messages. */
 typedef enum { TAG_NEW, TAG_CLOSE, TAG_SEND, TAG_MD, TAG_MSG } gw_tag_kind;
 

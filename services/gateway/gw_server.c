@@ -60,7 +60,7 @@ void gw__call_unref(gw_call *c)
  */
 void gw__respond(gw_call *c, int status, const char *msg, uint8_t *body, size_t len)
 {
-    grpc_op ops[3];
+    grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     int n = 0;
     ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
@@ -77,6 +77,10 @@ void gw__respond(gw_call *c, int status, const char *msg, uint8_t *body, size_t 
     ops[n].data.send_status_from_server.trailing_metadata_count = 0;
     ops[n].data.send_status_from_server.status = (grpc_status_code)status;
     ops[n++].data.send_status_from_server.status_details = &c->status_details;
+    if (c->m != M_SUBSCRIBE) { /* a stream's is its own batch (s_on_new) */
+        ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+        ops[n++].data.recv_close_on_server.cancelled = &c->cancelled;
+    }
     grpc_call_error e = grpc_call_start_batch(c->call, ops, (size_t)n, &c->t_send, NULL);
     if (e != GRPC_CALL_OK) {
         fprintf(stderr, "imbox gateway: start_batch(send) = %d: a bug\n", (int)e);
@@ -192,15 +196,19 @@ static void s_arm(gw_server *g, gw_method m)
 
 static void s_on_new(gw_call *c)
 {
-    grpc_op op;
-    memset(&op, 0, sizeof op);
-    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    op.data.recv_close_on_server.cancelled = &c->cancelled;
-    /* Two batches will complete: receive-close now, send-status later. */
-    atomic_store(&c->refs, 2);
-    if (grpc_call_start_batch(c->call, &op, 1, &c->t_close, NULL) != GRPC_CALL_OK) {
-        fprintf(stderr, "imbox gateway: start_batch(close) failed: a bug\n");
-        abort();
+    /* A unary call's receive-close rides in its answer's batch (one
+     * completion per call, gw__respond); a stream learns of its end (cancel,
+     * deadline) from a batch of its own, started now. */
+    atomic_store(&c->refs, c->m == M_SUBSCRIBE ? 2 : 1);
+    if (c->m == M_SUBSCRIBE) {
+        grpc_op op;
+        memset(&op, 0, sizeof op);
+        op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+        op.data.recv_close_on_server.cancelled = &c->cancelled;
+        if (grpc_call_start_batch(c->call, &op, 1, &c->t_close, NULL) != GRPC_CALL_OK) {
+            fprintf(stderr, "imbox gateway: start_batch(close) failed: a bug\n");
+            abort();
+        }
     }
     if (c->m == M_HEALTH) {
         gw__health(c);
