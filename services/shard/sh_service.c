@@ -62,8 +62,9 @@ struct sh_service {
     int efd;
     pthread_t thread;
     atomic_bool stop;
-    pthread_mutex_t mu;     /* guards done, sweep_stop */
-    sh_job *done;           /* finished jobs, newest first */
+    pthread_mutex_t mu;     /* guards sweep_stop */
+    sh_job *done;           /* finished jobs, newest first (thread-owned:
+                               the engine completes them inside st_run) */
     pthread_t sweeper;      /* the expiry sweep waits on the writer: its own
                                thread, not the socket's */
     pthread_cond_t sweep_cv;
@@ -369,10 +370,8 @@ static void s_job_finish(sh_service *sh, sh_job *j)
 /* Takes the finished jobs and answers them, oldest first. */
 static void s_drain_done(sh_service *sh)
 {
-    pthread_mutex_lock(&sh->mu);
     sh_job *list = sh->done;
     sh->done = NULL;
-    pthread_mutex_unlock(&sh->mu);
     sh_job *rev = NULL;
     while (list) {
         sh_job *n = list->next;
@@ -829,10 +828,8 @@ static void s_job_done(st_req *r)
 {
     sh_service *sh = r->arg;
     sh_job *j = (sh_job *)r; /* req is the first member */
-    pthread_mutex_lock(&sh->mu);
     j->next = sh->done;
     sh->done = j;
-    pthread_mutex_unlock(&sh->mu);
 }
 
 /* --------------------------------------------------------- start, stop */
