@@ -107,7 +107,7 @@ typedef struct s_kv {
 static s_kv *s_out;
 static size_t s_nout, s_capout;
 
-static void s_put(const char *key, bool str, const char *val)
+void bc_put(const char *key, bool str, const char *val)
 {
     for (size_t i = 0; i < s_nout; i++)
         if (!strcmp(s_out[i].key, key)) {
@@ -135,23 +135,23 @@ void bc_put_int(const char *key, int64_t v)
 {
     char b[32];
     snprintf(b, sizeof b, "%" PRId64, v);
-    s_put(key, false, b);
+    bc_put(key, false, b);
 }
 
 void bc_put_str(const char *key, const char *v)
 {
-    s_put(key, true, v ? v : "");
+    bc_put(key, true, v ? v : "");
 }
 
 void bc_put_double(const char *key, double v, int decimals)
 {
     char b[64];
     if (!isfinite(v)) {
-        s_put(key, true, "nan");
+        bc_put(key, true, "nan");
         return;
     }
     snprintf(b, sizeof b, "%.*f", decimals < 0 ? 0 : decimals > 9 ? 9 : decimals, v);
-    s_put(key, false, b);
+    bc_put(key, false, b);
 }
 
 static void s_json_str(const char *s)
@@ -168,7 +168,16 @@ static void s_json_str(const char *s)
     putchar('"');
 }
 
-static void s_print(bool json)
+static void s_out_clear(void)
+{
+    for (size_t i = 0; i < s_nout; i++)
+        free(s_out[i].val);
+    free(s_out);
+    s_out = NULL;
+    s_nout = s_capout = 0;
+}
+
+void bc_print(bool json)
 {
     if (!json) {
         for (size_t i = 0; i < s_nout; i++)
@@ -187,11 +196,7 @@ static void s_print(bool json)
         printf("}\n");
     }
     fflush(stdout);
-    for (size_t i = 0; i < s_nout; i++)
-        free(s_out[i].val);
-    free(s_out);
-    s_out = NULL;
-    s_nout = s_capout = 0;
+    s_out_clear();
 }
 
 /* ---------------------------------------------------------- histogram */
@@ -284,9 +289,17 @@ static void s_put_hist(const char *prefix, const s_hist *h)
 
 typedef struct s_pstat {
     int pid, ppid;
+    int64_t own;   /* utime + stime */
     int64_t ticks; /* utime + stime + cutime + cstime */
     bool in;
 } s_pstat;
+
+/* Clock ticks (of /proc/PID/stat) in ns. */
+static int64_t s_ticks_ns(int64_t ticks)
+{
+    long hz = sysconf(_SC_CLK_TCK);
+    return ticks * (1000000000LL / (hz > 0 ? hz : 100));
+}
 
 /* Reads /proc/PID/stat. The comm field may hold spaces and parentheses:
  * fields are counted after the last ')'. Returns 0 or -1. */
@@ -314,6 +327,7 @@ static int s_read_stat(int pid, s_pstat *out)
         return -1;
     out->pid = pid;
     out->ppid = (int)v[1];
+    out->own = v[11] + v[12];
     out->ticks = v[11] + v[12] + v[13] + v[14];
     out->in = false;
     return 0;
@@ -413,7 +427,6 @@ static int s_tree_cpu(const int *pids, int npids, int64_t *ns, int64_t *ctx, int
                     }
             }
         }
-        long hz = sysconf(_SC_CLK_TCK);
         int64_t ticks = 0;
         *ctx = 0;
         for (size_t i = 0; i < n; i++)
@@ -421,7 +434,7 @@ static int s_tree_cpu(const int *pids, int npids, int64_t *ns, int64_t *ctx, int
                 ticks += ps[i].ticks;
                 *ctx += s_proc_ctx(ps[i].pid);
             }
-        *ns = ticks * (1000000000LL / (hz > 0 ? hz : 100));
+        *ns = s_ticks_ns(ticks);
         *nprocs = found;
         rc = 0;
     }
@@ -429,7 +442,13 @@ static int s_tree_cpu(const int *pids, int npids, int64_t *ns, int64_t *ctx, int
     return rc;
 }
 
-static int64_t s_self_cpu_ns(void)
+int64_t bc_proc_cpu_ns(int pid)
+{
+    s_pstat ps;
+    return s_read_stat(pid, &ps) ? -1 : s_ticks_ns(ps.own);
+}
+
+int64_t bc_self_cpu_ns(void)
 {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -1671,10 +1690,10 @@ static int s_run(s_core *c)
         s_fatal("--server-pid: no such process");
         return -1;
     }
-    gen0 = s_self_cpu_ns();
+    gen0 = bc_self_cpu_ns();
     s_pace pace = c->work == W_DRAIN ? P_DRAIN : o->rate > 0 ? P_OPEN : P_CLOSED;
     s_loop(pace, o->workload);
-    gen1 = s_self_cpu_ns();
+    gen1 = bc_self_cpu_ns();
     if (cpu_ok && s_tree_cpu(o->pids, o->npids, &cpu1, &ctx1, &nprocs))
         cpu_ok = false;
     if (c->work == W_DRAIN) {
@@ -1762,15 +1781,11 @@ int bc_main(int argc, char **argv, bc_driver *d, bc_extra_fn parse_extra, void *
             bc_put_int("ok", ok);
             rc = ok ? 0 : 1;
         }
-        s_print(o->json);
+        bc_print(o->json);
         if (c->fatal)
             fprintf(stderr, "bench: %s\n", c->why);
     } else {
-        for (size_t i = 0; i < s_nout; i++) /* usage: no report */
-            free(s_out[i].val);
-        free(s_out);
-        s_out = NULL;
-        s_nout = s_capout = 0;
+        s_out_clear(); /* usage: no report */
     }
     if (opened && d->close)
         d->close(d->self);

@@ -137,6 +137,19 @@ void bc_done(bc_op *op);
 void bc_put_int(const char *key, int64_t v);
 void bc_put_str(const char *key, const char *v);
 void bc_put_double(const char *key, double v, int decimals);
+/* The same with the value already formatted: str says whether JSON quotes
+ * it (push_core's put function, pb_put_fn, has this shape). A key put twice
+ * keeps its place and takes the new value. */
+void bc_put(const char *key, bool str, const char *val);
+
+/* Prints what was put (key=value lines, or one JSON object) and forgets it;
+ * bc_main calls it, a tool of its own (push_bench) may too. */
+void bc_print(bool json);
+
+/* utime + stime of pid (from /proc/PID/stat), and of this process, in
+ * ns; -1 when pid is gone. */
+int64_t bc_proc_cpu_ns(int pid);
+int64_t bc_self_cpu_ns(void);
 
 /* CLOCK_MONOTONIC in ns. */
 int64_t bc_now_ns(void);

@@ -729,16 +729,6 @@ static void s_report(void *self)
 
 /* ---------------------------------------------------------- push modes */
 
-static void s_push_put(const char *key, bool str, const char *val)
-{
-    if (str) {
-        bc_put_str(key, val);
-        return;
-    }
-    const char *dot = strchr(val, '.');
-    bc_put_double(key, strtod(val, NULL), dot ? (int)strlen(dot + 1) : 0);
-}
-
 static int s_custom(void *self, const char *workload)
 {
     ib *b = self;
@@ -773,7 +763,7 @@ static int s_custom(void *self, const char *workload)
         fprintf(stderr, "imbox-bench: push runs --rate for --seconds (no --count)\n");
         return 2;
     }
-    return pb_run(&a, s_push_put);
+    return pb_run(&a, bc_put); /* values come formatted: kept exactly */
 }
 
 /* -------------------------------------------------------------- flags */

@@ -25,57 +25,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_core.h"
 #include "push_core.h"
 
 #define PB_MAX_PIDS 16
-#define PB_MAX_OUT 400
-
-/* The figures, kept until the run ends, then printed in one go. */
-static struct {
-    char key[48];
-    char val[256];
-    bool str;
-} s_out[PB_MAX_OUT];
-static int s_nout;
-
-static void s_collect(const char *key, bool str, const char *val)
-{
-    if (s_nout == PB_MAX_OUT)
-        return;
-    snprintf(s_out[s_nout].key, sizeof s_out[s_nout].key, "%s", key);
-    snprintf(s_out[s_nout].val, sizeof s_out[s_nout].val, "%s", val);
-    s_out[s_nout++].str = str;
-}
-
-static void s_print(bool json)
-{
-    if (!json) {
-        for (int i = 0; i < s_nout; i++)
-            printf("%s=%s\n", s_out[i].key, s_out[i].val);
-        fflush(stdout);
-        return;
-    }
-    printf("{");
-    for (int i = 0; i < s_nout; i++) {
-        printf("%s\"%s\": ", i ? ", " : "", s_out[i].key);
-        if (!s_out[i].str) {
-            printf("%s", s_out[i].val);
-            continue;
-        }
-        putchar('"');
-        for (const unsigned char *p = (const unsigned char *)s_out[i].val; *p; p++) {
-            if (*p == '"' || *p == '\\')
-                printf("\\%c", *p);
-            else if (*p < 0x20)
-                printf("\\u%04x", *p);
-            else
-                putchar(*p);
-        }
-        putchar('"');
-    }
-    printf("}\n");
-    fflush(stdout);
-}
 
 static void s_usage(FILE *f)
 {
@@ -191,8 +144,8 @@ int main(int argc, char **argv)
         }
         a.pids = pids;
     }
-    int rc = pb_run(&a, s_collect);
+    int rc = pb_run(&a, bc_put);
     if (rc != 2)
-        s_print(json);
+        bc_print(json);
     return rc;
 }

@@ -75,7 +75,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -92,6 +91,7 @@
 
 #include "im_auth.h"
 #include "imbox/v1/imbox.pb.h"
+#include "bench_core.h"
 #include "push_core.h"
 
 /* Tunables (each can be overridden where a flag exists). */
@@ -192,38 +192,6 @@ static void s_put_latency(const char *prefix, int64_t *v, size_t n, bool full)
 
 /* ------------------------------------------------------- /proc readers */
 
-/* utime + stime of pid in nanoseconds, or -1. The comm field may hold
- * spaces and parentheses: the fields are counted after the last ')'. */
-static int64_t s_proc_cpu_ns(int pid)
-{
-    char path[64], buf[2048];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    if (!p)
-        return -1;
-    p++;
-    /* After ")": field 3 (state) is token 0, utime (14) token 11, stime 12. */
-    unsigned long long ut = 0, st = 0;
-    char *save = NULL;
-    int i = 0;
-    for (char *t = strtok_r(p, " ", &save); t; t = strtok_r(NULL, " ", &save), i++) {
-        if (i == 11)
-            ut = strtoull(t, NULL, 10);
-        if (i == 12) {
-            st = strtoull(t, NULL, 10);
-            long hz = sysconf(_SC_CLK_TCK);
-            return (int64_t)((ut + st) * (1000000000ULL / (unsigned long long)(hz > 0 ? hz : 100)));
-        }
-    }
-    return -1;
-}
-
 /* VmRSS of pid in KiB, or -1. */
 static int64_t s_proc_rss_kib(int pid)
 {
@@ -240,14 +208,6 @@ static int64_t s_proc_rss_kib(int pid)
         }
     fclose(f);
     return kib;
-}
-
-static int64_t s_self_cpu_ns(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ((int64_t)ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000LL +
-           ((int64_t)ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000LL;
 }
 
 /* ---------------------------------------------------------- the state */
@@ -1244,9 +1204,9 @@ static int s_run_latency(pb *b)
      * latency still counts from the schedule) and the generator does not
      * drown itself and the server in calls. Sending stops at 2 x --seconds
      * + 5 s, whatever is left is not_sent. */
-    int64_t cpu0[PB_MAX_PIDS], gen0 = s_self_cpu_ns();
+    int64_t cpu0[PB_MAX_PIDS], gen0 = bc_self_cpu_ns();
     for (int i = 0; i < b->npids; i++)
-        cpu0[i] = s_proc_cpu_ns(b->pids[i]);
+        cpu0[i] = bc_proc_cpu_ns(b->pids[i]);
     double period = 1e9 / b->rate;
     int64_t t0 = s_now() + 1000000, next_scan = t0, drain_until = 0;
     int64_t send_stop = t0 + (int64_t)((2 * b->seconds + 5) * 1e9);
@@ -1295,12 +1255,12 @@ static int s_run_latency(pb *b)
         }
         s_pump(b, wake);
     }
-    int64_t t_end = s_now(), gen1 = s_self_cpu_ns();
+    int64_t t_end = s_now(), gen1 = bc_self_cpu_ns();
     int64_t cpu_total = 0;
     bool cpu_ok = b->npids > 0;
     int64_t cpu_each[PB_MAX_PIDS];
     for (int i = 0; i < b->npids; i++) {
-        int64_t c1 = s_proc_cpu_ns(b->pids[i]);
+        int64_t c1 = bc_proc_cpu_ns(b->pids[i]);
         cpu_each[i] = c1 >= 0 && cpu0[i] >= 0 ? c1 - cpu0[i] : -1;
         if (cpu_each[i] < 0)
             cpu_ok = false;
@@ -1531,9 +1491,9 @@ static int s_run_idle(pb *b)
     int64_t rss1 = b->gw_pid ? s_proc_rss_kib(b->gw_pid) : -1;
     /* A quiet window of --seconds (no call at all): what the open streams
      * cost the gateway by themselves (keepalive, presence lease renewal). */
-    int64_t gcpu0 = b->gw_pid ? s_proc_cpu_ns(b->gw_pid) : -1, q0 = s_now();
+    int64_t gcpu0 = b->gw_pid ? bc_proc_cpu_ns(b->gw_pid) : -1, q0 = s_now();
     s_idle_for(b, (int64_t)(b->seconds * 1e9));
-    int64_t gcpu1 = b->gw_pid ? s_proc_cpu_ns(b->gw_pid) : -1, quiet = s_now() - q0;
+    int64_t gcpu1 = b->gw_pid ? bc_proc_cpu_ns(b->gw_pid) : -1, quiet = s_now() - q0;
     s_probe_run(b, "idle");
     int64_t held = s_now() - t_open;
     int64_t rss2 = b->gw_pid ? s_proc_rss_kib(b->gw_pid) : -1;
