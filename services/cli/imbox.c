@@ -198,10 +198,10 @@ static int cmd_serve(int argc, char **argv)
     flag flags[] = {
         {"listen", "127.0.0.1:50051", "gRPC address HOST:PORT", NULL},
         {"data-dir", "./data", "directory of the shards and auth.secret", NULL},
-        /* 1: on one disk, shards in one process split the group commit
-         * (64 senders, 2 cores: 9.1k sends/s with 1, 6.6k with 2, 5.4k
-         * with 4; docs/BENCHMARKS.md). More shards are for more disks. */
-        {"shards", "1", "number of shards (threads) in this process", NULL},
+        /* 1: the shards of `serve` run on the gateway's bus thread, one
+         * group commit (one fsync) each per turn, so on one disk more
+         * shards split the batch (docs/BENCHMARKS.md). */
+        {"shards", "1", "number of shards in this process", NULL},
         ENGINE_FLAGS,
         GATEWAY_FLAGS,
         {0},
@@ -223,25 +223,24 @@ static int cmd_serve(int argc, char **argv)
     void *zctx = zmq_ctx_new();
     grpc_init();
     sh_service *shards[64] = {0};
-    char *eps[64] = {0};
+    im_local_shard local[64] = {0};
     char err[256];
     gw_server *gw = NULL;
+    /* Local shards (no endpoint): the gateway's bus thread drives them
+     * (im_local.h), with no ZeroMQ hop in between. */
     for (int i = 0; i < S && !rc; i++) {
         char sdir[PATH_MAX];
         snprintf(sdir, sizeof sdir, "%s/shard-%d", dir, i);
-        if (asprintf(&eps[i], "inproc://imbox-shard-%d", i) < 0) {
-            rc = 1;
-            break;
-        }
-        sh_config c = {.index = i, .count = S, .endpoint = eps[i], .dir = sdir, .st = so,
+        sh_config c = {.index = i, .count = S, .endpoint = NULL, .dir = sdir, .st = so,
                        .zctx = zctx};
         if (!(shards[i] = sh_start(&c, err, sizeof err))) {
             fprintf(stderr, "imbox serve: %s\n", err);
             rc = 1;
         }
+        local[i] = sh_local(shards[i]);
     }
     if (!rc) {
-        gc.shards = eps;
+        gc.local = local;
         gc.secret = secret;
         gc.zctx = zctx;
         if (!(gw = gw_start(&gc, err, sizeof err))) {
@@ -254,11 +253,11 @@ static int cmd_serve(int argc, char **argv)
                 s_get(flags, "listen"), S, dir);
         s_wait_signal(sigs);
     }
+    for (int i = 0; i < S; i++) /* a sweep needs the bus thread: first */
+        sh_quiesce(shards[i]);
     gw_stop(&gw, IMBOX_GRACE_MS);
-    for (int i = 0; i < S; i++) {
+    for (int i = 0; i < S; i++)
         sh_stop(&shards[i]);
-        free(eps[i]);
-    }
     zmq_ctx_term(zctx);
     grpc_shutdown();
     return rc;

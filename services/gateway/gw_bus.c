@@ -14,11 +14,18 @@
 
 #include <zmq.h>
 
+#include "im_local.h"
 #include "im_wire.h"
 #include "im_zmq.h"
 
 #define BUS_BUCKETS 4096     /* pending-by-id hash buckets (power of two) */
 #define BUS_HWM 100000       /* messages queued per socket before EAGAIN */
+#define BUS_LOCAL_RUN_MS 1000 /* local shards run at least this often (leases) */
+
+typedef struct bus_sink { /* a local shard's im_local_sink.arg */
+    struct gw_bus *b;
+    int shard;
+} bus_sink;
 
 typedef struct bus_req {
     int shard;
@@ -37,9 +44,13 @@ struct gw_bus {
     void **monitors;         /* PAIR per dealer, reading its DISCONNECTED events */
     char **endpoints;
     int n;
+    im_local_shard *local;   /* n entries; .obj NULL for a remote shard */
+    bus_sink *sinks;
+    int nlocal;
     int timeout_ms;
     gw_bus_hooks hooks;
-    uint8_t id[255];
+    uint8_t id[255];         /* routing id (hooks.id, or 1 byte) */
+    size_t id_len;
     int efd;
     pthread_t thread;
     pthread_mutex_t mu;      /* guards queue, closing */
@@ -125,6 +136,20 @@ static void s_send_queued(gw_bus *b)
     while (r) {
         bus_req *next = r->next;
         r->id = ++b->next_id;
+        const im_local_shard *l = &b->local[r->shard];
+        if (l->obj) {
+            /* Pending first: the shard may answer inside the call. */
+            r->deadline = now + b->timeout_ms;
+            s_pending_add(b, r);
+            uint8_t id[8];
+            memcpy(id, &r->id, 8);
+            uint8_t *body = r->body;
+            r->body = NULL;
+            l->request(l->obj, b->id, b->id_len, id, body, r->len);
+            free(body);
+            r = next;
+            continue;
+        }
         void *d = b->dealers[r->shard];
         if (zmq_send(d, &r->id, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
             s_fail(b, r, errno == EAGAIN ? "is not connected" : zmq_strerror(errno));
@@ -164,6 +189,45 @@ static void s_recv_replies(gw_bus *b, int shard)
         }
         im_zmq_close(parts, n, 2);
     }
+}
+
+/* A local shard's reply (on the bus thread, inside request or run). */
+static void s_local_reply(void *arg, const uint8_t id8[8], const uint8_t *body, size_t len)
+{
+    bus_sink *k = arg;
+    uint64_t id;
+    memcpy(&id, id8, 8);
+    bus_req *r = s_pending_take(k->b, id);
+    if (r) /* else: it timed out */
+        s_finish(r, IM_OK, NULL, body, len);
+}
+
+static void s_local_notice(void *arg, const uint8_t *body, size_t len)
+{
+    bus_sink *k = arg;
+    if (k->b->hooks.notice)
+        k->b->hooks.notice(k->b->hooks.arg, k->shard, body, len);
+}
+
+static void s_wake(gw_bus *b)
+{
+    uint64_t one = 1;
+    if (write(b->efd, &one, sizeof one) < 0)
+        fprintf(stderr, "imbox gateway: eventfd write: %s\n", strerror(errno));
+}
+
+/* A local shard's sweeper queued a write (any thread). */
+static void s_local_wake(void *arg)
+{
+    s_wake(((bus_sink *)arg)->b);
+}
+
+/* Runs the local shards' queued writes: one group commit each. */
+static void s_local_run(gw_bus *b)
+{
+    for (int i = 0; b->nlocal && i < b->n; i++)
+        if (b->local[i].obj)
+            b->local[i].run(b->local[i].obj);
 }
 
 /*
@@ -227,6 +291,10 @@ static void *s_main(void *arg)
     items[0].fd = b->efd;
     items[0].events = ZMQ_POLLIN;
     for (int i = 0; i < b->n; i++) {
+        if (!b->dealers[i]) { /* a local shard: nothing to poll */
+            items[i + 1].fd = items[b->n + i + 1].fd = -1;
+            continue;
+        }
         items[i + 1].socket = b->dealers[i];
         items[i + 1].events = ZMQ_POLLIN;
         items[b->n + i + 1].socket = b->monitors[i];
@@ -242,6 +310,8 @@ static void *s_main(void *arg)
             int64_t d = until - s_mono_ms();
             wait = d > 0 ? (long)d : 0;
         }
+        if (b->nlocal && (wait < 0 || wait > BUS_LOCAL_RUN_MS))
+            wait = BUS_LOCAL_RUN_MS;
         if (zmq_poll(items, n, wait) < 0 && errno != EINTR) {
             fprintf(stderr, "imbox gateway: bus poll: %s\n", zmq_strerror(errno));
             break;
@@ -257,6 +327,9 @@ static void *s_main(void *arg)
                 s_recv_replies(b, i);
         if (items[0].revents & ZMQ_POLLIN)
             s_send_queued(b);
+        /* Everything taken from the queue in this turn is one commit; what
+         * comes during its fsync makes the next. */
+        s_local_run(b);
         s_expire(b, s_mono_ms(), false);
         if (s_mono_ms() >= next_tick) {
             b->hooks.tick(b->hooks.arg);
@@ -292,15 +365,17 @@ int gw_bus_send(gw_bus *b, int shard, uint8_t *body, size_t len, gw_bus_fn fn, v
         free(r);
         return -1;
     }
+    bool was_empty = !b->queue;
     if (b->qtail)
         b->qtail->next = r;
     else
         b->queue = r;
     b->qtail = r;
     pthread_mutex_unlock(&b->mu);
-    uint64_t one = 1;
-    if (write(b->efd, &one, sizeof one) < 0)
-        fprintf(stderr, "imbox gateway: eventfd write: %s\n", strerror(errno));
+    /* One wake-up per batch: a queue that was not empty has its wake-up
+     * pending already, and the bus takes the whole queue at once. */
+    if (was_empty)
+        s_wake(b);
     return 0;
 }
 
@@ -321,6 +396,8 @@ static void s_free(gw_bus *b)
     free(b->dealers);
     free(b->monitors);
     free(b->endpoints);
+    free(b->local);
+    free(b->sinks);
     if (b->efd >= 0)
         close(b->efd);
     pthread_mutex_destroy(&b->mu);
@@ -342,8 +419,8 @@ static int s_monitor(gw_bus *b, void *zctx, int i)
     return 0;
 }
 
-gw_bus *gw_bus_new(void *zctx, char *const *endpoints, int n, int timeout_ms,
-                   const gw_bus_hooks *hooks, char *err, size_t errlen)
+gw_bus *gw_bus_new(void *zctx, char *const *endpoints, const im_local_shard *local, int n,
+                   int timeout_ms, const gw_bus_hooks *hooks, char *err, size_t errlen)
 {
     gw_bus *b = calloc(1, sizeof *b);
     if (!b) {
@@ -364,20 +441,41 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, int n, int timeout_ms,
         if (hooks->id) {
             memcpy(b->id, hooks->id, hooks->id_len);
             b->hooks.id = b->id;
+            b->id_len = hooks->id_len;
         }
+    }
+    if (!b->id_len) { /* a local shard keys presence by it */
+        b->id[0] = 1;
+        b->id_len = 1;
     }
     b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     b->dealers = calloc((size_t)n, sizeof *b->dealers);
     b->monitors = calloc((size_t)n, sizeof *b->monitors);
     b->endpoints = calloc((size_t)n, sizeof *b->endpoints);
-    if (b->efd < 0 || !b->dealers || !b->monitors || !b->endpoints) {
+    b->local = calloc((size_t)n, sizeof *b->local);
+    b->sinks = calloc((size_t)n, sizeof *b->sinks);
+    if (b->efd < 0 || !b->dealers || !b->monitors || !b->endpoints || !b->local ||
+        !b->sinks) {
         snprintf(err, errlen, "out of memory or eventfd");
         s_free(b);
         return NULL;
     }
     int one = 1, zero = 0, hwm = BUS_HWM, ivl = 100, ivl_max = 1000;
     for (int i = 0; i < n; i++) {
-        b->endpoints[i] = strdup(endpoints[i]);
+        b->endpoints[i] = strdup(local && local[i].obj ? "local" : endpoints[i]);
+        if (local && local[i].obj) {
+            b->local[i] = local[i];
+            b->sinks[i] = (bus_sink){b, i};
+            im_local_sink sink = {s_local_reply, s_local_notice, s_local_wake, &b->sinks[i]};
+            local[i].attach(local[i].obj, &sink);
+            b->nlocal++;
+            if (!b->endpoints[i]) {
+                snprintf(err, errlen, "out of memory");
+                s_free(b);
+                return NULL;
+            }
+            continue;
+        }
         void *d = b->dealers[i] = zmq_socket(zctx, ZMQ_DEALER);
         if (!b->endpoints[i] || !d || zmq_setsockopt(d, ZMQ_IMMEDIATE, &one, sizeof one) ||
             (b->hooks.id &&
@@ -411,9 +509,7 @@ void gw_bus_destroy(gw_bus **bp)
     pthread_mutex_lock(&b->mu);
     b->closing = true;
     pthread_mutex_unlock(&b->mu);
-    uint64_t one = 1;
-    if (write(b->efd, &one, sizeof one) < 0)
-        fprintf(stderr, "imbox gateway: eventfd write: %s\n", strerror(errno));
+    s_wake(b);
     pthread_join(b->thread, NULL);
     s_free(b);
     *bp = NULL;

@@ -39,14 +39,27 @@
  * call gw_bus_send, and must not block.
  *
  * Wake-up: other threads push onto a mutex-protected queue and write an
- * eventfd that the bus thread polls beside its sockets, so an idle bus
- * sleeps in zmq_poll (no busy polling) and a request costs no timer tick.
+ * eventfd that the bus thread polls beside its sockets, only when the queue
+ * was empty (the bus takes the whole queue per wake-up), so an idle bus
+ * sleeps in zmq_poll (no busy polling), a request costs no timer tick, and
+ * a burst costs one wake-up.
+ *
+ * Local shards (im_local.h; `imbox serve`): a shard given as local has no
+ * DEALER: the bus thread hands it the same request bytes, and after taking
+ * its queue runs the local shards (each turn's writes are one group commit,
+ * fsync'ed on the bus thread) and pairs their replies like a DEALER's, by
+ * id, inside the same turn. Their notices go to hooks.notice. The thread
+ * hand-offs of a Send in serve are then two: completion-queue thread to bus
+ * thread, and the answer's completion back. A local shard never
+ * disconnects; the timeout still applies.
  */
 #ifndef IMBOX_GW_BUS_H
 #define IMBOX_GW_BUS_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "im_local.h"
 
 typedef struct gw_bus gw_bus;
 
@@ -66,10 +79,12 @@ typedef struct gw_bus_hooks {
     void *arg;
 } gw_bus_hooks;
 
-/* Connects to endpoints[0..n-1] (shard i at endpoints[i]); hooks may be
- * NULL (it is copied, id included). NULL on error. */
-gw_bus *gw_bus_new(void *zctx, char *const *endpoints, int n, int timeout_ms,
-                   const gw_bus_hooks *hooks, char *err, size_t errlen);
+/* Connects to endpoints[0..n-1] (shard i at endpoints[i]), or drives
+ * shard i in process when local is not NULL and local[i].obj is set (then
+ * endpoints[i] is ignored and the shard is attached now); hooks may be NULL
+ * (it is copied, id included). NULL on error. */
+gw_bus *gw_bus_new(void *zctx, char *const *endpoints, const im_local_shard *local, int n,
+                   int timeout_ms, const gw_bus_hooks *hooks, char *err, size_t errlen);
 
 /* Queues body (malloc'ed; the bus takes it and frees it) for shard. Returns
  * 0 (fn will be called once) or -1 when the bus is closing (fn is never

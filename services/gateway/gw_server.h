@@ -20,6 +20,7 @@
 #include <stddef.h>
 
 #include "im_auth.h"
+#include "im_local.h"
 
 /* Request limits; 0 = the default, which is also the ceiling the formats
  * allow (IM_RECEIVERS_MAX, IM_CONTENT_MAX, IM_PAGE_MAX of im_base.h). */
@@ -33,6 +34,9 @@ typedef struct gw_limits {
 typedef struct gw_config {
     const char *listen;        /* HOST:PORT */
     char *const *shards;       /* ZeroMQ endpoints, shard i at shards[i] */
+    const im_local_shard *local; /* or NULL; shard i runs in process on the
+                                  bus thread when local[i].obj is set
+                                  (imbox serve; gw_bus.h) */
     int nshards;
     im_secret secret;          /* tokens and cursors */
     void *zctx;                /* ZeroMQ context; the caller keeps it alive */

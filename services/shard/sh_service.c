@@ -16,6 +16,7 @@
 #include <zmq.h>
 
 #include "im_hash.h"
+#include "im_local.h"
 #include "im_wire.h"
 #include "sh_presence.h"
 #include "im_zmq.h"
@@ -79,7 +80,18 @@ struct sh_service {
                                            of the finished batch */
     im_buf entry;                       /* one Commit's message (thread-owned) */
     int nnotices;
+    int64_t next_expire;                /* lapsed leases dropped then */
+    size_t held;                        /* leases held at the last check */
+    /* Local mode (no endpoint: im_local.h): no socket, no thread of its
+     * own; the driver's thread runs it, and replies go to the sink. */
+    bool local;
+    im_local_sink sink;                 /* set by attach; .wake read under mu */
 };
+
+/* The shard whose turn is running on this thread (its own thread, or the
+ * driver's inside request/run): a request it submits to its own engine
+ * needs no wake-up, since the turn runs the engine before it ends. */
+static _Thread_local sh_service *s_running;
 
 /* A list of uids decoded by callback (PresenceOp, PresenceQuery): at most
  * max are kept; an over-long or NUL-holding one makes `bad`. */
@@ -148,7 +160,10 @@ static void s_reply_send(sh_service *sh, const uint8_t *ident, size_t ident_len,
         fprintf(stderr, "imbox shard %d: reply does not encode\n", sh->c.index);
         return;
     }
-    if (zmq_send(sh->router, ident, ident_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+    if (sh->local) {
+        if (sh->sink.reply) /* NULL once the driver is gone (sh_stop) */
+            sh->sink.reply(sh->sink.arg, id, buf, n);
+    } else if (zmq_send(sh->router, ident, ident_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
         zmq_send(sh->router, id, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
         zmq_send(sh->router, buf, n, ZMQ_DONTWAIT) < 0) {
         if (errno != EHOSTUNREACH)
@@ -303,6 +318,12 @@ static void s_notices_send(sh_service *sh)
         im_buf *b = &sh->notices[g];
         if (b->n == 0)
             continue;
+        if (sh->local) { /* one gateway: the driver */
+            if (sh->sink.notice)
+                sh->sink.notice(sh->sink.arg, b->p, b->n);
+            b->n = 0;
+            continue;
+        }
         size_t idn;
         const uint8_t *idp = sh_presence_gateway_id(sh->pres, g, &idn);
         if ((zmq_send(sh->router, idp, idn, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
@@ -772,19 +793,35 @@ static void s_sweeper_stop(sh_service *sh)
     sh->sweeper_started = false;
 }
 
+/* The end of a turn: runs the writes queued by the turn's requests as one
+ * group commit (what arrived while the last commit was being fsync'ed
+ * waited in the socket or the driver's queue, so this is the batch),
+ * answers them, and drops lapsed leases once a second. */
+static void s_turn_end(sh_service *sh)
+{
+    if (st_run(sh->st))
+        s_drain_done(sh);
+    int64_t now = s_mono_ms();
+    if (now >= sh->next_expire) {
+        sh->held = sh_presence_expire(sh->pres, now);
+        sh->next_expire = now + SH_EXPIRE_EVERY_MS;
+    } else if (!sh->held) {
+        sh->held = 1; /* a PresenceOp may have come: check at the next turn */
+    }
+}
+
 static void *s_main(void *arg)
 {
     sh_service *sh = arg;
+    s_running = sh;
     zmq_pollitem_t items[2] = {
         {.socket = sh->router, .events = ZMQ_POLLIN},
         {.fd = sh->efd, .events = ZMQ_POLLIN},
     };
-    int64_t next_expire = 0;
-    size_t held = 0;
     while (!atomic_load(&sh->stop)) {
         /* Asleep unless leases are held: then awake once a second to drop
          * the lapsed ones (a dead gateway's users go offline). */
-        long wait = held ? SH_EXPIRE_EVERY_MS : -1;
+        long wait = sh->held ? SH_EXPIRE_EVERY_MS : -1;
         if (zmq_poll(items, 2, wait) < 0 && errno != EINTR) {
             fprintf(stderr, "imbox shard %d: poll: %s\n", sh->c.index, zmq_strerror(errno));
             break;
@@ -795,17 +832,7 @@ static void *s_main(void *arg)
             fprintf(stderr, "imbox shard %d: eventfd: %s\n", sh->c.index, strerror(errno));
         for (int i = 0; i < SH_RECV_BURST && s_recv_one(sh); i++)
             ;
-        /* Inline writes: what arrived while the last commit was being
-         * fsync'ed waited in the socket, so this is the group commit. */
-        if (st_run(sh->st))
-            s_drain_done(sh);
-        int64_t now = s_mono_ms();
-        if (now >= next_expire) {
-            held = sh_presence_expire(sh->pres, now);
-            next_expire = now + SH_EXPIRE_EVERY_MS;
-        } else if (!held) {
-            held = 1; /* a PresenceOp may have come: check at the next turn */
-        }
+        s_turn_end(sh);
     }
     /* Every accepted request completes before st_close returns; answer
      * them while the socket is still open. */
@@ -817,6 +844,16 @@ static void *s_main(void *arg)
 static void s_wake(void *arg)
 {
     sh_service *sh = arg;
+    if (s_running == sh) /* its own turn: st_run comes before it sleeps */
+        return;
+    if (sh->local) {
+        pthread_mutex_lock(&sh->mu);
+        im_local_sink k = sh->sink;
+        pthread_mutex_unlock(&sh->mu);
+        if (k.wake)
+            k.wake(k.arg);
+        return;
+    }
     uint64_t one = 1;
     if (write(sh->efd, &one, sizeof one) < 0)
         fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index, strerror(errno));
@@ -865,6 +902,7 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
     }
     sh->c = *c;
     sh->efd = -1;
+    sh->local = c->endpoint == NULL;
     pthread_mutex_init(&sh->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -895,6 +933,15 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
         snprintf(err, errlen, "shard %d: %s", c->index, e.msg);
         s_free(sh);
         return NULL;
+    }
+    if (sh->local) {
+        if (pthread_create(&sh->sweeper, NULL, s_sweep_main, sh)) {
+            snprintf(err, errlen, "shard %d: sweeper thread", c->index);
+            s_free(sh);
+            return NULL;
+        }
+        sh->sweeper_started = true;
+        return sh;
     }
     sh->router = zmq_socket(c->zctx, ZMQ_ROUTER);
     int one = 1, linger = 1000, hwm = 100000;
@@ -927,12 +974,67 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
     return sh;
 }
 
+/* ---------------------------------------------------------- local mode */
+
+static void s_local_attach(void *obj, const im_local_sink *sink)
+{
+    sh_service *sh = obj;
+    pthread_mutex_lock(&sh->mu);
+    sh->sink = *sink;
+    pthread_mutex_unlock(&sh->mu);
+}
+
+static void s_local_request(void *obj, const uint8_t *ident, size_t ident_len,
+                            const uint8_t id[8], const uint8_t *body, size_t len)
+{
+    sh_service *sh = obj;
+    if (ident_len > SH_IDENT_MAX)
+        return; /* a driver bug; ZeroMQ ids are <= 255 bytes */
+    s_running = sh;
+    s_handle(sh, ident, ident_len, id, body, len);
+    s_running = NULL;
+}
+
+static void s_local_run(void *obj)
+{
+    sh_service *sh = obj;
+    s_running = sh;
+    s_turn_end(sh);
+    s_running = NULL;
+}
+
+im_local_shard sh_local(sh_service *sh)
+{
+    im_local_shard l = {0};
+    if (sh && sh->local)
+        l = (im_local_shard){sh, s_local_attach, s_local_request, s_local_run};
+    return l;
+}
+
+void sh_quiesce(sh_service *sh)
+{
+    if (sh)
+        s_sweeper_stop(sh);
+}
+
 void sh_stop(sh_service **sp)
 {
     if (!sp || !*sp)
         return;
     sh_service *sh = *sp;
     s_sweeper_stop(sh); /* before the socket thread closes the engine */
+    if (sh->local) {
+        /* The driver is gone: whatever it queued and did not run is
+         * executed by st_close, and its replies are dropped. */
+        pthread_mutex_lock(&sh->mu);
+        sh->sink = (im_local_sink){0};
+        pthread_mutex_unlock(&sh->mu);
+        st_close(&sh->st);
+        s_drain_done(sh);
+        s_free(sh);
+        *sp = NULL;
+        return;
+    }
     atomic_store(&sh->stop, true);
     uint64_t one = 1;
     if (write(sh->efd, &one, sizeof one) < 0)

@@ -13,6 +13,12 @@
  * thread of its own in docs/BENCHMARKS.md). The periodic expiry sweep runs
  * on a sweeper thread of its own, which submits to the engine and wakes
  * this one through an eventfd polled beside the socket.
+ *
+ * Local mode (endpoint NULL; `imbox serve`): no socket and no thread of its
+ * own. The shard is driven through sh_local() (im_local.h) by the thread of
+ * its caller, the gateway's bus thread, with the same request and reply
+ * bytes: one thread then decodes the requests, commits them with one fsync
+ * and answers them, with no hand-off in between.
  */
 #ifndef IMBOX_SH_SERVICE_H
 #define IMBOX_SH_SERVICE_H
@@ -20,12 +26,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "im_local.h"
 #include "st.h"
 
 typedef struct sh_config {
     int index;              /* this shard's index, 0..count-1 */
     int count;              /* shards in the cluster */
-    const char *endpoint;   /* ZeroMQ endpoint to bind: tcp://H:P, inproc://N */
+    const char *endpoint;   /* ZeroMQ endpoint to bind: tcp://H:P, inproc://N;
+                               NULL for local mode */
     const char *dir;        /* the engine's directory (created if missing) */
     st_options st;          /* engine options */
     void *zctx;             /* ZeroMQ context; the caller keeps it alive */
@@ -37,8 +45,19 @@ typedef struct sh_service sh_service;
 /* Opens the engine, binds, starts the thread. NULL on failure, with err. */
 sh_service *sh_start(const sh_config *c, char *err, size_t errlen);
 
+/* A local shard's handle for its driver (im_local.h); {NULL} for a shard
+ * with an endpoint. */
+im_local_shard sh_local(sh_service *s);
+
+/* Stops the expiry sweeper, waiting for a sweep in progress. A local
+ * shard's sweep needs its driver running: call this before stopping the
+ * driver. Idempotent; sh_stop does it too. */
+void sh_quiesce(sh_service *s);
+
 /* Stops taking requests, answers every request already accepted, closes the
- * engine and the socket, frees *s and sets it to NULL. */
+ * engine and the socket, frees *s and sets it to NULL. A local shard is
+ * stopped after its driver: what the driver queued and did not run is
+ * executed, and its replies are dropped. */
 void sh_stop(sh_service **s);
 
 #endif

@@ -274,7 +274,7 @@ static void expect_reply(reply *r, int status, const char *want)
 static gw_bus *new_bus(void *zctx, char **eps, int n, int timeout_ms)
 {
     char err[256] = "";
-    gw_bus *b = gw_bus_new(zctx, eps, n, timeout_ms, NULL, err, sizeof err);
+    gw_bus *b = gw_bus_new(zctx, eps, NULL, n, timeout_ms, NULL, err, sizeof err);
     EXPECT(b != NULL, "gw_bus_new: %s", err);
     return b;
 }
@@ -464,7 +464,7 @@ static void test_new_rejects_bad_endpoint(void)
     char ok[] = "tcp://127.0.0.1:1", bad[] = "nonsense://x";
     char *eps[] = {ok, bad};
     char err[256] = "";
-    gw_bus *b = gw_bus_new(zctx, eps, 2, 1000, NULL, err, sizeof err);
+    gw_bus *b = gw_bus_new(zctx, eps, NULL, 2, 1000, NULL, err, sizeof err);
     EXPECT(b == NULL, "gw_bus_new accepted %s", bad);
     EXPECT(strstr(err, "shard 1") != NULL, "error \"%s\" does not name shard 1", err);
     gw_bus_destroy(&b);
