@@ -11,16 +11,20 @@
  *
  * The contract between a driver (gw_bus) and a shard (sh_service):
  *   - attach() once, before the first request, from the thread that
- *     creates the driver; the sink stays valid until the shard is stopped;
+ *     creates the driver; the sink stays valid until the driver attaches
+ *     a zeroed sink (it is going away) or the shard is stopped;
  *   - request() and run() only on the driving thread, never concurrently;
  *     request() handles one request: a read or a refusal is answered at
  *     once (sink.reply inside the call), a write is queued for run();
- *   - run() executes every queued write as one group commit (one fsync)
- *     and answers them (sink.reply, then sink.notice for the gateways
- *     holding live streams of the receivers); it also drops lapsed presence
- *     leases, so the driver calls it at least once a second;
- *   - sink.wake() may be called from any thread (the shard's expiry
- *     sweeper queued a write): the driver calls run() soon after;
+ *   - run() ends the driver's turn: it commits the turn's writes as one
+ *     group commit (one fsync), on the driving thread when they are few,
+ *     else on a committer thread of the shard, so that the driver goes on
+ *     with the next turn during the fsync; it answers every write finished
+ *     so far (sink.reply, then sink.notice for the gateways holding live
+ *     streams of the receivers); and it drops lapsed presence leases, so
+ *     the driver calls it at least once a second;
+ *   - sink.wake() may be called from any thread (the committer finished a
+ *     group commit): the driver calls run() soon after;
  *   - sink.reply and sink.notice run on the driving thread, inside
  *     request() or run(), with bytes valid only during the call.
  */

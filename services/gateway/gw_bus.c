@@ -383,6 +383,10 @@ int gw_bus_send(gw_bus *b, int shard, uint8_t *body, size_t len, gw_bus_fn fn, v
  * a monitor that was never started is a no-op in libzmq. */
 static void s_free(gw_bus *b)
 {
+    static const im_local_sink none;
+    for (int i = 0; b->local && i < b->n; i++)
+        if (b->local[i].obj) /* detach: no wake-up into a freed bus */
+            b->local[i].attach(b->local[i].obj, &none);
     for (int i = 0; b->dealers && i < b->n; i++) {
         if (b->dealers[i])
             zmq_socket_monitor(b->dealers[i], NULL, 0);

@@ -36,6 +36,8 @@
 #define SH_HOLDERS_MAX 64            /* gateways notified per uid */
 #define SH_NOTICE_ENTRY_MAX 16384    /* content carried inside a Commit ... */
 #define SH_NOTICE_INLINE_MAX (1024 * 1024) /* ... while a Notice is smaller */
+#define SH_INLINE_WRITES 4           /* local mode: a turn with at most this
+                                        many writes commits on the driver */
 
 typedef enum { JOB_STORE = 1, JOB_READ, JOB_ACK, JOB_COUNTS } sh_kind;
 
@@ -64,8 +66,10 @@ struct sh_service {
     pthread_t thread;
     atomic_bool stop;
     pthread_mutex_t mu;     /* guards sweep_stop */
-    sh_job *done;           /* finished jobs, newest first (thread-owned:
-                               the engine completes them inside st_run) */
+    pthread_mutex_t done_mu;  /* guards done */
+    sh_job *done;           /* finished jobs, newest first (the engine
+                               completes them inside st_run, which the
+                               committer may run; the turn answers them) */
     pthread_t sweeper;      /* the expiry sweep waits on the writer: its own
                                thread, not the socket's */
     pthread_cond_t sweep_cv;
@@ -86,6 +90,17 @@ struct sh_service {
      * own; the driver's thread runs it, and replies go to the sink. */
     bool local;
     im_local_sink sink;                 /* set by attach; .wake read under mu */
+    /* Local mode's committer thread. A turn of more than SH_INLINE_WRITES
+     * writes is committed there, so that the driver takes the next batch
+     * and answers the last one during the fsync (a pipeline, as a shard
+     * process and its gateway are); a smaller turn is committed on the
+     * driver when the committer is idle: a lone Send costs no hand-off. */
+    pthread_t committer;
+    bool committer_started;
+    int commit_efd;                     /* blocking eventfd: "run" */
+    pthread_mutex_t run_mu;             /* held by whoever runs st_run */
+    atomic_bool commit_stop;
+    size_t turn_writes;                 /* submitted in this turn (driver) */
 };
 
 /* The shard whose turn is running on this thread (its own thread, or the
@@ -140,9 +155,23 @@ static bool s_write_entries(pb_ostream_t *s, const pb_field_t *f, void *const *a
     return pb_encode_tag_for_field(s, f) && pb_encode_string(s, b->p, b->n);
 }
 
+/* Clears the reply scratch: every scalar and count, not the arrays (41 KB,
+ * once per reply: measured), whose entries below their counts are written
+ * in full by whoever sets a count. */
 static void s_reply_reset(sh_service *sh)
 {
-    memset(sh->out, 0, sizeof *sh->out);
+    imbox_internal_v1_ShardReply *o = sh->out;
+    o->code = 0;
+    o->error[0] = 0;
+    o->results_count = 0;
+    o->entries = (pb_callback_t){0};
+    o->count = 0;
+    o->last_seq = 0;
+    o->more = false;
+    o->deleted = 0;
+    o->total = 0;
+    o->online_count = 0;
+    o->seqs_count = 0;
     sh->entries.n = 0;
 }
 
@@ -361,8 +390,7 @@ static void s_job_finish(sh_service *sh, sh_job *j)
             res->duplicate = p->duplicate;
             res->seq = p->seq;
             res->send_time_ms = p->send_time_ms;
-            if (p->code == ST_OK && !p->duplicate)
-                res->online = s_notice_add(sh, p);
+            res->online = p->code == ST_OK && !p->duplicate && s_notice_add(sh, p);
         }
         break;
     case JOB_ACK:
@@ -391,8 +419,10 @@ static void s_job_finish(sh_service *sh, sh_job *j)
 /* Takes the finished jobs and answers them, oldest first. */
 static void s_drain_done(sh_service *sh)
 {
+    pthread_mutex_lock(&sh->done_mu);
     sh_job *list = sh->done;
     sh->done = NULL;
+    pthread_mutex_unlock(&sh->done_mu);
     sh_job *rev = NULL;
     while (list) {
         sh_job *n = list->next;
@@ -446,8 +476,10 @@ static sh_job *s_job_new(sh_service *sh, sh_kind kind, const uint8_t *ident, siz
 /* Submits j to the engine; on refusal answers at once. */
 static void s_job_submit(sh_service *sh, sh_job *j)
 {
-    if (st_submit(sh->st, &j->req) == ST_OK)
+    if (st_submit(sh->st, &j->req) == ST_OK) {
+        sh->turn_writes++;
         return;
+    }
     s_reply_error(sh, j->ident, j->ident_len, j->id, s_status(j->req.err.code),
                   j->req.err.msg);
     s_job_free(j);
@@ -797,10 +829,27 @@ static void s_sweeper_stop(sh_service *sh)
  * group commit (what arrived while the last commit was being fsync'ed
  * waited in the socket or the driver's queue, so this is the batch),
  * answers them, and drops lapsed leases once a second. */
+static void s_commit_kick(sh_service *sh)
+{
+    uint64_t one = 1;
+    if (write(sh->commit_efd, &one, sizeof one) < 0)
+        fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index, strerror(errno));
+}
+
 static void s_turn_end(sh_service *sh)
 {
-    if (st_run(sh->st))
-        s_drain_done(sh);
+    if (!sh->local) {
+        st_run(sh->st);
+    } else if (sh->turn_writes) {
+        if (sh->turn_writes <= SH_INLINE_WRITES && pthread_mutex_trylock(&sh->run_mu) == 0) {
+            st_run(sh->st);
+            pthread_mutex_unlock(&sh->run_mu);
+        } else {
+            s_commit_kick(sh); /* busy or a big batch: the committer's */
+        }
+    }
+    sh->turn_writes = 0;
+    s_drain_done(sh);
     int64_t now = s_mono_ms();
     if (now >= sh->next_expire) {
         sh->held = sh_presence_expire(sh->pres, now);
@@ -846,12 +895,8 @@ static void s_wake(void *arg)
     sh_service *sh = arg;
     if (s_running == sh) /* its own turn: st_run comes before it sleeps */
         return;
-    if (sh->local) {
-        pthread_mutex_lock(&sh->mu);
-        im_local_sink k = sh->sink;
-        pthread_mutex_unlock(&sh->mu);
-        if (k.wake)
-            k.wake(k.arg);
+    if (sh->local) { /* the sweeper: the committer runs it */
+        s_commit_kick(sh);
         return;
     }
     uint64_t one = 1;
@@ -859,14 +904,52 @@ static void s_wake(void *arg)
         fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index, strerror(errno));
 }
 
-/* Engine callback, on this thread (inside st_run): queue the job; the
- * turn answers it (s_drain_done). */
+/* Engine callback, inside st_run (this thread, or the committer): queue
+ * the job; the turn answers it (s_drain_done). */
 static void s_job_done(st_req *r)
 {
     sh_service *sh = r->arg;
     sh_job *j = (sh_job *)r; /* req is the first member */
+    pthread_mutex_lock(&sh->done_mu);
     j->next = sh->done;
     sh->done = j;
+    pthread_mutex_unlock(&sh->done_mu);
+}
+
+/* Local mode: the committer runs what the driver handed over, round after
+ * round while more comes, and wakes the driver after each to answer it. */
+static void *s_commit_main(void *arg)
+{
+    sh_service *sh = arg;
+    for (;;) {
+        uint64_t v;
+        if (read(sh->commit_efd, &v, sizeof v) < 0 && errno != EINTR) {
+            fprintf(stderr, "imbox shard %d: eventfd: %s\n", sh->c.index, strerror(errno));
+            break;
+        }
+        if (atomic_load(&sh->commit_stop))
+            break;
+        pthread_mutex_lock(&sh->run_mu);
+        while (st_run(sh->st)) {
+            pthread_mutex_lock(&sh->mu);
+            im_local_sink k = sh->sink;
+            pthread_mutex_unlock(&sh->mu);
+            if (k.wake)
+                k.wake(k.arg);
+        }
+        pthread_mutex_unlock(&sh->run_mu);
+    }
+    return NULL;
+}
+
+static void s_committer_stop(sh_service *sh)
+{
+    if (!sh->committer_started)
+        return;
+    atomic_store(&sh->commit_stop, true);
+    s_commit_kick(sh);
+    pthread_join(sh->committer, NULL);
+    sh->committer_started = false;
 }
 
 /* --------------------------------------------------------- start, stop */
@@ -874,13 +957,18 @@ static void s_job_done(st_req *r)
 static void s_free(sh_service *sh)
 {
     s_sweeper_stop(sh);
+    s_committer_stop(sh);
     st_close(&sh->st);
     if (sh->router)
         zmq_close(sh->router);
     if (sh->efd >= 0)
         close(sh->efd);
+    if (sh->commit_efd >= 0)
+        close(sh->commit_efd);
     pthread_cond_destroy(&sh->sweep_cv);
     pthread_mutex_destroy(&sh->mu);
+    pthread_mutex_destroy(&sh->run_mu);
+    pthread_mutex_destroy(&sh->done_mu);
     im_buf_free(&sh->entries);
     im_buf_free(&sh->entry);
     for (int i = 0; i < sh->nnotices; i++)
@@ -901,9 +989,11 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
         return NULL;
     }
     sh->c = *c;
-    sh->efd = -1;
+    sh->efd = sh->commit_efd = -1;
     sh->local = c->endpoint == NULL;
     pthread_mutex_init(&sh->mu, NULL);
+    pthread_mutex_init(&sh->run_mu, NULL);
+    pthread_mutex_init(&sh->done_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -935,6 +1025,13 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
         return NULL;
     }
     if (sh->local) {
+        if ((sh->commit_efd = eventfd(0, EFD_CLOEXEC)) < 0 ||
+            pthread_create(&sh->committer, NULL, s_commit_main, sh)) {
+            snprintf(err, errlen, "shard %d: committer thread", c->index);
+            s_free(sh);
+            return NULL;
+        }
+        sh->committer_started = true;
         if (pthread_create(&sh->sweeper, NULL, s_sweep_main, sh)) {
             snprintf(err, errlen, "shard %d: sweeper thread", c->index);
             s_free(sh);
@@ -1029,6 +1126,7 @@ void sh_stop(sh_service **sp)
         pthread_mutex_lock(&sh->mu);
         sh->sink = (im_local_sink){0};
         pthread_mutex_unlock(&sh->mu);
+        s_committer_stop(sh);
         st_close(&sh->st);
         s_drain_done(sh);
         s_free(sh);
