@@ -6,6 +6,10 @@
 
 #include <zmq.h>
 
+/* Requests (or replies) in one ZeroMQ message between a gateway and a
+ * shard: [id][body] pairs, so a turn's worth travels as one message. */
+#define IM_ZMQ_BATCH_MAX 256
+
 /*
  * Receives one whole multipart message from sock without blocking for its
  * first frame. The first `max` frames land in parts[] (the caller closes

@@ -45,6 +45,8 @@ struct gw_bus {
     char **endpoints;
     int n;
     im_local_shard *local;   /* n entries; .obj NULL for a remote shard */
+    bus_req **batch, **btail; /* per shard: this turn's requests (bus thread) */
+    zmq_msg_t parts[2 * IM_ZMQ_BATCH_MAX]; /* a reply message's frames */
     bus_sink *sinks;
     int nlocal;
     int timeout_ms;
@@ -105,6 +107,12 @@ static bus_req *s_pending_take(gw_bus *b, uint64_t id)
     return NULL;
 }
 
+static void s_free_body(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
 static void s_finish(bus_req *r, int status, const char *why, const uint8_t *reply, size_t len)
 {
     r->fn(r->arg, status, why, reply, len);
@@ -122,6 +130,67 @@ static void s_fail(gw_bus *b, bus_req *r, const char *what)
 /* Every bus of the process gets its own monitor endpoints: inproc names are
  * per context, and several buses may share one. */
 static atomic_uint s_bus_seq;
+
+/* Sends a frame, taking the body (malloc'ed) without a copy. */
+static int s_send_frame(void *d, uint8_t *body, size_t len, int flags)
+{
+    zmq_msg_t m;
+    if (zmq_msg_init_data(&m, body, len, s_free_body, NULL)) {
+        free(body);
+        return -1;
+    }
+    if (zmq_msg_send(&m, d, flags) < 0) {
+        zmq_msg_close(&m);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Sends shard's gathered requests, IM_ZMQ_BATCH_MAX to a message:
+ * [id][body][id][body]... ZeroMQ sends a multipart message whole or not at
+ * all, and DEALERs are ZMQ_IMMEDIATE, so only the first frame can fail
+ * (not connected), and then the whole message does.
+ */
+static void s_send_batch(gw_bus *b, int shard, int64_t now)
+{
+    void *d = b->dealers[shard];
+    bus_req *r = b->batch[shard];
+    b->batch[shard] = b->btail[shard] = NULL;
+    while (r) {
+        bus_req *first = r;
+        int k = 0;
+        bool failed = false;
+        for (; r && k < IM_ZMQ_BATCH_MAX; r = r->next, k++) {
+            int more = r->next && k + 1 < IM_ZMQ_BATCH_MAX ? ZMQ_SNDMORE : 0;
+            if (zmq_send(d, &r->id, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+                failed = true; /* only the first frame can fail */
+                break;
+            }
+            uint8_t *body = r->body; /* the frame takes it */
+            r->body = NULL;
+            if (s_send_frame(d, body, r->len, more | ZMQ_DONTWAIT) < 0) {
+                failed = true; /* cannot happen once a frame went */
+                break;
+            }
+        }
+        const char *why = failed ? (errno == EAGAIN ? "is not connected" : zmq_strerror(errno))
+                                 : NULL;
+        bus_req *end = failed ? NULL : r; /* on failure: the rest fails too */
+        for (bus_req *q = first; q != end;) {
+            bus_req *next = q->next;
+            if (failed) {
+                s_fail(b, q, why);
+            } else {
+                q->deadline = now + b->timeout_ms;
+                s_pending_add(b, q);
+            }
+            q = next;
+        }
+        if (failed)
+            break;
+    }
+}
 
 static void s_send_queued(gw_bus *b)
 {
@@ -150,44 +219,48 @@ static void s_send_queued(gw_bus *b)
             r = next;
             continue;
         }
-        void *d = b->dealers[r->shard];
-        if (zmq_send(d, &r->id, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-            s_fail(b, r, errno == EAGAIN ? "is not connected" : zmq_strerror(errno));
-        } else if (zmq_send(d, r->body, r->len, ZMQ_DONTWAIT) < 0) {
-            /* cannot happen after the first frame went (atomic multipart) */
-            s_fail(b, r, zmq_strerror(errno));
-        } else {
-            free(r->body);
-            r->body = NULL;
-            r->deadline = now + b->timeout_ms;
-            s_pending_add(b, r);
-        }
+        /* Remote: gathered per shard, in queue order, sent below. */
+        r->next = NULL;
+        if (b->btail[r->shard])
+            b->btail[r->shard]->next = r;
+        else
+            b->batch[r->shard] = r;
+        b->btail[r->shard] = r;
         r = next;
     }
+    for (int i = 0; i < b->n; i++)
+        if (b->batch[i])
+            s_send_batch(b, i, now);
 }
 
+/* Takes the replies waiting from shard: messages of [id][body] pairs (a
+ * shard answers a turn's requests to this gateway in one), id 0 for a
+ * notice. A malformed message is dropped whole. */
 static void s_recv_replies(gw_bus *b, int shard)
 {
-    zmq_msg_t parts[2];
-    int n;
-    while ((n = im_zmq_recv(b->dealers[shard], parts, 2)) > 0) {
-        if (n == 2 && zmq_msg_size(&parts[0]) == 8) {
+    zmq_msg_t *parts = b->parts;
+    int n, max = 2 * IM_ZMQ_BATCH_MAX;
+    while ((n = im_zmq_recv(b->dealers[shard], parts, max)) > 0) {
+        bool ok = n <= max && n % 2 == 0;
+        for (int i = 0; ok && i < n; i += 2)
+            ok = zmq_msg_size(&parts[i]) == 8;
+        if (!ok)
+            fprintf(stderr, "imbox gateway: malformed reply from shard %d dropped\n", shard);
+        for (int i = 0; ok && i < n; i += 2) {
             uint64_t id;
-            memcpy(&id, zmq_msg_data(&parts[0]), 8);
+            memcpy(&id, zmq_msg_data(&parts[i]), 8);
+            const uint8_t *body = zmq_msg_data(&parts[i + 1]);
+            size_t len = zmq_msg_size(&parts[i + 1]);
             if (id == 0) { /* unasked: a notice */
                 if (b->hooks.notice)
-                    b->hooks.notice(b->hooks.arg, shard, zmq_msg_data(&parts[1]),
-                                    zmq_msg_size(&parts[1]));
-                im_zmq_close(parts, n, 2);
+                    b->hooks.notice(b->hooks.arg, shard, body, len);
                 continue;
             }
             bus_req *r = s_pending_take(b, id);
             if (r) /* else: a late reply to a request that timed out */
-                s_finish(r, IM_OK, NULL, zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]));
-        } else {
-            fprintf(stderr, "imbox gateway: malformed reply from shard %d dropped\n", shard);
+                s_finish(r, IM_OK, NULL, body, len);
         }
-        im_zmq_close(parts, n, 2);
+        im_zmq_close(parts, n, max);
     }
 }
 
@@ -402,6 +475,8 @@ static void s_free(gw_bus *b)
     free(b->endpoints);
     free(b->local);
     free(b->sinks);
+    free(b->batch);
+    free(b->btail);
     if (b->efd >= 0)
         close(b->efd);
     pthread_mutex_destroy(&b->mu);
@@ -458,8 +533,10 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, const im_local_shard *loc
     b->endpoints = calloc((size_t)n, sizeof *b->endpoints);
     b->local = calloc((size_t)n, sizeof *b->local);
     b->sinks = calloc((size_t)n, sizeof *b->sinks);
+    b->batch = calloc((size_t)n, sizeof *b->batch);
+    b->btail = calloc((size_t)n, sizeof *b->btail);
     if (b->efd < 0 || !b->dealers || !b->monitors || !b->endpoints || !b->local ||
-        !b->sinks) {
+        !b->sinks || !b->batch || !b->btail) {
         snprintf(err, errlen, "out of memory or eventfd");
         s_free(b);
         return NULL;

@@ -41,6 +41,15 @@
 
 typedef enum { JOB_STORE = 1, JOB_READ, JOB_ACK, JOB_COUNTS } sh_kind;
 
+/* A turn's replies and notices to one peer: [id][body] pairs, sent as one
+ * ZeroMQ message when the turn's part ends (s_out_flush). */
+typedef struct sh_out {
+    uint8_t ident[SH_IDENT_MAX];
+    size_t ident_len;
+    zmq_msg_t *frames;
+    int n, cap;             /* frames in use (2 per reply), allocated */
+} sh_out;
+
 /* A request waiting for the engine's writer. Owns copies of everything the
  * engine request points to (the decoded request buffer is reused). */
 typedef struct sh_job {
@@ -101,6 +110,11 @@ struct sh_service {
     pthread_mutex_t run_mu;             /* held by whoever runs st_run */
     atomic_bool commit_stop;
     size_t turn_writes;                 /* submitted in this turn (driver) */
+    /* Socket mode, socket thread's: a request message's frames, and the
+     * turn's outboxes (one per peer answered in the turn). */
+    zmq_msg_t *parts;
+    sh_out *outs;
+    int nouts, outs_cap;
 };
 
 /* The shard whose turn is running on this thread (its own thread, or the
@@ -175,6 +189,86 @@ static void s_reply_reset(sh_service *sh)
     sh->entries.n = 0;
 }
 
+static void s_free_frame(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Sends every outbox as one message [id][body]... to its peer. A peer
+ * that is gone (EHOSTUNREACH under ROUTER_MANDATORY) loses its replies:
+ * the gateway has already answered its callers UNAVAILABLE. */
+static void s_out_flush(sh_service *sh)
+{
+    for (int o = 0; o < sh->nouts; o++) {
+        sh_out *x = &sh->outs[o];
+        int i = 0;
+        if (x->n && zmq_send(sh->router, x->ident, x->ident_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0)
+            for (; i < x->n; i++)
+                if (zmq_msg_send(&x->frames[i], sh->router,
+                                 (i + 1 < x->n ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0)
+                    break; /* cannot happen once a frame went */
+        if (i < x->n && errno != EHOSTUNREACH)
+            fprintf(stderr, "imbox shard %d: replies lost: %s\n", sh->c.index,
+                    zmq_strerror(errno));
+        for (; i < x->n; i++)
+            zmq_msg_close(&x->frames[i]);
+        x->n = 0;
+    }
+    sh->nouts = 0;
+}
+
+/* Queues [id][body] (body malloc'ed, taken) for the peer ident; a full
+ * outbox is sent at once. Outboxes and their frame arrays are kept for the
+ * next turns (as many as peers answered in one turn; each grows by
+ * doubling up to one message). */
+static void s_out_add(sh_service *sh, const uint8_t *ident, size_t ident_len,
+                      const uint8_t id[8], uint8_t *body, size_t len)
+{
+    sh_out *x = NULL;
+    for (int o = 0; o < sh->nouts && !x; o++)
+        if (sh->outs[o].ident_len == ident_len && !memcmp(sh->outs[o].ident, ident, ident_len))
+            x = &sh->outs[o];
+    if (!x && sh->nouts == sh->outs_cap) {
+        int cap = sh->outs_cap ? 2 * sh->outs_cap : 4;
+        sh_out *v = realloc(sh->outs, (size_t)cap * sizeof *v);
+        if (!v)
+            goto oom;
+        memset(v + sh->outs_cap, 0, (size_t)(cap - sh->outs_cap) * sizeof *v);
+        sh->outs = v;
+        sh->outs_cap = cap;
+    }
+    if (!x) {
+        x = &sh->outs[sh->nouts++];
+        memcpy(x->ident, ident, ident_len);
+        x->ident_len = ident_len;
+        x->n = 0;
+    }
+    if (x->n == x->cap) {
+        int cap = x->cap ? 2 * x->cap : 8;
+        zmq_msg_t *f = realloc(x->frames, (size_t)cap * sizeof *f);
+        if (!f)
+            goto oom;
+        x->frames = f;
+        x->cap = cap;
+    }
+    zmq_msg_t *f = &x->frames[x->n];
+    if (zmq_msg_init_size(&f[0], 8))
+        goto oom;
+    memcpy(zmq_msg_data(&f[0]), id, 8);
+    if (zmq_msg_init_data(&f[1], body, len, s_free_frame, NULL)) {
+        zmq_msg_close(&f[0]);
+        goto oom;
+    }
+    x->n += 2;
+    if (x->n == 2 * IM_ZMQ_BATCH_MAX)
+        s_out_flush(sh);
+    return;
+oom:
+    fprintf(stderr, "imbox shard %d: reply lost: out of memory\n", sh->c.index);
+    free(body);
+}
+
 /* Sends sh->out (with sh->entries) to the peer. A peer that is gone
  * (EHOSTUNREACH under ROUTER_MANDATORY) simply loses its reply: the gateway
  * has already answered its caller UNAVAILABLE. */
@@ -192,13 +286,10 @@ static void s_reply_send(sh_service *sh, const uint8_t *ident, size_t ident_len,
     if (sh->local) {
         if (sh->sink.reply) /* NULL once the driver is gone (sh_stop) */
             sh->sink.reply(sh->sink.arg, id, buf, n);
-    } else if (zmq_send(sh->router, ident, ident_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-        zmq_send(sh->router, id, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-        zmq_send(sh->router, buf, n, ZMQ_DONTWAIT) < 0) {
-        if (errno != EHOSTUNREACH)
-            fprintf(stderr, "imbox shard %d: reply lost: %s\n", sh->c.index, zmq_strerror(errno));
+        free(buf);
+        return;
     }
-    free(buf);
+    s_out_add(sh, ident, ident_len, id, buf, n);
 }
 
 static void s_reply_error(sh_service *sh, const uint8_t *ident, size_t ident_len,
@@ -355,13 +446,10 @@ static void s_notices_send(sh_service *sh)
         }
         size_t idn;
         const uint8_t *idp = sh_presence_gateway_id(sh->pres, g, &idn);
-        if ((zmq_send(sh->router, idp, idn, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-             zmq_send(sh->router, zero, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-             zmq_send(sh->router, b->p, b->n, ZMQ_DONTWAIT) < 0) &&
-            errno != EHOSTUNREACH)
-            fprintf(stderr, "imbox shard %d: notice lost: %s\n", sh->c.index,
-                    zmq_strerror(errno));
-        b->n = 0;
+        uint8_t *body = b->p; /* the outbox takes the buffer */
+        size_t len = b->n;
+        *b = (im_buf){0};
+        s_out_add(sh, idp, idn, zero, body, len);
     }
 }
 
@@ -758,20 +846,29 @@ out:
     free(query.v);
 }
 
-/* Receives one request: [identity][id (8 bytes)][body]. Malformed framing
- * is dropped (there is no id to answer to). Returns false when none is
- * waiting. */
-static bool s_recv_one(sh_service *sh)
+/* Receives one message: [identity] then up to IM_ZMQ_BATCH_MAX requests
+ * [id (8 bytes)][body] (a gateway sends a turn's requests to this shard in
+ * one). Malformed framing drops the whole message (there is no id to
+ * answer to). Returns the requests handled, -1 for a dropped message, 0
+ * when none is waiting. */
+static int s_recv_msg(sh_service *sh)
 {
-    zmq_msg_t parts[3];
-    int n = im_zmq_recv(sh->router, parts, 3);
-    if (n == 3 && zmq_msg_size(&parts[0]) <= SH_IDENT_MAX && zmq_msg_size(&parts[1]) == 8)
-        s_handle(sh, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]), zmq_msg_data(&parts[1]),
-                 zmq_msg_data(&parts[2]), zmq_msg_size(&parts[2]));
-    else if (n > 0)
-        fprintf(stderr, "imbox shard %d: dropped a request with %d frames\n", sh->c.index, n);
-    im_zmq_close(parts, n, 3);
-    return n > 0;
+    zmq_msg_t *parts = sh->parts;
+    int max = 1 + 2 * IM_ZMQ_BATCH_MAX;
+    int n = im_zmq_recv(sh->router, parts, max);
+    if (n == 0)
+        return 0;
+    bool ok = n >= 3 && n <= max && n % 2 == 1 && zmq_msg_size(&parts[0]) <= SH_IDENT_MAX;
+    for (int i = 1; ok && i < n; i += 2)
+        ok = zmq_msg_size(&parts[i]) == 8;
+    if (!ok)
+        fprintf(stderr, "imbox shard %d: dropped a message of %d frames\n", sh->c.index, n);
+    for (int i = 1; ok && i < n; i += 2)
+        s_handle(sh, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]),
+                 zmq_msg_data(&parts[i]), zmq_msg_data(&parts[i + 1]),
+                 zmq_msg_size(&parts[i + 1]));
+    im_zmq_close(parts, n, max);
+    return ok ? (n - 1) / 2 : -1;
 }
 
 static void s_sweep(sh_service *sh)
@@ -879,14 +976,17 @@ static void *s_main(void *arg)
         if ((items[1].revents & ZMQ_POLLIN) && read(sh->efd, &v, sizeof v) < 0 &&
             errno != EAGAIN)
             fprintf(stderr, "imbox shard %d: eventfd: %s\n", sh->c.index, strerror(errno));
-        for (int i = 0; i < SH_RECV_BURST && s_recv_one(sh); i++)
+        for (int i = 0, k; i < SH_RECV_BURST && (k = s_recv_msg(sh)) != 0; i += k > 0 ? k : 1)
             ;
+        s_out_flush(sh); /* the reads' answers go before the commit */
         s_turn_end(sh);
+        s_out_flush(sh);
     }
     /* Every accepted request completes before st_close returns; answer
      * them while the socket is still open. */
     st_close(&sh->st);
     s_drain_done(sh);
+    s_out_flush(sh);
     return NULL;
 }
 
@@ -971,6 +1071,10 @@ static void s_free(sh_service *sh)
     pthread_mutex_destroy(&sh->done_mu);
     im_buf_free(&sh->entries);
     im_buf_free(&sh->entry);
+    for (int o = 0; o < sh->outs_cap; o++) /* flushed: no frame is open */
+        free(sh->outs[o].frames);
+    free(sh->outs);
+    free(sh->parts);
     for (int i = 0; i < sh->nnotices; i++)
         im_buf_free(&sh->notices[i]);
     free(sh->notices);
@@ -1040,7 +1144,8 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
         sh->sweeper_started = true;
         return sh;
     }
-    sh->router = zmq_socket(c->zctx, ZMQ_ROUTER);
+    sh->parts = malloc((1 + 2 * IM_ZMQ_BATCH_MAX) * sizeof *sh->parts);
+    sh->router = sh->parts ? zmq_socket(c->zctx, ZMQ_ROUTER) : NULL;
     int one = 1, linger = 1000, hwm = 100000;
     /* HANDOVER: a gateway that reconnects keeps its routing id (its
      * presence and notices follow it to the new connection). */

@@ -317,6 +317,45 @@ static void test_reply_pairs_by_id(void)
     zmq_ctx_term(zctx);
 }
 
+/* 1b. A shard answers a turn's requests in one message of [id][body]
+ * pairs, notices (id 0) among them: each reply reaches its callback. */
+static void test_batched_replies(void)
+{
+    void *zctx = zmq_ctx_new();
+    shard s;
+    reply ra, rb;
+    request qa = {.n = 0}, qb = {.n = 0};
+    reply_init(&ra);
+    reply_init(&rb);
+    CU_ASSERT_FATAL(zctx && shard_start(&s, "tcp://127.0.0.1:0"));
+    char *eps[] = {s.ep};
+    gw_bus *b = new_bus(zctx, eps, 1, LONG_TIMEOUT_MS);
+    if (b && shard_wait_peer(&s) && send_until_received(b, 0, &s, "request-a", &ra, &qa) &&
+        EXPECT(bus_send(b, 0, "request-b", &rb) == 0, "gw_bus_send b") && shard_recv(&s, &qb)) {
+        static const uint8_t zero[8];
+        zmq_msg_t *rid = &qb.parts[0];
+        bool ok =
+            zmq_send(s.router, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE) >= 0 &&
+            zmq_send(s.router, zmq_msg_data(&qb.parts[1]), 8, ZMQ_SNDMORE) >= 0 &&
+            zmq_send(s.router, "reply-b", 7, ZMQ_SNDMORE) >= 0 &&
+            zmq_send(s.router, zero, 8, ZMQ_SNDMORE) >= 0 && /* a notice: no hook here */
+            zmq_send(s.router, "notice", 6, ZMQ_SNDMORE) >= 0 &&
+            zmq_send(s.router, zmq_msg_data(&qa.parts[1]), 8, ZMQ_SNDMORE) >= 0 &&
+            zmq_send(s.router, "reply-a", 7, 0) >= 0;
+        EXPECT(ok, "batched answer: %s", zmq_strerror(errno));
+        expect_reply(&rb, IM_OK, "reply-b");
+        expect_reply(&ra, IM_OK, "reply-a");
+    }
+    gw_bus_destroy(&b);
+    EXPECT(reply_get(&ra).calls == 1 && reply_get(&rb).calls == 1, "each callback ran once");
+    request_close(&qa);
+    request_close(&qb);
+    shard_kill(&s);
+    reply_fini(&ra);
+    reply_fini(&rb);
+    zmq_ctx_term(zctx);
+}
+
 /* 2. When shard 1's connection drops, its in-flight requests fail at once
  * with UNAVAILABLE, long before the timeout; shard 0's still get answered. */
 static void test_disconnect_fails_inflight(void)
@@ -475,6 +514,7 @@ static void test_new_rejects_bad_endpoint(void)
 
 static const im_cunit_test tests[] = {
     {"reply_pairs_by_id", test_reply_pairs_by_id},
+    {"batched_replies", test_batched_replies},
     {"disconnect_fails_inflight", test_disconnect_fails_inflight},
     {"reconnect_after_restart", test_reconnect_after_restart},
     {"inproc_two_buses", test_inproc_two_buses},
