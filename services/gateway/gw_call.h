@@ -12,6 +12,7 @@
  *   gw_sub.c      Subscribe (live streams), the presence leases, notices
  *   gw_presence.c Presence
  *   gw_health.c   grpc.health.v1.Health/Check
+ *   gw_tokens.c   the cache of verified tokens (gw_tokens.h; gw__auth's)
  *
  * Threads: a call is started and freed on the completion-queue thread; its
  * reply may be sent from the bus thread (gw_bus.h), exactly once per call.
@@ -29,6 +30,7 @@
 
 #include "gw_bus.h"
 #include "gw_server.h"
+#include "gw_tokens.h"
 #include "im_wire.h"
 #include "imbox/internal/v1/shard.pb.h"
 #include "imbox/v1/imbox.pb.h"
@@ -126,6 +128,7 @@ struct gw_server {
     atomic_bool shutdown_done;
     /* scratch, owned by the CQ thread */
     imbox_internal_v1_ShardRequest *shard_req;
+    gw_tokens *tokens;        /* verified tokens (gw__auth; made there) */
     /* scratch, owned by the bus thread (used only in bus callbacks) */
     imbox_internal_v1_ShardReply *shard_reply;
     char shard_why[192];      /* gw__shard_decode's own failure text */
