@@ -140,9 +140,10 @@ bool gw__write_part_uids(pb_ostream_t *s, const pb_field_t *f, void *const *arg)
     return true;
 }
 
-/* gw__split when the receivers span several shards: one part per shard,
- * each with its receipt indices. */
-static int s_split_many(gw_call *c)
+/* gw__split when the receivers span several shards (the first `same` are
+ * known to be on shard s0): one part per shard, each with its receipt
+ * indices. */
+static int s_split_many(gw_call *c, int s0, int same)
 {
     int n = c->nrecv, S = c->g->c.nshards, nparts = 0;
     int *shard_of = malloc(((size_t)n + (size_t)S) * sizeof *shard_of);
@@ -150,9 +151,11 @@ static int s_split_many(gw_call *c)
         return -1;
     int *per = shard_of + n; /* receivers per shard */
     memset(per, 0, (size_t)S * sizeof *per);
-    for (int i = 0; i < n; i++)
-        if (per[shard_of[i] = im_shard_of(c->receivers[i], S)]++ == 0)
+    for (int i = 0; i < n; i++) {
+        int s = i < same ? s0 : im_shard_of(c->receivers[i], S);
+        if (per[shard_of[i] = s]++ == 0)
             nparts++;
+    }
     int rc = (c->parts = calloc((size_t)nparts + 1, sizeof *c->parts)) ? 0 : -1;
     for (int s = 0, k = 0; s < S && !rc; s++) {
         if (!per[s])
@@ -182,7 +185,7 @@ int gw__split(gw_call *c)
     while (i < n && im_shard_of(c->receivers[i], S) == s0)
         i++;
     if (i < n)
-        return s_split_many(c);
+        return s_split_many(c, s0, i);
     if (!(c->parts = calloc(2, sizeof *c->parts)))
         return -1;
     c->parts[0] = (gw_part){.c = c, .n = n, .idx = NULL, .shard = s0};
