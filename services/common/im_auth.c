@@ -438,9 +438,19 @@ static int s_token_fail(char uid_out[65], const char **why, const char *reason)
 int im_token_verify(const im_secret *s, const char *token, size_t len,
                     int64_t now_unix_s, char uid_out[65], const char **why)
 {
+    int64_t expiry;
+    return im_token_verify_until(s, token, len, now_unix_s, uid_out, &expiry, why);
+}
+
+int im_token_verify_until(const im_secret *s, const char *token, size_t len,
+                          int64_t now_unix_s, char uid_out[65], int64_t *expiry_out,
+                          const char **why)
+{
     assert(s != NULL);
     assert(token != NULL || len == 0);
     assert(uid_out != NULL);
+    assert(expiry_out != NULL);
+    *expiry_out = 0;
     if (len > IM_TOKEN_MAX - 1)
         return s_token_fail(uid_out, why, "token: too long");
     /* IM_TOKEN_MAX - 1 chars decode to at most 3/4 of that. */
@@ -486,6 +496,7 @@ int im_token_verify(const im_secret *s, const char *token, size_t len,
     uid_out[uid_len] = '\0';
     if (!s_uid_ok(uid_out))
         return s_token_fail(uid_out, why, "token: invalid uid");
+    *expiry_out = (int64_t)expiry;
     return 0;
 }
 

@@ -124,6 +124,16 @@ int im_token_make(const im_secret *s, const char *uid, int64_t expiry_unix_s,
 int im_token_verify(const im_secret *s, const char *token, size_t len,
                     int64_t now_unix_s, char uid_out[65], const char **why);
 
+/*
+ * As im_token_verify, and on success also sets *expiry_out to the token's
+ * expiry (Unix seconds, > now_unix_s): a caller that caches the answer (the
+ * gateway, gw_tokens.h) must stop trusting it from then on. On failure
+ * *expiry_out is 0.
+ */
+int im_token_verify_until(const im_secret *s, const char *token, size_t len,
+                          int64_t now_unix_s, char uid_out[65], int64_t *expiry_out,
+                          const char **why);
+
 /* --------------------------------------------------------------- cursor */
 
 /* A buffer of IM_CURSOR_MAX chars holds any cursor and its NUL: a cursor is

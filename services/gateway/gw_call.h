@@ -12,6 +12,7 @@
  *   gw_sub.c      Subscribe (live streams), the presence leases, notices
  *   gw_presence.c Presence
  *   gw_health.c   grpc.health.v1.Health/Check
+ *   gw_tokens.c   the cache of verified tokens (gw_tokens.h; gw__auth's)
  *
  * Threads: a call is started and freed on the completion-queue thread; its
  * reply may be sent from the bus thread (gw_bus.h), exactly once per call.
@@ -29,6 +30,7 @@
 
 #include "gw_bus.h"
 #include "gw_server.h"
+#include "gw_tokens.h"
 #include "im_wire.h"
 #include "imbox/internal/v1/shard.pb.h"
 #include "imbox/v1/imbox.pb.h"
@@ -73,12 +75,20 @@ typedef struct gw_receipt {
     int64_t send_time_ms;
 } gw_receipt;
 
-/* One shard's share of a Send. */
+/* One shard's share of a Send (or a Presence). */
 typedef struct gw_part {
     gw_call *c;
     int n;
-    int *idx; /* receipt indices, in the order sent to the shard */
+    int *idx;  /* receipt indices, in the order sent to the shard; NULL when
+                  the part is every receiver in order (one shard) */
+    int shard; /* where it goes */
 } gw_part;
+
+/* The receipt index of part p's j-th uid. */
+static inline int gw__part_at(const gw_part *p, int j)
+{
+    return p->idx ? p->idx[j] : j;
+}
 
 struct gw_call {
     gw_server *g;
@@ -126,6 +136,7 @@ struct gw_server {
     atomic_bool shutdown_done;
     /* scratch, owned by the CQ thread */
     imbox_internal_v1_ShardRequest *shard_req;
+    gw_tokens *tokens;        /* verified tokens (gw__auth; made there) */
     /* scratch, owned by the bus thread (used only in bus callbacks) */
     imbox_internal_v1_ShardReply *shard_reply;
     char shard_why[192];      /* gw__shard_decode's own failure text */
@@ -180,19 +191,24 @@ int gw__str(gw_call *c, const im_str_in *in, const char *field, size_t max, bool
 
 /* A repeated uid field decoded by callback gw__read_uid (hostile input: at
  * most `max` are kept, each at most IM_UID_MAX bytes; the first problem is
- * remembered with its index so that the error can name it). */
+ * remembered with its index so that the error can name it). Start it as
+ * {.max = M, .bad = -1}: v grows as uids come (malloc'ed; the caller frees
+ * it, or hands it on). */
 typedef struct gw_uids {
-    char (*v)[IM_UID_MAX + 1]; /* max entries, the caller's */
+    char (*v)[IM_UID_MAX + 1]; /* the kept ones; room for cap */
+    int cap;
     int max;
     int n;        /* kept */
     int total;    /* seen */
     int bad;      /* index of the first over-long or NUL-holding uid, or -1 */
     size_t bad_len;
+    bool oom;     /* v could not grow: gw__uids_check answers "out of memory" */
 } gw_uids;
 bool gw__read_uid(pb_istream_t *s, const pb_field_t *f, void **arg);
 
 /* Checks a decoded uid list: min..max of them, each by the uid rule.
- * Answers INVALID_ARGUMENT naming field[i] (and `noun` for the count). */
+ * Answers INVALID_ARGUMENT naming field[i] (and `noun` for the count), or
+ * RESOURCE_EXHAUSTED if the list could not be kept (out of memory). */
 int gw__uids_check(gw_call *c, const gw_uids *u, const char *field, const char *noun, int min,
                    int max);
 
@@ -219,10 +235,11 @@ void gw__send_req(gw_server *g, int shard, const imbox_internal_v1_ShardRequest 
 
 void gw__send(gw_call *c);   /* gw_send.c */
 
-/* Groups c->receivers[0..nrecv) by shard into c->parts (part k goes to
- * shard part_shard[k], an array of nshards); returns the number of parts,
+/* Groups c->receivers[0..nrecv) (nrecv >= 1) by shard into c->parts, in
+ * ascending shard order, ended by a part with .c NULL; receivers that all
+ * go to one shard make one part with idx NULL. Returns the number of parts,
  * or -1 out of memory. */
-int gw__split(gw_call *c, int *part_shard);
+int gw__split(gw_call *c);
 
 /* Encode callback of a repeated uid field: the uids of the gw_part at
  * *arg. */

@@ -1,6 +1,7 @@
 /* gw_check.c - request checks: token, decoding, strings,
  * cursors; the hand-off to a shard (see gw_call.h). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -34,9 +35,14 @@ int gw__auth(gw_call *c)
         gw__respond(c, IM_UNAUTHENTICATED, "authorization: expected 'Bearer <token>'", NULL, 0);
         return -1;
     }
+    /* The cache is the CQ thread's, the only one that runs gw__auth; made at
+     * the first call (NULL out of memory: every token is verified). */
+    gw_server *g = c->g;
+    if (!g->tokens)
+        g->tokens = gw_tokens_new();
     const char *why = "token: invalid";
-    if (im_token_verify(&c->g->c.secret, v + sizeof bearer - 1, n - (sizeof bearer - 1),
-                        s_now_s(), c->uid, &why)) {
+    if (gw_tokens_verify(g->tokens, &g->c.secret, v + sizeof bearer - 1,
+                         n - (sizeof bearer - 1), s_now_s(), c->uid, &why)) {
         gw__respond(c, IM_UNAUTHENTICATED, why, NULL, 0);
         return -1;
     }
@@ -80,14 +86,35 @@ int gw__str(gw_call *c, const im_str_in *in, const char *field, size_t max, bool
     return -1;
 }
 
-/* Encodes g->shard_req and sends it to shard; fn(arg) gets the reply. */
+#define S_UIDS_FIRST 4 /* room of a uid list at its first uid: most are short */
+
+/* Makes room in u->v for one more uid (u->n < u->max): doubles it, up to
+ * max. 0, or -1 with u->oom set. */
+static int s_uids_grow(gw_uids *u)
+{
+    if (u->n < u->cap)
+        return 0;
+    int cap = u->cap ? 2 * u->cap : S_UIDS_FIRST;
+    if (cap > u->max)
+        cap = u->max;
+    void *v = realloc(u->v, (size_t)cap * sizeof *u->v);
+    if (!v) {
+        u->oom = true;
+        return -1;
+    }
+    u->v = v;
+    u->cap = cap;
+    return 0;
+}
+
+/* Decode callback of a repeated uid field into the gw_uids at *arg. */
 bool gw__read_uid(pb_istream_t *s, const pb_field_t *f, void **arg)
 {
     (void)f;
     gw_uids *u = *arg;
     size_t n = s->bytes_left;
     int i = u->total++;
-    if (u->n == u->max || n > IM_UID_MAX) {
+    if (u->n == u->max || n > IM_UID_MAX || s_uids_grow(u)) {
         if (n > IM_UID_MAX && u->bad < 0) {
             u->bad = i;
             u->bad_len = n;
@@ -108,6 +135,10 @@ bool gw__read_uid(pb_istream_t *s, const pb_field_t *f, void **arg)
 int gw__uids_check(gw_call *c, const gw_uids *u, const char *field, const char *noun, int min,
                    int max)
 {
+    if (u->oom) {
+        gw__respond(c, IM_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
+        return -1;
+    }
     if (u->total < min || u->total > max) {
         gw__respond_errf(c, IM_INVALID_ARGUMENT, "%s: %d %s, must be %d..%d", field, u->total,
                          noun, min, max);
@@ -121,12 +152,13 @@ int gw__uids_check(gw_call *c, const gw_uids *u, const char *field, const char *
         return -1;
     }
     for (int i = 0; i < u->n; i++) {
+        if (im_uid_check(u->v[i], field, NULL, 0) == 0)
+            continue; /* the usual case: no name to format */
         char name[48], msg[160];
         snprintf(name, sizeof name, "%s[%d]", field, i);
-        if (im_uid_check(u->v[i], name, msg, sizeof msg)) {
-            gw__respond(c, IM_INVALID_ARGUMENT, msg, NULL, 0);
-            return -1;
-        }
+        im_uid_check(u->v[i], name, msg, sizeof msg);
+        gw__respond(c, IM_INVALID_ARGUMENT, msg, NULL, 0);
+        return -1;
     }
     return 0;
 }

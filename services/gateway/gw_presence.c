@@ -26,7 +26,7 @@ static void s_on_query(void *arg, int status, const char *why, const uint8_t *re
         snprintf(c->why, sizeof c->why, "%.*s", (int)sizeof c->why - 1, why ? why : "shard failed");
     }
     for (int i = 0; !status && i < p->n; i++)
-        c->online[p->idx[i]] = r->online[i];
+        c->online[gw__part_at(p, i)] = r->online[i];
     if (atomic_fetch_sub(&c->parts_left, 1) != 1)
         return;
     if (c->fail) {
@@ -43,15 +43,9 @@ void gw__presence(gw_call *c)
 {
     gw_server *g = c->g;
     imbox_v1_PresenceRequest q = imbox_v1_PresenceRequest_init_zero;
-    gw_uids u = {.v = malloc(IM_PRESENCE_MAX * sizeof *u.v), .max = IM_PRESENCE_MAX,
-                 .bad = -1};
-    int *part_shard = malloc((size_t)g->c.nshards * sizeof *part_shard);
+    gw_uids u = {.max = IM_PRESENCE_MAX, .bad = -1};
     q.uids.funcs.decode = gw__read_uid;
     q.uids.arg = &u;
-    if (!u.v || !part_shard) {
-        gw__respond(c, IM_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
-        goto out;
-    }
     if (gw__decode(c, imbox_v1_PresenceRequest_fields, &q, "PresenceRequest") ||
         gw__uids_check(c, &u, "uids", "uids", 0, IM_PRESENCE_MAX))
         goto out;
@@ -64,7 +58,7 @@ void gw__presence(gw_call *c)
     c->receivers = u.v;
     u.v = NULL;
     c->online = calloc((size_t)c->nrecv, sizeof *c->online);
-    int nparts = c->online ? gw__split(c, part_shard) : -1;
+    int nparts = c->online ? gw__split(c) : -1;
     if (nparts < 0) {
         gw__respond(c, IM_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
         goto out;
@@ -78,9 +72,8 @@ void gw__presence(gw_call *c)
         sr->has_query = true;
         sr->query.uids.funcs.encode = gw__write_part_uids;
         sr->query.uids.arg = &c->parts[i];
-        gw__to_shard(c, part_shard[i], s_on_query, &c->parts[i]);
+        gw__to_shard(c, c->parts[i].shard, s_on_query, &c->parts[i]);
     }
 out:
     free(u.v);
-    free(part_shard);
 }

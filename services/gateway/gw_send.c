@@ -1,11 +1,15 @@
 /* gw_send.c - Send: validation, split by shard, receipts
  * (see gw_call.h). */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gw_call.h"
 #include "im_hash.h"
+
+_Static_assert(sizeof(((imbox_internal_v1_StoreOp *)0)->sender) >= IM_UID_MAX + 1,
+               "StoreOp.sender holds any uid");
 
 /* ----------------------------------------------------------------- Send */
 
@@ -51,7 +55,7 @@ static void s_on_store(void *arg, int status, const char *why, const uint8_t *re
         fail = "shard reply has the wrong number of results";
     }
     for (int i = 0; i < p->n; i++) {
-        gw_receipt *rc = &c->receipts[p->idx[i]];
+        gw_receipt *rc = &c->receipts[gw__part_at(p, i)];
         if (status) {
             rc->code = status;
             snprintf(rc->error, sizeof rc->error, "%.*s", (int)sizeof rc->error - 1,
@@ -94,10 +98,16 @@ static int s_uid_cmp(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* Answers INVALID_ARGUMENT if a receiver is listed twice. */
+#define S_DUPS_STACK 16 /* receivers sorted on the stack; more: malloc */
+
+/* Answers INVALID_ARGUMENT if a receiver is listed twice (naming the first
+ * in byte order of those that are). */
 static int s_send_dups(gw_call *c, const gw_uids *u)
 {
-    const char **v = malloc((size_t)u->n * sizeof *v);
+    if (u->n < 2)
+        return 0;
+    const char *stack[S_DUPS_STACK];
+    const char **v = u->n <= S_DUPS_STACK ? stack : malloc((size_t)u->n * sizeof *v);
     if (!v) {
         gw__respond(c, IM_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
         return -1;
@@ -105,15 +115,16 @@ static int s_send_dups(gw_call *c, const gw_uids *u)
     for (int i = 0; i < u->n; i++)
         v[i] = u->v[i];
     qsort(v, (size_t)u->n, sizeof *v, s_uid_cmp);
-    for (int i = 1; i < u->n; i++)
+    int rc = 0;
+    for (int i = 1; i < u->n && !rc; i++)
         if (strcmp(v[i - 1], v[i]) == 0) {
             gw__respond_errf(c, IM_INVALID_ARGUMENT, "receiver_uids: '%s' is listed twice",
                              v[i]);
-            free(v);
-            return -1;
+            rc = -1;
         }
-    free(v);
-    return 0;
+    if (v != stack)
+        free(v);
+    return rc;
 }
 
 /* StoreOp.receivers of one part, encoded by callback. */
@@ -121,7 +132,7 @@ bool gw__write_part_uids(pb_ostream_t *s, const pb_field_t *f, void *const *arg)
 {
     const gw_part *p = *arg;
     for (int j = 0; j < p->n; j++) {
-        const char *uid = p->c->receivers[p->idx[j]];
+        const char *uid = p->c->receivers[gw__part_at(p, j)];
         if (!pb_encode_tag_for_field(s, f) || !pb_encode_string(s, (const uint8_t *)uid,
                                                                 strlen(uid)))
             return false;
@@ -129,22 +140,27 @@ bool gw__write_part_uids(pb_ostream_t *s, const pb_field_t *f, void *const *arg)
     return true;
 }
 
-/* Groups the receivers by shard into c->parts (part k goes to shard
- * part_shard[k]); returns the number of parts, or -1 out of memory. */
-int gw__split(gw_call *c, int *part_shard)
+/* gw__split when the receivers span several shards (the first `same` are
+ * known to be on shard s0): one part per shard, each with its receipt
+ * indices. */
+static int s_split_many(gw_call *c, int s0, int same)
 {
     int n = c->nrecv, S = c->g->c.nshards, nparts = 0;
-    int *shard_of = malloc((size_t)n * sizeof *shard_of);
-    int *per = calloc((size_t)S, sizeof *per);
-    c->parts = calloc((size_t)S + 1, sizeof *c->parts); /* ends at .c == NULL */
-    int rc = shard_of && per && c->parts ? 0 : -1;
-    for (int i = 0; i < n && !rc; i++)
-        if (per[shard_of[i] = im_shard_of(c->receivers[i], S)]++ == 0)
+    int *shard_of = malloc(((size_t)n + (size_t)S) * sizeof *shard_of);
+    if (!shard_of)
+        return -1;
+    int *per = shard_of + n; /* receivers per shard */
+    memset(per, 0, (size_t)S * sizeof *per);
+    for (int i = 0; i < n; i++) {
+        int s = i < same ? s0 : im_shard_of(c->receivers[i], S);
+        if (per[shard_of[i] = s]++ == 0)
             nparts++;
+    }
+    int rc = (c->parts = calloc((size_t)nparts + 1, sizeof *c->parts)) ? 0 : -1;
     for (int s = 0, k = 0; s < S && !rc; s++) {
         if (!per[s])
             continue;
-        gw_part *p = &c->parts[k];
+        gw_part *p = &c->parts[k++];
         if (!(p->idx = malloc((size_t)per[s] * sizeof *p->idx))) {
             rc = -1;
             break;
@@ -152,12 +168,28 @@ int gw__split(gw_call *c, int *part_shard)
         for (int i = 0; i < n; i++)
             if (shard_of[i] == s)
                 p->idx[p->n++] = i;
-        p->c = c;
-        part_shard[k++] = s;
+        p->shard = s;
+        p->c = c; /* last: gw__call_free frees the idx of parts up to .c NULL */
     }
     free(shard_of);
-    free(per);
     return rc ? -1 : nparts;
+}
+
+/* Groups the receivers by shard into c->parts (see gw_call.h): the usual
+ * Send (its receivers on one shard) costs one allocation. */
+int gw__split(gw_call *c)
+{
+    int n = c->nrecv, S = c->g->c.nshards;
+    assert(n >= 1);
+    int s0 = im_shard_of(c->receivers[0], S), i = 1;
+    while (i < n && im_shard_of(c->receivers[i], S) == s0)
+        i++;
+    if (i < n)
+        return s_split_many(c, s0, i);
+    if (!(c->parts = calloc(2, sizeof *c->parts)))
+        return -1;
+    c->parts[0] = (gw_part){.c = c, .n = n, .idx = NULL, .shard = s0};
+    return 1;
 }
 
 void gw__send(gw_call *c)
@@ -165,8 +197,7 @@ void gw__send(gw_call *c)
     gw_server *g = c->g;
     imbox_v1_SendRequest q;
     memset(&q, 0, sizeof q);
-    gw_uids u = {.v = malloc(IM_RECEIVERS_MAX * sizeof *u.v), .max = IM_RECEIVERS_MAX,
-                 .bad = -1};
+    gw_uids u = {.max = IM_RECEIVERS_MAX, .bad = -1};
     im_bytes_in content = {.max = g->c.limits.max_content};
     char msg_id[IM_MSGID_MAX + 1];
     im_str_in mid = {.p = msg_id, .cap = sizeof msg_id};
@@ -177,11 +208,6 @@ void gw__send(gw_call *c)
     q.receiver_uids.arg = &u;
     q.content.funcs.decode = im_pb_read_bytes;
     q.content.arg = &content;
-    int *part_shard = malloc((size_t)g->c.nshards * sizeof *part_shard);
-    if (!u.v || !part_shard) {
-        gw__respond(c, IM_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
-        goto out;
-    }
     if (gw__decode(c, imbox_v1_SendRequest_fields, &q, "SendRequest") ||
         s_send_check(c, &mid, &u, &content) || s_send_dups(c, &u))
         goto out;
@@ -189,7 +215,7 @@ void gw__send(gw_call *c)
     c->receivers = u.v;
     u.v = NULL;
     c->receipts = calloc((size_t)c->nrecv, sizeof *c->receipts);
-    int nparts = c->receipts ? gw__split(c, part_shard) : -1;
+    int nparts = c->receipts ? gw__split(c) : -1;
     if (nparts < 0) {
         gw__respond(c, IM_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
         goto out;
@@ -203,17 +229,16 @@ void gw__send(gw_call *c)
         memset(sr, 0, sizeof *sr);
         sr->has_store = true;
         imbox_internal_v1_StoreOp *op = &sr->store;
-        snprintf(op->sender, sizeof op->sender, "%s", c->uid);
+        memcpy(op->sender, c->uid, strlen(c->uid) + 1); /* fits: _Static_assert */
         memcpy(op->msg_id, msg_id, mid.n + 1);
         op->msg_type = q.msg_type;
         op->content.funcs.encode = im_pb_write_bytes;
         op->content.arg = &body;
         op->receivers.funcs.encode = gw__write_part_uids;
         op->receivers.arg = &c->parts[i];
-        gw__to_shard(c, part_shard[i], s_on_store, &c->parts[i]);
+        gw__to_shard(c, c->parts[i].shard, s_on_store, &c->parts[i]);
     }
 out:
     free(u.v);
     free(content.p);
-    free(part_shard);
 }

@@ -321,6 +321,7 @@ static void s_free(gw_server *g)
         grpc_completion_queue_destroy(g->cq);
     free(g->shard_req);
     free(g->shard_reply);
+    gw_tokens_free(g->tokens);
     free(g);
 }
 

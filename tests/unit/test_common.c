@@ -413,6 +413,18 @@ static void test_token_expired(void)
     EXPECT_STR(why, "token: expired");
     EXPECT_I64(verify_str(&s, tok, INT64_MAX, uid, &why), -1);
     EXPECT_STR(why, "token: expired");
+
+    /* im_token_verify_until also says until when (0 on failure). */
+    int64_t until = -1;
+    EXPECT_I64(im_token_verify_until(&s, tok, strlen(tok), 1699999999, uid, &until, &why), 0);
+    EXPECT_I64(until, 1700000000);
+    EXPECT_STR(uid, "alice");
+    EXPECT_I64(im_token_verify_until(&s, tok, strlen(tok), 1700000000, uid, &until, &why), -1);
+    EXPECT_I64(until, 0);
+    EXPECT_STR(why, "token: expired");
+    EXPECT_I64(im_token_make(&s, "bob", INT64_MAX, tok, sizeof tok), 0);
+    EXPECT_I64(im_token_verify_until(&s, tok, strlen(tok), 0, uid, &until, &why), 0);
+    EXPECT_I64(until, INT64_MAX);
 }
 
 /* 6. Every change to any byte of a token makes it fail, whatever the byte
