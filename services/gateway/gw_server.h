@@ -10,7 +10,10 @@
  * call itself (grpc_call_start_batch may be called from any thread), so no
  * thread ever waits for a shard and no cross-thread wake-up of the
  * completion queue is needed. The completion-queue thread frees a call when
- * both of its batches (receive-close, send-status) have completed.
+ * its batches have completed (a unary call has one: its answer, with the
+ * receive-close in it; a stream, its messages and its receive-close). In
+ * `imbox serve` the shards run in process, driven by the bus thread
+ * (gw_config.local, im_local.h).
  *
  * Threads: gw_start and gw_stop from one controlling thread.
  */

@@ -4,21 +4,25 @@
  *
  * One thread owns the ROUTER socket and runs the engine's writes too (the
  * engine's inline mode, st_run): each turn it takes every request waiting
- * in the socket (up to a burst), runs reads at once, queues the writes,
- * executes them as one group commit (one fsync for all the Stores of the
- * turn), and sends the replies (in completion order, paired to requests by
- * their id frame) and the notices. What arrives during an fsync waits in
+ * in the socket (up to a burst; a message holds many), runs reads at once
+ * and sends their answers, queues the writes, executes them as one group
+ * commit (one fsync for all the Stores of the turn), and sends the replies
+ * (paired to requests by their id frame) and the notices, one message per
+ * gateway. What arrives during an fsync waits in
  * the socket and makes the next turn's batch, as in Redis's event loop: no
  * thread hand-off before or after a write (measured against a writer
  * thread of its own in docs/BENCHMARKS.md). The periodic expiry sweep runs
  * on a sweeper thread of its own, which submits to the engine and wakes
  * this one through an eventfd polled beside the socket.
  *
- * Local mode (endpoint NULL; `imbox serve`): no socket and no thread of its
- * own. The shard is driven through sh_local() (im_local.h) by the thread of
- * its caller, the gateway's bus thread, with the same request and reply
- * bytes: one thread then decodes the requests, commits them with one fsync
- * and answers them, with no hand-off in between.
+ * Local mode (endpoint NULL; `imbox serve`): no socket. The shard is driven
+ * through sh_local() (im_local.h) by the thread of its caller, the
+ * gateway's bus thread, with the same request and reply bytes. A turn of a
+ * few writes commits on that thread (no hand-off: a lone Send's path); a
+ * bigger one goes to a committer thread of the shard, so that the driver
+ * answers the last batch and takes the next one during the fsync, as a
+ * gateway and a shard process do. Whoever runs the engine holds a mutex,
+ * so the engine still has one writer at a time.
  */
 #ifndef IMBOX_SH_SERVICE_H
 #define IMBOX_SH_SERVICE_H
