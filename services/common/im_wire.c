@@ -56,12 +56,33 @@ int im_pb_append_submsg(im_buf *b, uint32_t tag, const pb_msgdesc_t *fields, con
     return 0;
 }
 
+/* *out = prefix + body, malloc'ed (one byte more, so never malloc(0)). */
+static int s_join(const uint8_t *prefix, size_t prefix_len, const uint8_t *body, size_t n,
+                  uint8_t **out, size_t *len)
+{
+    uint8_t *p = malloc(prefix_len + n + 1);
+    if (!p)
+        return -1;
+    if (prefix_len)
+        memcpy(p, prefix, prefix_len);
+    if (n)
+        memcpy(p + prefix_len, body, n);
+    *out = p;
+    *len = prefix_len + n;
+    return 0;
+}
+
 int im_pb_encode(const pb_msgdesc_t *fields, const void *msg, const uint8_t *prefix,
                  size_t prefix_len, uint8_t **out, size_t *len)
 {
-    size_t size;
     *out = NULL;
     *len = 0;
+    uint8_t one[IM_PB_ONE_PASS];
+    pb_ostream_t s = pb_ostream_from_buffer(one, sizeof one);
+    if (pb_encode(&s, fields, msg))
+        return s_join(prefix, prefix_len, one, s.bytes_written, out, len);
+    /* Too big for one pass (or it fails: the sizing pass fails too). */
+    size_t size;
     if (!pb_get_encoded_size(&size, fields, msg))
         return -1;
     uint8_t *p = malloc(prefix_len + size + 1);
@@ -69,7 +90,7 @@ int im_pb_encode(const pb_msgdesc_t *fields, const void *msg, const uint8_t *pre
         return -1;
     if (prefix_len)
         memcpy(p, prefix, prefix_len);
-    pb_ostream_t s = pb_ostream_from_buffer(p + prefix_len, size);
+    s = pb_ostream_from_buffer(p + prefix_len, size);
     if (!pb_encode(&s, fields, msg)) {
         free(p);
         return -1;
@@ -77,6 +98,29 @@ int im_pb_encode(const pb_msgdesc_t *fields, const void *msg, const uint8_t *pre
     *out = p;
     *len = prefix_len + size;
     return 0;
+}
+
+void im_pb_out_bytes(im_pb_out *o, const void *p, size_t n)
+{
+    if (!o->ok || (size_t)(o->end - o->p) < n) {
+        o->ok = false;
+        return;
+    }
+    if (n)
+        memcpy(o->p, p, n);
+    o->p += n;
+}
+
+void im_pb_out_len(im_pb_out *o, uint32_t field, const void *p, size_t n)
+{
+    im_pb_out_head(o, field, n);
+    im_pb_out_bytes(o, p, n);
+}
+
+void im_pb_out_len3(im_pb_out *o, uint32_t field, const void *p, size_t n)
+{
+    if (n)
+        im_pb_out_len(o, field, p, n);
 }
 
 bool im_pb_write_bytes(pb_ostream_t *s, const pb_field_t *f, void *const *arg)

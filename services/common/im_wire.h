@@ -1,8 +1,8 @@
 /*
  * im_wire.h - nanopb glue shared by the services: growable byte buffers,
- * encoding to malloc'ed memory, bounded callbacks for bytes and string
- * fields, and wire-type checks of what a client sent. Status codes are
- * im_base.h's.
+ * encoding to malloc'ed memory, the helpers of the hand encoders (a Send's
+ * messages), bounded callbacks for bytes and string fields, and wire-type
+ * checks of what a client sent. Status codes are im_base.h's.
  *
  * Threads: no shared state; every function is safe from any thread.
  */
@@ -36,12 +36,104 @@ void im_buf_free(im_buf *b);
 int im_pb_append_submsg(im_buf *b, uint32_t tag, const pb_msgdesc_t *fields, const void *msg);
 
 /*
- * Encodes msg into *out (malloc'ed, caller frees) with `prefix` (may be
- * NULL/0) copied in front of it: protobuf fields may be concatenated, so a
- * pre-encoded repeated field plus the rest of a message is a valid message.
+ * Encodes msg into *out (malloc'ed, exact size plus one byte, caller frees)
+ * with `prefix` (may be NULL/0) copied in front of it: protobuf fields may
+ * be concatenated, so a pre-encoded repeated field plus the rest of a
+ * message is a valid message. A message of at most IM_PB_ONE_PASS bytes is
+ * encoded once (into the stack); a larger one is sized first, then encoded,
+ * so its callbacks run three times: they must give the same bytes each time.
  */
+#define IM_PB_ONE_PASS 2048
 int im_pb_encode(const pb_msgdesc_t *fields, const void *msg, const uint8_t *prefix,
                  size_t prefix_len, uint8_t **out, size_t *len);
+
+/*
+ * Hand encoding of the hot messages (a Send's), byte for byte what
+ * pb_encode makes of the same struct: the size of each field first, then
+ * its writer into a buffer of that total size (im_pb_out: a write past the
+ * end fails, never overflows; the caller checks ok and that the buffer is
+ * full). proto3 leaves a singular field out when it is zero or empty (the
+ * *3 forms do that); a callback field, a repeated entry or a submessage
+ * that is set is always written. Signed integers (int32, int64) go in as
+ * (uint64_t)(int64_t)v: nanopb sign-extends them. Field numbers < 2^28.
+ */
+static inline size_t im_pb_varint_len(uint64_t v)
+{
+    size_t n = 1;
+    for (; v >= 0x80; v >>= 7)
+        n++;
+    return n;
+}
+
+/* A length-delimited field of n bytes: key, length, bytes. */
+static inline size_t im_pb_len_size(uint32_t field, size_t n)
+{
+    return im_pb_varint_len((uint64_t)field << 3) + im_pb_varint_len(n) + n;
+}
+
+/* A proto3 string or bytes field: nothing when empty. */
+static inline size_t im_pb_len_size3(uint32_t field, size_t n)
+{
+    return n ? im_pb_len_size(field, n) : 0;
+}
+
+/* A proto3 varint field (int32, int64, uint64, bool): nothing when 0. */
+static inline size_t im_pb_varint_size3(uint32_t field, uint64_t v)
+{
+    return v ? im_pb_varint_len((uint64_t)field << 3) + im_pb_varint_len(v) : 0;
+}
+
+typedef struct im_pb_out {
+    uint8_t *p, *end; /* next byte, end of the buffer */
+    bool ok;          /* false once a write did not fit: later ones do nothing */
+} im_pb_out;
+
+static inline im_pb_out im_pb_out_of(uint8_t *buf, size_t n)
+{
+    return (im_pb_out){buf, buf + n, true};
+}
+
+/* Whether o holds exactly what it was sized for: every write fit, none is
+ * missing. */
+static inline bool im_pb_out_full(const im_pb_out *o)
+{
+    return o->ok && o->p == o->end;
+}
+
+static inline void im_pb_out_varint(im_pb_out *o, uint64_t v)
+{
+    if (!o->ok || (size_t)(o->end - o->p) < im_pb_varint_len(v)) {
+        o->ok = false;
+        return;
+    }
+    for (; v >= 0x80; v >>= 7)
+        *o->p++ = (uint8_t)(v | 0x80);
+    *o->p++ = (uint8_t)v;
+}
+
+/* The key and length of a length-delimited field whose n bytes come next
+ * (a submessage's fields, or im_pb_out_bytes). */
+static inline void im_pb_out_head(im_pb_out *o, uint32_t field, size_t n)
+{
+    im_pb_out_varint(o, (uint64_t)field << 3 | PB_WT_STRING);
+    im_pb_out_varint(o, n);
+}
+
+/* n raw bytes (p may be NULL when n is 0). */
+void im_pb_out_bytes(im_pb_out *o, const void *p, size_t n);
+
+/* A length-delimited field, always; its proto3 form, not when empty. */
+void im_pb_out_len(im_pb_out *o, uint32_t field, const void *p, size_t n);
+void im_pb_out_len3(im_pb_out *o, uint32_t field, const void *p, size_t n);
+
+/* A proto3 varint field: not when 0. */
+static inline void im_pb_out_varint3(im_pb_out *o, uint32_t field, uint64_t v)
+{
+    if (!v)
+        return;
+    im_pb_out_varint(o, (uint64_t)field << 3 | PB_WT_VARINT);
+    im_pb_out_varint(o, v);
+}
 
 /* Encode side of a bytes/string FT_CALLBACK field: set
  * cb.funcs.encode = im_pb_write_bytes, cb.arg = an im_bytes_out. */

@@ -226,6 +226,11 @@ int gw__cursor(gw_call *c, const gw_cursor *k, uint64_t *seq, char *scope);
 /* Encodes g->shard_req and sends it to shard; fn(arg) gets the reply. */
 void gw__to_shard(gw_call *c, int shard, gw_bus_fn fn, void *arg);
 
+/* Sends an encoded ShardRequest (body malloc'ed, taken) to shard; from any
+ * thread. fn(arg) gets the reply, or a failure, exactly once. */
+void gw__send_body(gw_server *g, int shard, uint8_t *body, size_t len, gw_bus_fn fn,
+                   void *arg);
+
 /* Encodes req and sends it to shard; from any thread. fn(arg) gets the
  * reply, or a failure, exactly once. */
 void gw__send_req(gw_server *g, int shard, const imbox_internal_v1_ShardRequest *req,
@@ -234,6 +239,30 @@ void gw__send_req(gw_server *g, int shard, const imbox_internal_v1_ShardRequest 
 /* ------------------------------------------- methods (one file per family) */
 
 void gw__send(gw_call *c);   /* gw_send.c */
+
+/* Encodes the SendResponse of c's receipts (c->receivers[i] with
+ * c->receipts[i], i < c->nrecv) into *out (malloc'ed, exact size, caller
+ * frees) by hand, in one pass: the bytes pb_encode makes of the same
+ * imbox_v1_SendResponse (proto3: zero and empty fields left out). 0, or -1
+ * out of memory. */
+int gw__send_response(const gw_call *c, uint8_t **out, size_t *len);
+
+/* What a Send stores: the StoreOp's fields but the receivers (a part's).
+ * Strings NUL-terminated, within StoreOp's bounds (a checked request's). */
+typedef struct gw_store {
+    const char *sender;
+    const char *msg_id;
+    int32_t msg_type;
+    const uint8_t *content; /* may be NULL when content_len is 0 */
+    size_t content_len;
+} gw_store;
+
+/* Encodes the ShardRequest that stores m for part p's receivers into *out
+ * (malloc'ed, exact size, caller frees) by hand, in one pass (content
+ * copied once): the bytes pb_encode makes of a ShardRequest whose store is
+ * m with content by im_pb_write_bytes and receivers by gw__write_part_uids.
+ * 0, or -1 out of memory. */
+int gw__store_request(const gw_part *p, const gw_store *m, uint8_t **out, size_t *len);
 
 /* Groups c->receivers[0..nrecv) (nrecv >= 1) by shard into c->parts, in
  * ascending shard order, ended by a part with .c NULL; receivers that all

@@ -163,6 +163,13 @@ int gw__uids_check(gw_call *c, const gw_uids *u, const char *field, const char *
     return 0;
 }
 
+void gw__send_body(gw_server *g, int shard, uint8_t *body, size_t len, gw_bus_fn fn,
+                   void *arg)
+{
+    if (gw_bus_send(g->bus, shard, body, len, fn, arg))
+        fn(arg, IM_UNAVAILABLE, "gateway is stopping", NULL, 0);
+}
+
 void gw__send_req(gw_server *g, int shard, const imbox_internal_v1_ShardRequest *req,
                   gw_bus_fn fn, void *arg)
 {
@@ -172,8 +179,7 @@ void gw__send_req(gw_server *g, int shard, const imbox_internal_v1_ShardRequest 
         fn(arg, IM_INTERNAL, "shard request does not encode", NULL, 0);
         return;
     }
-    if (gw_bus_send(g->bus, shard, body, len, fn, arg))
-        fn(arg, IM_UNAVAILABLE, "gateway is stopping", NULL, 0);
+    gw__send_body(g, shard, body, len, fn, arg);
 }
 
 void gw__to_shard(gw_call *c, int shard, gw_bus_fn fn, void *arg)

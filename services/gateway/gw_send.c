@@ -8,28 +8,63 @@
 #include "gw_call.h"
 #include "im_hash.h"
 
-_Static_assert(sizeof(((imbox_internal_v1_StoreOp *)0)->sender) >= IM_UID_MAX + 1,
-               "StoreOp.sender holds any uid");
+_Static_assert(sizeof(((imbox_internal_v1_StoreOp *)0)->sender) > IM_UID_MAX &&
+                   sizeof(((imbox_internal_v1_StoreOp *)0)->msg_id) > IM_MSGID_MAX,
+               "StoreOp's strings hold any uid and msg_id: pb_encode would not refuse them");
 
 /* ----------------------------------------------------------------- Send */
 
-static bool s_write_receipts(pb_ostream_t *s, const pb_field_t *f, void *const *arg)
+/* The bytes of receipt i of c (its fields, without key and length). */
+static size_t s_receipt_size(const gw_call *c, int i)
 {
-    const gw_call *c = *arg;
-    imbox_v1_Receipt r;
-    for (int i = 0; i < c->nrecv; i++) {
-        memset(&r, 0, sizeof r);
-        snprintf(r.receiver_uid, sizeof r.receiver_uid, "%s", c->receivers[i]);
-        r.code = c->receipts[i].code;
-        snprintf(r.error, sizeof r.error, "%s", c->receipts[i].error);
-        r.duplicate = c->receipts[i].duplicate;
-        r.online = c->receipts[i].online;
-        r.send_time_ms = c->receipts[i].send_time_ms;
-        if (!pb_encode_tag_for_field(s, f) ||
-            !pb_encode_submessage(s, imbox_v1_Receipt_fields, &r))
-            return false;
+    const gw_receipt *r = &c->receipts[i];
+    return im_pb_len_size3(imbox_v1_Receipt_receiver_uid_tag, strlen(c->receivers[i])) +
+           im_pb_varint_size3(imbox_v1_Receipt_code_tag, (uint64_t)(int64_t)r->code) +
+           im_pb_len_size3(imbox_v1_Receipt_error_tag, strlen(r->error)) +
+           im_pb_varint_size3(imbox_v1_Receipt_duplicate_tag, r->duplicate) +
+           im_pb_varint_size3(imbox_v1_Receipt_online_tag, r->online) +
+           im_pb_varint_size3(imbox_v1_Receipt_send_time_ms_tag, (uint64_t)r->send_time_ms);
+}
+
+/* Writes receipt i of c as a SendResponse.receipts entry: key, length,
+ * fields (the strings are NUL-terminated and within Receipt's bounds). */
+static void s_receipt_write(im_pb_out *o, const gw_call *c, int i)
+{
+    const gw_receipt *r = &c->receipts[i];
+    const char *uid = c->receivers[i];
+    im_pb_out_head(o, imbox_v1_SendResponse_receipts_tag, s_receipt_size(c, i));
+    im_pb_out_len3(o, imbox_v1_Receipt_receiver_uid_tag, uid, strlen(uid));
+    im_pb_out_varint3(o, imbox_v1_Receipt_code_tag, (uint64_t)(int64_t)r->code);
+    im_pb_out_len3(o, imbox_v1_Receipt_error_tag, r->error, strlen(r->error));
+    im_pb_out_varint3(o, imbox_v1_Receipt_duplicate_tag, r->duplicate);
+    im_pb_out_varint3(o, imbox_v1_Receipt_online_tag, r->online);
+    im_pb_out_varint3(o, imbox_v1_Receipt_send_time_ms_tag, (uint64_t)r->send_time_ms);
+}
+
+_Static_assert(sizeof(((gw_receipt *)0)->error) <= sizeof(((imbox_v1_Receipt *)0)->error) &&
+                   IM_UID_MAX < sizeof(((imbox_v1_Receipt *)0)->receiver_uid),
+               "a receipt's strings fit imbox_v1_Receipt: pb_encode would not cut them");
+
+int gw__send_response(const gw_call *c, uint8_t **out, size_t *len)
+{
+    size_t total = 0;
+    for (int i = 0; i < c->nrecv; i++)
+        total += im_pb_len_size(imbox_v1_SendResponse_receipts_tag, s_receipt_size(c, i));
+    *out = NULL;
+    *len = 0;
+    uint8_t *p = malloc(total + 1);
+    if (!p)
+        return -1;
+    im_pb_out o = im_pb_out_of(p, total);
+    for (int i = 0; i < c->nrecv; i++)
+        s_receipt_write(&o, c, i);
+    if (!im_pb_out_full(&o)) {
+        free(p); /* cannot happen: the sizes above are the writes' */
+        return -1;
     }
-    return true;
+    *out = p;
+    *len = total;
+    return 0;
 }
 
 /* One part of a Send is done (any thread): the last one answers. */
@@ -37,10 +72,21 @@ static void s_part_done(gw_call *c)
 {
     if (atomic_fetch_sub(&c->parts_left, 1) != 1)
         return;
-    imbox_v1_SendResponse resp = {0};
-    resp.receipts.funcs.encode = s_write_receipts;
-    resp.receipts.arg = c;
-    gw__respond_pb(c, imbox_v1_SendResponse_fields, &resp, NULL, 0);
+    uint8_t *body;
+    size_t len;
+    if (gw__send_response(c, &body, &len)) {
+        gw__respond(c, IM_INTERNAL, "response does not encode", NULL, 0);
+        return;
+    }
+    gw__respond(c, IM_OK, NULL, body, len);
+}
+
+/* Copies src into dst[cap], cut at cap - 1 bytes (snprintf's "%s"). */
+static void s_text(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = 0;
 }
 
 static void s_on_store(void *arg, int status, const char *why, const uint8_t *reply, size_t len)
@@ -64,7 +110,7 @@ static void s_on_store(void *arg, int status, const char *why, const uint8_t *re
         }
         const imbox_internal_v1_StoreResult *res = &r->results[i];
         rc->code = res->code;
-        snprintf(rc->error, sizeof rc->error, "%s", im_receipt_text(res->code));
+        s_text(rc->error, sizeof rc->error, im_receipt_text(res->code));
         rc->duplicate = res->duplicate;
         rc->online = res->online;
         rc->send_time_ms = res->send_time_ms;
@@ -138,6 +184,56 @@ bool gw__write_part_uids(pb_ostream_t *s, const pb_field_t *f, void *const *arg)
             return false;
     }
     return true;
+}
+
+/* The bytes of part p's StoreOp (its fields, without key and length).
+ * content and receivers are callback fields in the generated struct: nanopb
+ * writes them even when empty. */
+static size_t s_store_size(const gw_part *p, const gw_store *m)
+{
+    size_t n = im_pb_len_size3(imbox_internal_v1_StoreOp_sender_tag, strlen(m->sender)) +
+               im_pb_len_size3(imbox_internal_v1_StoreOp_msg_id_tag, strlen(m->msg_id)) +
+               im_pb_varint_size3(imbox_internal_v1_StoreOp_msg_type_tag,
+                                  (uint64_t)(int64_t)m->msg_type) +
+               im_pb_len_size(imbox_internal_v1_StoreOp_content_tag, m->content_len);
+    for (int j = 0; j < p->n; j++)
+        n += im_pb_len_size(imbox_internal_v1_StoreOp_receivers_tag,
+                            strlen(p->c->receivers[gw__part_at(p, j)]));
+    return n;
+}
+
+/* Writes ShardRequest.store: key, length n, the StoreOp's fields. */
+static void s_store_write(im_pb_out *o, const gw_part *p, const gw_store *m, size_t n)
+{
+    im_pb_out_head(o, imbox_internal_v1_ShardRequest_store_tag, n);
+    im_pb_out_len3(o, imbox_internal_v1_StoreOp_sender_tag, m->sender, strlen(m->sender));
+    im_pb_out_len3(o, imbox_internal_v1_StoreOp_msg_id_tag, m->msg_id, strlen(m->msg_id));
+    im_pb_out_varint3(o, imbox_internal_v1_StoreOp_msg_type_tag, (uint64_t)(int64_t)m->msg_type);
+    im_pb_out_len(o, imbox_internal_v1_StoreOp_content_tag, m->content, m->content_len);
+    for (int j = 0; j < p->n; j++) {
+        const char *uid = p->c->receivers[gw__part_at(p, j)];
+        im_pb_out_len(o, imbox_internal_v1_StoreOp_receivers_tag, uid, strlen(uid));
+    }
+}
+
+int gw__store_request(const gw_part *p, const gw_store *m, uint8_t **out, size_t *len)
+{
+    size_t n = s_store_size(p, m);
+    size_t total = im_pb_len_size(imbox_internal_v1_ShardRequest_store_tag, n);
+    *out = NULL;
+    *len = 0;
+    uint8_t *b = malloc(total + 1);
+    if (!b)
+        return -1;
+    im_pb_out o = im_pb_out_of(b, total);
+    s_store_write(&o, p, m, n);
+    if (!im_pb_out_full(&o)) {
+        free(b); /* cannot happen: the sizes above are the writes' */
+        return -1;
+    }
+    *out = b;
+    *len = total;
+    return 0;
 }
 
 /* gw__split when the receivers span several shards (the first `same` are
@@ -223,20 +319,16 @@ void gw__send(gw_call *c)
     /* Every part is built before any is sent: a reply may arrive (on the
      * bus thread) before the next part goes. */
     atomic_store(&c->parts_left, nparts);
-    imbox_internal_v1_ShardRequest *sr = g->shard_req;
-    im_bytes_out body = {content.p, content.n};
+    gw_store m = {.sender = c->uid, .msg_id = msg_id, .msg_type = q.msg_type,
+                  .content = content.p, .content_len = content.n};
     for (int i = 0; i < nparts; i++) {
-        memset(sr, 0, sizeof *sr);
-        sr->has_store = true;
-        imbox_internal_v1_StoreOp *op = &sr->store;
-        memcpy(op->sender, c->uid, strlen(c->uid) + 1); /* fits: _Static_assert */
-        memcpy(op->msg_id, msg_id, mid.n + 1);
-        op->msg_type = q.msg_type;
-        op->content.funcs.encode = im_pb_write_bytes;
-        op->content.arg = &body;
-        op->receivers.funcs.encode = gw__write_part_uids;
-        op->receivers.arg = &c->parts[i];
-        gw__to_shard(c, c->parts[i].shard, s_on_store, &c->parts[i]);
+        uint8_t *body;
+        size_t len;
+        gw_part *p = &c->parts[i];
+        if (gw__store_request(p, &m, &body, &len))
+            s_on_store(p, IM_INTERNAL, "shard request does not encode", NULL, 0);
+        else
+            gw__send_body(g, p->shard, body, len, s_on_store, p);
     }
 out:
     free(u.v);

@@ -17,6 +17,7 @@
 
 #include "im_hash.h"
 #include "im_local.h"
+#include "im_store_reply.h"
 #include "im_wire.h"
 #include "sh_presence.h"
 #include "im_zmq.h"
@@ -269,17 +270,27 @@ oom:
     free(body);
 }
 
+/* Encodes sh->out (with sh->entries) into *buf (malloc'ed): a Store's
+ * reply (results only, the usual one) by hand, any other by nanopb; the
+ * same bytes either way (im_store_reply.h). 0 or -1 (out of memory). */
+static int s_reply_encode(sh_service *sh, uint8_t **buf, size_t *n)
+{
+    if (im_store_reply_only(sh->out, sh->entries.n))
+        return im_store_reply_encode(sh->out, buf, n);
+    sh->out->entries.funcs.encode = s_write_entries;
+    sh->out->entries.arg = &sh->entries;
+    return im_pb_encode(imbox_internal_v1_ShardReply_fields, sh->out, NULL, 0, buf, n);
+}
+
 /* Sends sh->out (with sh->entries) to the peer. A peer that is gone
  * (EHOSTUNREACH under ROUTER_MANDATORY) simply loses its reply: the gateway
  * has already answered its caller UNAVAILABLE. */
 static void s_reply_send(sh_service *sh, const uint8_t *ident, size_t ident_len,
                          const uint8_t id[8])
 {
-    sh->out->entries.funcs.encode = s_write_entries;
-    sh->out->entries.arg = &sh->entries;
     uint8_t *buf;
     size_t n;
-    if (im_pb_encode(imbox_internal_v1_ShardReply_fields, sh->out, NULL, 0, &buf, &n)) {
+    if (s_reply_encode(sh, &buf, &n)) {
         fprintf(stderr, "imbox shard %d: reply does not encode\n", sh->c.index);
         return;
     }
