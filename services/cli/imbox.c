@@ -2,7 +2,8 @@
  * imbox - the server binary.
  *
  *   imbox serve     standalone: one gateway and S shards in one process,
- *                   over ZeroMQ inproc://, data under --data-dir
+ *                   the shards driven by the gateway's bus thread (no
+ *                   ZeroMQ in between: im_local.h), data under --data-dir
  *   imbox shard     one storage shard on a ZeroMQ tcp:// endpoint
  *   imbox gateway   the gRPC API in front of shards on tcp:// endpoints
  *   imbox token     prints a token for a uid (its last line of output)

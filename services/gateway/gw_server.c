@@ -118,8 +118,8 @@ void gw__respond_pb(gw_call *c, const pb_msgdesc_t *fields, const void *msg,
 }
 
 /* Decodes a shard reply into the bus thread's scratch, with its entries
- * into *entries (malloc'ed, caller frees). Returns 0 or answers the call
- * with the failure and returns -1. */
+ * into *entries (malloc'ed, caller frees): see gw_call.h. Returns 0, or
+ * the failure's status with *why; answers nothing. */
 int gw__shard_decode(gw_server *g, int status, const char **why, const uint8_t *reply,
                      size_t len, im_bytes_in *entries)
 {
