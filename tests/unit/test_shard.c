@@ -1,0 +1,292 @@
+/*
+ * test_shard.c - CUnit suite of sh_service.h's wire: a real shard (engine
+ * in a temporary directory, ROUTER on inproc://) and a raw DEALER playing
+ * the gateway, so that the framing is checked byte by byte rather than
+ * through gw_bus:
+ *   - one message of several [id][ShardRequest] pairs is handled whole:
+ *     two Stores in one message are answered in one message of two pairs;
+ *   - a message that is not whole pairs is dropped (there is no id to
+ *     answer), and the shard goes on with the next one;
+ *   - reads are answered by the turn that took them.
+ * It also drives a local-mode shard (no endpoint, im_local.h) the way the
+ * gateway's bus thread does, with a turn bigger than the inline threshold,
+ * so that the committer thread commits it, and checks every reply comes
+ * back through the sink once run() is called after the wake-up.
+ *
+ * Every wait is bounded (zmq_poll, or a poll of the sink's eventfd).
+ * Usage: test_shard [test-name]; exit status 0 when every assertion held.
+ */
+#include "sh_service.h"
+
+#include "im_cunit.h"
+#include "im_local.h"
+#include "im_wire.h"
+#include "im_zmq.h"
+#include "imbox/internal/v1/shard.pb.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <zmq.h>
+
+#define EXPECT(cond, ...) im_cunit_record(IM_HERE, (cond), __VA_ARGS__)
+#define WAIT_MS 10000
+
+static int s_rm(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)st, (void)flag, (void)f;
+    return remove(p);
+}
+
+/* ------------------------------------------------------- request bytes */
+
+typedef struct store_args {
+    const char *receiver;
+} store_args;
+
+static bool s_write_receiver(pb_ostream_t *s, const pb_field_t *f, void *const *arg)
+{
+    const char *uid = *arg;
+    return pb_encode_tag_for_field(s, f) &&
+           pb_encode_string(s, (const uint8_t *)uid, strlen(uid));
+}
+
+/* A StoreOp of msg_id for receiver, encoded (malloc'ed) into *out. */
+static size_t s_store_req(const char *receiver, const char *msg_id, uint8_t **out)
+{
+    imbox_internal_v1_ShardRequest r = imbox_internal_v1_ShardRequest_init_zero;
+    r.has_store = true;
+    snprintf(r.store.sender, sizeof r.store.sender, "alice");
+    snprintf(r.store.msg_id, sizeof r.store.msg_id, "%s", msg_id);
+    r.store.receivers.funcs.encode = s_write_receiver;
+    r.store.receivers.arg = (void *)receiver;
+    size_t n = 0;
+    CU_ASSERT_FATAL(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, NULL, 0, out, &n) ==
+                    0);
+    return n;
+}
+
+static size_t s_read_req(const char *uid, uint8_t **out)
+{
+    imbox_internal_v1_ShardRequest r = imbox_internal_v1_ShardRequest_init_zero;
+    r.has_read = true;
+    snprintf(r.read.uid, sizeof r.read.uid, "%s", uid);
+    r.read.limit = 10;
+    r.read.max_bytes = 1 << 20;
+    size_t n = 0;
+    CU_ASSERT_FATAL(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, NULL, 0, out, &n) ==
+                    0);
+    return n;
+}
+
+static bool s_decode_reply(const uint8_t *p, size_t n, imbox_internal_v1_ShardReply *r)
+{
+    memset(r, 0, sizeof *r);
+    pb_istream_t is = pb_istream_from_buffer(p, n);
+    return pb_decode(&is, imbox_internal_v1_ShardReply_fields, r);
+}
+
+/* ------------------------------------------------------- socket mode */
+
+typedef struct fixture {
+    char dir[64];
+    void *zctx;
+    sh_service *sh;
+    void *dealer;
+    imbox_internal_v1_ShardReply *reply;
+} fixture;
+
+static bool s_start(fixture *f, const char *endpoint)
+{
+    memset(f, 0, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/imbox-test-shard-XXXXXX");
+    CU_ASSERT_FATAL(mkdtemp(f->dir) != NULL);
+    f->zctx = zmq_ctx_new();
+    f->reply = malloc(sizeof *f->reply);
+    char err[256] = "", data[96];
+    snprintf(data, sizeof data, "%s/s0", f->dir);
+    sh_config c = {.index = 0, .count = 1, .endpoint = endpoint, .dir = data,
+                   .zctx = f->zctx};
+    st_options_init(&c.st);
+    f->sh = sh_start(&c, err, sizeof err);
+    if (!EXPECT(f->sh != NULL, "sh_start: %s", err))
+        return false;
+    if (!endpoint)
+        return true;
+    f->dealer = zmq_socket(f->zctx, ZMQ_DEALER);
+    int zero = 0;
+    zmq_setsockopt(f->dealer, ZMQ_LINGER, &zero, sizeof zero);
+    return EXPECT(zmq_connect(f->dealer, endpoint) == 0, "connect: %s", zmq_strerror(errno));
+}
+
+static void s_stop(fixture *f)
+{
+    if (f->dealer)
+        zmq_close(f->dealer);
+    sh_stop(&f->sh);
+    zmq_ctx_term(f->zctx);
+    nftw(f->dir, s_rm, 8, FTW_DEPTH | FTW_PHYS);
+    free(f->reply);
+}
+
+/* Receives one message (bounded wait) into parts; returns its frames. */
+static int s_recv(void *sock, zmq_msg_t *parts, int max)
+{
+    zmq_pollitem_t it = {.socket = sock, .events = ZMQ_POLLIN};
+    if (zmq_poll(&it, 1, WAIT_MS) <= 0)
+        return 0;
+    return im_zmq_recv(sock, parts, max);
+}
+
+static void test_batch_in_one_message(void)
+{
+    fixture f;
+    if (!s_start(&f, "inproc://test-shard-batch")) {
+        s_stop(&f);
+        return;
+    }
+    uint8_t *a, *b, *bad, *rd;
+    size_t na = s_store_req("bob", "m-1", &a), nb = s_store_req("carol", "m-2", &b);
+    size_t nbad = s_store_req("bob", "m-bad", &bad), nrd = s_read_req("bob", &rd);
+    uint64_t id1 = 1, id2 = 2, id3 = 3, id4 = 4;
+    /* Two Stores in one message. */
+    bool sent = zmq_send(f.dealer, &id1, 8, ZMQ_SNDMORE) == 8 &&
+                zmq_send(f.dealer, a, na, ZMQ_SNDMORE) == (int)na &&
+                zmq_send(f.dealer, &id2, 8, ZMQ_SNDMORE) == 8 &&
+                zmq_send(f.dealer, b, nb, 0) == (int)nb;
+    EXPECT(sent, "send the batch: %s", zmq_strerror(errno));
+    zmq_msg_t parts[8];
+    int n = s_recv(f.dealer, parts, 8);
+    if (EXPECT(n == 4, "one reply message of two pairs, got %d frames", n)) {
+        uint64_t got1, got2;
+        memcpy(&got1, zmq_msg_data(&parts[0]), 8);
+        memcpy(&got2, zmq_msg_data(&parts[2]), 8);
+        EXPECT(got1 == 1 && got2 == 2, "replies in request order: %llu %llu",
+               (unsigned long long)got1, (unsigned long long)got2);
+        for (int i = 1; i < 4; i += 2) {
+            bool ok = s_decode_reply(zmq_msg_data(&parts[i]), zmq_msg_size(&parts[i]), f.reply);
+            EXPECT(ok && f.reply->code == 0 && f.reply->results_count == 1 &&
+                       f.reply->results[0].code == 0 && f.reply->results[0].seq == 1,
+                   "pair %d: a stored receipt (code %d, %d results)", i / 2,
+                   (int)f.reply->code, (int)f.reply->results_count);
+        }
+    }
+    im_zmq_close(parts, n, 8);
+    /* Not whole pairs: dropped, nothing stored, no answer. */
+    sent = zmq_send(f.dealer, &id3, 8, ZMQ_SNDMORE) == 8 &&
+           zmq_send(f.dealer, bad, nbad, ZMQ_SNDMORE) == (int)nbad &&
+           zmq_send(f.dealer, &id3, 8, 0) == 8;
+    EXPECT(sent, "send the malformed message");
+    /* The next message is answered, and shows only m-1 stored for bob. */
+    sent = zmq_send(f.dealer, &id4, 8, ZMQ_SNDMORE) == 8 && zmq_send(f.dealer, rd, nrd, 0) ==
+                                                                  (int)nrd;
+    EXPECT(sent, "send the read");
+    n = s_recv(f.dealer, parts, 8);
+    if (EXPECT(n == 2, "the read's answer alone (the malformed one dropped), got %d frames",
+               n)) {
+        uint64_t got;
+        memcpy(&got, zmq_msg_data(&parts[0]), 8);
+        bool ok = s_decode_reply(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), f.reply);
+        EXPECT(got == 4 && ok && f.reply->code == 0 && f.reply->count == 1 &&
+                   f.reply->last_seq == 1,
+               "read: id %llu, %u messages up to seq %llu (want 1, m-1 only)",
+               (unsigned long long)got, (unsigned)f.reply->count,
+               (unsigned long long)f.reply->last_seq);
+    }
+    im_zmq_close(parts, n, 8);
+    free(a);
+    free(b);
+    free(bad);
+    free(rd);
+    s_stop(&f);
+}
+
+/* -------------------------------------------------------- local mode */
+
+typedef struct sink_state {
+    int efd;        /* written by wake (any thread) */
+    int replies;    /* on the driving thread */
+    int stored;
+} sink_state;
+
+static void s_sink_reply(void *arg, const uint8_t id[8], const uint8_t *body, size_t len)
+{
+    (void)id;
+    sink_state *k = arg;
+    imbox_internal_v1_ShardReply *r = malloc(sizeof *r);
+    if (r && s_decode_reply(body, len, r) && r->code == 0 && r->results_count == 1 &&
+        r->results[0].code == 0)
+        k->stored++;
+    free(r);
+    k->replies++;
+}
+
+static void s_sink_notice(void *arg, const uint8_t *body, size_t len)
+{
+    (void)arg, (void)body, (void)len;
+}
+
+static void s_sink_wake(void *arg)
+{
+    sink_state *k = arg;
+    uint64_t one = 1;
+    if (write(k->efd, &one, sizeof one) < 0)
+        perror("eventfd write");
+}
+
+static void test_local_committer(void)
+{
+    enum { N = 40 }; /* well over the inline threshold: the committer's */
+    fixture f;
+    sink_state k = {.efd = eventfd(0, EFD_CLOEXEC)};
+    CU_ASSERT_FATAL(k.efd >= 0);
+    if (s_start(&f, NULL)) {
+        im_local_shard l = sh_local(f.sh);
+        CU_ASSERT_FATAL(l.obj != NULL);
+        im_local_sink sink = {s_sink_reply, s_sink_notice, s_sink_wake, &k};
+        l.attach(l.obj, &sink);
+        static const uint8_t ident[] = {1, 2, 3};
+        for (int i = 0; i < N; i++) {
+            char msg_id[32], uid[32];
+            snprintf(msg_id, sizeof msg_id, "m-%d", i);
+            snprintf(uid, sizeof uid, "user-%d", i % 7);
+            uint8_t *body, id[8] = {(uint8_t)(i + 1)};
+            size_t n = s_store_req(uid, msg_id, &body);
+            l.request(l.obj, ident, sizeof ident, id, body, n);
+            free(body);
+        }
+        l.run(l.obj); /* hands the turn to the committer */
+        for (int waits = 0; k.replies < N && waits < 100; waits++) {
+            struct pollfd p = {.fd = k.efd, .events = POLLIN};
+            if (poll(&p, 1, WAIT_MS / 100) > 0) {
+                uint64_t v;
+                if (read(k.efd, &v, sizeof v) < 0)
+                    perror("eventfd read");
+            }
+            l.run(l.obj); /* answers what the committer finished */
+        }
+        EXPECT(k.replies == N && k.stored == N, "%d replies, %d stored, want %d", k.replies,
+               k.stored, N);
+        static const im_local_sink none;
+        l.attach(l.obj, &none);
+    }
+    s_stop(&f);
+    close(k.efd);
+}
+
+static const im_cunit_test tests[] = {
+    {"batch_in_one_message", test_batch_in_one_message},
+    {"local_committer", test_local_committer},
+};
+
+int main(int argc, char **argv)
+{
+    return im_cunit_main("shard", tests, sizeof tests / sizeof tests[0],
+                         argc > 1 ? argv[1] : NULL);
+}
