@@ -37,8 +37,8 @@
 #define SH_HOLDERS_MAX 64            /* gateways notified per uid */
 #define SH_NOTICE_ENTRY_MAX 16384    /* content carried inside a Commit ... */
 #define SH_NOTICE_INLINE_MAX (1024 * 1024) /* ... while a Notice is smaller */
-#define SH_INLINE_WRITES 4           /* local mode: a turn with at most this
-                                        many writes commits on the driver */
+#define SH_INLINE_WRITES 4           /* a turn with at most this many writes
+                                        commits on its own thread */
 
 typedef enum { JOB_STORE = 1, JOB_READ, JOB_ACK, JOB_COUNTS } sh_kind;
 
@@ -100,11 +100,11 @@ struct sh_service {
      * own; the driver's thread runs it, and replies go to the sink. */
     bool local;
     im_local_sink sink;                 /* set by attach; .wake read under mu */
-    /* Local mode's committer thread. A turn of more than SH_INLINE_WRITES
-     * writes is committed there, so that the driver takes the next batch
-     * and answers the last one during the fsync (a pipeline, as a shard
-     * process and its gateway are); a smaller turn is committed on the
-     * driver when the committer is idle: a lone Send costs no hand-off. */
+    /* The committer thread. A turn of more than SH_INLINE_WRITES writes is
+     * committed there, so that the turn's thread (the socket thread, or a
+     * local shard's driver) takes the next batch and answers the last one
+     * during the fsync; a smaller turn is committed on the turn's thread
+     * when the committer is idle: a lone Send costs no hand-off. */
     pthread_t committer;
     bool committer_started;
     int commit_efd;                     /* blocking eventfd: "run" */
@@ -946,9 +946,7 @@ static void s_commit_kick(sh_service *sh)
 
 static void s_turn_end(sh_service *sh)
 {
-    if (!sh->local) {
-        st_run(sh->st);
-    } else if (sh->turn_writes) {
+    if (sh->turn_writes) {
         if (sh->turn_writes <= SH_INLINE_WRITES && pthread_mutex_trylock(&sh->run_mu) == 0) {
             st_run(sh->st);
             pthread_mutex_unlock(&sh->run_mu);
@@ -967,6 +965,8 @@ static void s_turn_end(sh_service *sh)
     }
 }
 
+static void s_committer_stop(sh_service *sh);
+
 static void *s_main(void *arg)
 {
     sh_service *sh = arg;
@@ -983,7 +983,7 @@ static void *s_main(void *arg)
             fprintf(stderr, "imbox shard %d: poll: %s\n", sh->c.index, zmq_strerror(errno));
             break;
         }
-        uint64_t v; /* a wake-up: the sweeper queued a request, or sh_stop */
+        uint64_t v; /* a wake-up: the committer finished a round, or sh_stop */
         if ((items[1].revents & ZMQ_POLLIN) && read(sh->efd, &v, sizeof v) < 0 &&
             errno != EAGAIN)
             fprintf(stderr, "imbox shard %d: eventfd: %s\n", sh->c.index, strerror(errno));
@@ -993,8 +993,9 @@ static void *s_main(void *arg)
         s_turn_end(sh);
         s_out_flush(sh);
     }
-    /* Every accepted request completes before st_close returns; answer
-     * them while the socket is still open. */
+    /* Every accepted request completes before st_close returns (the
+     * committer's round first); answer them while the socket is open. */
+    s_committer_stop(sh);
     st_close(&sh->st);
     s_drain_done(sh);
     s_out_flush(sh);
@@ -1004,15 +1005,9 @@ static void *s_main(void *arg)
 static void s_wake(void *arg)
 {
     sh_service *sh = arg;
-    if (s_running == sh) /* its own turn: st_run comes before it sleeps */
+    if (s_running == sh) /* its own turn: it ends the turn before it sleeps */
         return;
-    if (sh->local) { /* the sweeper: the committer runs it */
-        s_commit_kick(sh);
-        return;
-    }
-    uint64_t one = 1;
-    if (write(sh->efd, &one, sizeof one) < 0)
-        fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index, strerror(errno));
+    s_commit_kick(sh); /* the sweeper: the committer runs it */
 }
 
 /* Engine callback, inside st_run (this thread, or the committer): queue
@@ -1027,8 +1022,26 @@ static void s_job_done(st_req *r)
     pthread_mutex_unlock(&sh->done_mu);
 }
 
-/* Local mode: the committer runs what the driver handed over, round after
- * round while more comes, and wakes the driver after each to answer it. */
+/* Wakes the thread that answers (the socket thread, or a local shard's
+ * driver) after a round of the committer. */
+static void s_wake_answerer(sh_service *sh)
+{
+    if (!sh->local) {
+        uint64_t one = 1;
+        if (write(sh->efd, &one, sizeof one) < 0)
+            fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index,
+                    strerror(errno));
+        return;
+    }
+    pthread_mutex_lock(&sh->mu);
+    im_local_sink k = sh->sink;
+    pthread_mutex_unlock(&sh->mu);
+    if (k.wake)
+        k.wake(k.arg);
+}
+
+/* The committer runs what a turn handed over, round after round while more
+ * comes, and wakes the answering thread after each. */
 static void *s_commit_main(void *arg)
 {
     sh_service *sh = arg;
@@ -1041,13 +1054,8 @@ static void *s_commit_main(void *arg)
         if (atomic_load(&sh->commit_stop))
             break;
         pthread_mutex_lock(&sh->run_mu);
-        while (st_run(sh->st)) {
-            pthread_mutex_lock(&sh->mu);
-            im_local_sink k = sh->sink;
-            pthread_mutex_unlock(&sh->mu);
-            if (k.wake)
-                k.wake(k.arg);
-        }
+        while (st_run(sh->st))
+            s_wake_answerer(sh);
         pthread_mutex_unlock(&sh->run_mu);
     }
     return NULL;
@@ -1139,14 +1147,14 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
         s_free(sh);
         return NULL;
     }
+    if ((sh->commit_efd = eventfd(0, EFD_CLOEXEC)) < 0 ||
+        pthread_create(&sh->committer, NULL, s_commit_main, sh)) {
+        snprintf(err, errlen, "shard %d: committer thread", c->index);
+        s_free(sh);
+        return NULL;
+    }
+    sh->committer_started = true;
     if (sh->local) {
-        if ((sh->commit_efd = eventfd(0, EFD_CLOEXEC)) < 0 ||
-            pthread_create(&sh->committer, NULL, s_commit_main, sh)) {
-            snprintf(err, errlen, "shard %d: committer thread", c->index);
-            s_free(sh);
-            return NULL;
-        }
-        sh->committer_started = true;
         if (pthread_create(&sh->sweeper, NULL, s_sweep_main, sh)) {
             snprintf(err, errlen, "shard %d: sweeper thread", c->index);
             s_free(sh);

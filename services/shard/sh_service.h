@@ -8,7 +8,10 @@
  * and sends their answers, queues the writes, executes them as one group
  * commit (one fsync for all the Stores of the turn), and sends the replies
  * (paired to requests by their id frame) and the notices, one message per
- * gateway. What arrives during an fsync waits in
+ * gateway. A turn of more than a few writes is committed on a committer
+ * thread instead, so that the socket thread answers the last batch and
+ * takes the next during the fsync; the committer wakes it after each
+ * round (an eventfd), and whoever runs the engine holds a mutex. What arrives during an fsync waits in
  * the socket and makes the next turn's batch, as in Redis's event loop: no
  * thread hand-off before or after a write (measured against a writer
  * thread of its own in docs/BENCHMARKS.md). The periodic expiry sweep runs
