@@ -127,9 +127,7 @@ static bool s_result(const uint8_t *p, size_t n, result_t *x)
     return true;
 }
 
-/* What pb_decode sets before it reads: every field but the callbacks (and
- * the arrays past their counts) to its default. */
-static void s_defaults(reply_t *r)
+void im_shard_reply_clear(reply_t *r)
 {
     r->code = 0;
     memset(r->error, 0, sizeof r->error);
@@ -147,7 +145,7 @@ bool im_store_reply_decode(const uint8_t *buf, size_t len, reply_t *r)
 {
     static const uint8_t key = imbox_internal_v1_ShardReply_results_tag << 3 | PB_WT_STRING;
     const uint8_t *p = buf, *end = buf + len;
-    s_defaults(r);
+    im_shard_reply_clear(r);
     while (p < end) {
         uint64_t n;
         if (*p++ != key || !s_varint(&p, end, &n) || n > (uint64_t)(end - p) ||

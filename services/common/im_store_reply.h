@@ -23,6 +23,11 @@
 
 #include "imbox/internal/v1/shard.pb.h"
 
+/* What pb_decode sets before it reads: every scalar and count of r to its
+ * default; not the callbacks, not the arrays past their counts (41 KB:
+ * whoever sets a count writes the entries below it in full). */
+void im_shard_reply_clear(imbox_internal_v1_ShardReply *r);
+
 /* Whether pb_encode of r writes nothing but r->results: code 0, no error,
  * every other scalar 0, no online or seqs, and `entries_len` (the bytes
  * r's entries callback writes) 0. */

@@ -175,18 +175,8 @@ static bool s_write_entries(pb_ostream_t *s, const pb_field_t *f, void *const *a
  * in full by whoever sets a count. */
 static void s_reply_reset(sh_service *sh)
 {
-    imbox_internal_v1_ShardReply *o = sh->out;
-    o->code = 0;
-    o->error[0] = 0;
-    o->results_count = 0;
-    o->entries = (pb_callback_t){0};
-    o->count = 0;
-    o->last_seq = 0;
-    o->more = false;
-    o->deleted = 0;
-    o->total = 0;
-    o->online_count = 0;
-    o->seqs_count = 0;
+    im_shard_reply_clear(sh->out);
+    sh->out->entries = (pb_callback_t){0};
     sh->entries.n = 0;
 }
 

@@ -281,79 +281,85 @@ static gw_bus *new_bus(void *zctx, char **eps, int n, int timeout_ms)
 
 /* ================================================================= tests */
 
+/* Two requests, a and b, on one bus to one fake shard that has received
+ * both and not answered yet (the setup of tests 1 and 1b). */
+typedef struct pair_fx {
+    void *zctx;
+    shard s;
+    gw_bus *b;
+    reply ra, rb;
+    request qa, qb;
+} pair_fx;
+
+static bool pair_open(pair_fx *f)
+{
+    memset(f, 0, sizeof *f);
+    f->zctx = zmq_ctx_new();
+    reply_init(&f->ra);
+    reply_init(&f->rb);
+    CU_ASSERT_FATAL(f->zctx && shard_start(&f->s, "tcp://127.0.0.1:0"));
+    char *eps[] = {f->s.ep};
+    f->b = new_bus(f->zctx, eps, 1, LONG_TIMEOUT_MS);
+    return f->b && shard_wait_peer(&f->s) &&
+           send_until_received(f->b, 0, &f->s, "request-a", &f->ra, &f->qa) &&
+           EXPECT(bus_send(f->b, 0, "request-b", &f->rb) == 0, "gw_bus_send b") &&
+           shard_recv(&f->s, &f->qb);
+}
+
+static void pair_close(pair_fx *f)
+{
+    gw_bus_destroy(&f->b);
+    EXPECT(reply_get(&f->ra).calls == 1 && reply_get(&f->rb).calls == 1,
+           "each callback ran once");
+    request_close(&f->qa);
+    request_close(&f->qb);
+    shard_kill(&f->s);
+    reply_fini(&f->ra);
+    reply_fini(&f->rb);
+    zmq_ctx_term(f->zctx);
+}
+
 /* 1. Replies pair with their requests by id, whatever their order; a reply
  * with an unknown id and a malformed one are dropped. */
 static void test_reply_pairs_by_id(void)
 {
-    void *zctx = zmq_ctx_new();
-    shard s;
-    reply ra, rb;
-    request qa = {.n = 0}, qb = {.n = 0};
-    reply_init(&ra);
-    reply_init(&rb);
-    CU_ASSERT_FATAL(zctx && shard_start(&s, "tcp://127.0.0.1:0"));
-    char *eps[] = {s.ep};
-    gw_bus *b = new_bus(zctx, eps, 1, LONG_TIMEOUT_MS);
-    if (b && shard_wait_peer(&s) && send_until_received(b, 0, &s, "request-a", &ra, &qa) &&
-        EXPECT(bus_send(b, 0, "request-b", &rb) == 0, "gw_bus_send b") && shard_recv(&s, &qb)) {
-        EXPECT(request_is(&qb, "request-b"), "second request's body");
+    pair_fx f;
+    if (pair_open(&f)) {
+        EXPECT(request_is(&f.qb, "request-b"), "second request's body");
         uint64_t unknown = 0x7fffffffffffffffULL;
-        shard_answer(&s, &qb, &unknown, "reply-to-nobody");
-        zmq_msg_t *rid = &qb.parts[0];
-        zmq_send(s.router, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE);
-        zmq_send(s.router, "malformed", 9, 0);
-        shard_answer(&s, &qb, NULL, "reply-b");
-        shard_answer(&s, &qa, NULL, "reply-a");
-        expect_reply(&rb, IM_OK, "reply-b");
-        expect_reply(&ra, IM_OK, "reply-a");
+        shard_answer(&f.s, &f.qb, &unknown, "reply-to-nobody");
+        zmq_msg_t *rid = &f.qb.parts[0];
+        zmq_send(f.s.router, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE);
+        zmq_send(f.s.router, "malformed", 9, 0);
+        shard_answer(&f.s, &f.qb, NULL, "reply-b");
+        shard_answer(&f.s, &f.qa, NULL, "reply-a");
+        expect_reply(&f.rb, IM_OK, "reply-b");
+        expect_reply(&f.ra, IM_OK, "reply-a");
     }
-    gw_bus_destroy(&b);
-    EXPECT(reply_get(&ra).calls == 1 && reply_get(&rb).calls == 1, "each callback ran once");
-    request_close(&qa);
-    request_close(&qb);
-    shard_kill(&s);
-    reply_fini(&ra);
-    reply_fini(&rb);
-    zmq_ctx_term(zctx);
+    pair_close(&f);
 }
 
 /* 1b. A shard answers a turn's requests in one message of [id][body]
  * pairs, notices (id 0) among them: each reply reaches its callback. */
 static void test_batched_replies(void)
 {
-    void *zctx = zmq_ctx_new();
-    shard s;
-    reply ra, rb;
-    request qa = {.n = 0}, qb = {.n = 0};
-    reply_init(&ra);
-    reply_init(&rb);
-    CU_ASSERT_FATAL(zctx && shard_start(&s, "tcp://127.0.0.1:0"));
-    char *eps[] = {s.ep};
-    gw_bus *b = new_bus(zctx, eps, 1, LONG_TIMEOUT_MS);
-    if (b && shard_wait_peer(&s) && send_until_received(b, 0, &s, "request-a", &ra, &qa) &&
-        EXPECT(bus_send(b, 0, "request-b", &rb) == 0, "gw_bus_send b") && shard_recv(&s, &qb)) {
+    pair_fx f;
+    if (pair_open(&f)) {
         static const uint8_t zero[8];
-        zmq_msg_t *rid = &qb.parts[0];
-        bool ok =
-            zmq_send(s.router, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE) >= 0 &&
-            zmq_send(s.router, zmq_msg_data(&qb.parts[1]), 8, ZMQ_SNDMORE) >= 0 &&
-            zmq_send(s.router, "reply-b", 7, ZMQ_SNDMORE) >= 0 &&
-            zmq_send(s.router, zero, 8, ZMQ_SNDMORE) >= 0 && /* a notice: no hook here */
-            zmq_send(s.router, "notice", 6, ZMQ_SNDMORE) >= 0 &&
-            zmq_send(s.router, zmq_msg_data(&qa.parts[1]), 8, ZMQ_SNDMORE) >= 0 &&
-            zmq_send(s.router, "reply-a", 7, 0) >= 0;
+        void *r = f.s.router;
+        zmq_msg_t *rid = &f.qb.parts[0];
+        bool ok = zmq_send(r, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE) >= 0 &&
+                  zmq_send(r, zmq_msg_data(&f.qb.parts[1]), 8, ZMQ_SNDMORE) >= 0 &&
+                  zmq_send(r, "reply-b", 7, ZMQ_SNDMORE) >= 0 &&
+                  zmq_send(r, zero, 8, ZMQ_SNDMORE) >= 0 && /* a notice: no hook here */
+                  zmq_send(r, "notice", 6, ZMQ_SNDMORE) >= 0 &&
+                  zmq_send(r, zmq_msg_data(&f.qa.parts[1]), 8, ZMQ_SNDMORE) >= 0 &&
+                  zmq_send(r, "reply-a", 7, 0) >= 0;
         EXPECT(ok, "batched answer: %s", zmq_strerror(errno));
-        expect_reply(&rb, IM_OK, "reply-b");
-        expect_reply(&ra, IM_OK, "reply-a");
+        expect_reply(&f.rb, IM_OK, "reply-b");
+        expect_reply(&f.ra, IM_OK, "reply-a");
     }
-    gw_bus_destroy(&b);
-    EXPECT(reply_get(&ra).calls == 1 && reply_get(&rb).calls == 1, "each callback ran once");
-    request_close(&qa);
-    request_close(&qb);
-    shard_kill(&s);
-    reply_fini(&ra);
-    reply_fini(&rb);
-    zmq_ctx_term(zctx);
+    pair_close(&f);
 }
 
 /* 2. When shard 1's connection drops, its in-flight requests fail at once
