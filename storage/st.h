@@ -102,8 +102,10 @@ typedef struct st_options {
      * thread. Set (inline mode): no thread; st_submit() queues and calls
      * wake(wake_arg) when the queue was empty, and the owner calls st_run()
      * to execute what is queued on its own thread, `done` callbacks
-     * included: no thread hand-off either way. Then only that thread may
-     * call st_run() and st_close(), and it must not call the blocking
+     * included: no thread hand-off either way. Then one thread at a time
+     * may call st_run() and st_close() (the owner, or owners that hand the
+     * engine over under a lock of their own, as the shard's socket thread
+     * and its committer do), and none of them may call the blocking
      * helpers (st_append, st_ack, st_expire...): another thread may. */
     void (*wake)(void *wake_arg);
     void *wake_arg;
