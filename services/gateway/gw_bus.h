@@ -46,11 +46,12 @@
  *
  * Local shards (im_local.h; `imbox serve`): a shard given as local has no
  * DEALER: the bus thread hands it the same request bytes, and after taking
- * its queue runs the local shards (each turn's writes are one group commit,
- * fsync'ed on the bus thread) and pairs their replies like a DEALER's, by
- * id, inside the same turn. Their notices go to hooks.notice. The thread
- * hand-offs of a Send in serve are then two: completion-queue thread to bus
- * thread, and the answer's completion back. A local shard never
+ * its queue runs the local shards (each turn's writes are one group commit:
+ * on the bus thread when they are few, else on the shard's committer,
+ * whose wake-up brings the bus back to answer them) and pairs their replies
+ * like a DEALER's, by id. Their notices go to hooks.notice. The thread
+ * hand-offs of a lone Send in serve are then two: completion-queue thread
+ * to bus thread, and the answer's completion back. A local shard never
  * disconnects; the timeout still applies.
  */
 #ifndef IMBOX_GW_BUS_H
