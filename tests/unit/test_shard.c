@@ -11,7 +11,10 @@
  * It also drives a local-mode shard (no endpoint, im_local.h) the way the
  * gateway's bus thread does, with a turn bigger than the inline threshold,
  * so that the committer thread commits it, and checks every reply comes
- * back through the sink once run() is called after the wake-up.
+ * back through the sink once run() is called after the wake-up. And the
+ * expiry sweeper's writes: its thread submits them and the committer runs
+ * them (a sweeper waiting for a writer that never runs would block the
+ * shard's stop for ever).
  *
  * Every wait is bounded (zmq_poll, or a poll of the sink's eventfd).
  * Usage: test_shard [test-name]; exit status 0 when every assertion held.
@@ -26,6 +29,9 @@
 
 #include <errno.h>
 #include <ftw.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,7 +108,47 @@ typedef struct fixture {
     imbox_internal_v1_ShardReply *reply;
 } fixture;
 
+/* The engine's clock for the sweep test: real time plus an offset, and
+ * the distinct threads that read it once the offset is set. */
+static atomic_llong s_offset;
+static pthread_mutex_t s_clock_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_t s_readers[8];
+static int s_nreaders;
+
+static int64_t s_clock(void *ctx)
+{
+    (void)ctx;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long off = atomic_load(&s_offset);
+    if (off) {
+        pthread_mutex_lock(&s_clock_mu);
+        bool seen = false;
+        for (int i = 0; i < s_nreaders; i++)
+            seen |= pthread_equal(s_readers[i], pthread_self()) != 0;
+        if (!seen && s_nreaders < 8)
+            s_readers[s_nreaders++] = pthread_self();
+        pthread_mutex_unlock(&s_clock_mu);
+    }
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + off;
+}
+
+static int s_readers_seen(void)
+{
+    pthread_mutex_lock(&s_clock_mu);
+    int n = s_nreaders;
+    pthread_mutex_unlock(&s_clock_mu);
+    return n;
+}
+
+static bool s_start_with(fixture *f, const char *endpoint, int64_t sweep_ms, bool test_clock);
+
 static bool s_start(fixture *f, const char *endpoint)
+{
+    return s_start_with(f, endpoint, 0, false);
+}
+
+static bool s_start_with(fixture *f, const char *endpoint, int64_t sweep_ms, bool test_clock)
 {
     memset(f, 0, sizeof *f);
     snprintf(f->dir, sizeof f->dir, "/tmp/imbox-test-shard-XXXXXX");
@@ -112,8 +158,10 @@ static bool s_start(fixture *f, const char *endpoint)
     char err[256] = "", data[96];
     snprintf(data, sizeof data, "%s/s0", f->dir);
     sh_config c = {.index = 0, .count = 1, .endpoint = endpoint, .dir = data,
-                   .zctx = f->zctx};
+                   .zctx = f->zctx, .sweep_ms = sweep_ms};
     st_options_init(&c.st);
+    if (test_clock)
+        c.st.clock = s_clock;
     f->sh = sh_start(&c, err, sizeof err);
     if (!EXPECT(f->sh != NULL, "sh_start: %s", err))
         return false;
@@ -280,9 +328,41 @@ static void test_local_committer(void)
     close(k.efd);
 }
 
+/* The sweeper's purge of an expired message runs on the committer: once
+ * the clock is past the message's expiry, the clock is read by the sweeper
+ * (finding it) and by a writer (purging it), two threads while the shard
+ * is otherwise idle; and the shard then stops. */
+static void test_sweep_runs_on_the_committer(void)
+{
+    fixture f;
+    atomic_store(&s_offset, 0);
+    s_nreaders = 0;
+    if (s_start_with(&f, "inproc://test-shard-sweep", 20, true)) {
+        uint8_t *a;
+        size_t na = s_store_req("bob", "m-old", &a);
+        uint64_t id = 1;
+        bool sent = zmq_send(f.dealer, &id, 8, ZMQ_SNDMORE) == 8 &&
+                    zmq_send(f.dealer, a, na, 0) == (int)na;
+        zmq_msg_t parts[4];
+        int n = sent ? s_recv(f.dealer, parts, 4) : 0;
+        EXPECT(n == 2, "the store answered (%d frames)", n);
+        im_zmq_close(parts, n, 4);
+        free(a);
+        /* 31 days later: past the default 30-day expiry */
+        atomic_store(&s_offset, 31LL * 24 * 3600 * 1000);
+        for (int waits = 0; s_readers_seen() < 2 && waits < 500; waits++)
+            nanosleep(&(struct timespec){0, 20 * 1000 * 1000}, NULL);
+        EXPECT(s_readers_seen() >= 2, "the clock was read by %d thread(s): no purge ran",
+               s_readers_seen());
+    }
+    s_stop(&f); /* returns: no sweep waits on a writer that never runs */
+    atomic_store(&s_offset, 0);
+}
+
 static const im_cunit_test tests[] = {
     {"batch_in_one_message", test_batch_in_one_message},
     {"local_committer", test_local_committer},
+    {"sweep_runs_on_the_committer", test_sweep_runs_on_the_committer},
 };
 
 int main(int argc, char **argv)
