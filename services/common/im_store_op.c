@@ -3,6 +3,8 @@
 
 #include <string.h>
 
+#include "im_wire.h"
+
 /* shard.proto: ShardRequest.store = 1; StoreOp sender = 1, msg_id = 2,
  * msg_type = 3, content = 4, receivers = 5. One-byte keys. */
 #define K_STORE 0x0A     /* field 1, length-delimited */
@@ -12,32 +14,11 @@
 #define K_CONTENT 0x22
 #define K_RECEIVER 0x2A
 
-/* Reads at *p (before end) a varint in its minimal form (what an encoder
- * writes): at most 10 bytes, no superfluous zero byte, nothing past 64
- * bits. */
-static bool s_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-    uint64_t x = 0;
-    const uint8_t *q = *p;
-    for (unsigned shift = 0; q < end && shift < 70; shift += 7) {
-        uint8_t b = *q++;
-        x |= (uint64_t)(b & 0x7F) << shift;
-        if (b & 0x80)
-            continue;
-        if ((b == 0 && shift) || (shift == 63 && b > 1))
-            return false;
-        *p = q;
-        *v = x;
-        return true;
-    }
-    return false;
-}
-
 /* Reads a length and checks that many bytes follow; *at is their start. */
 static bool s_len(const uint8_t **p, const uint8_t *end, const uint8_t **at, size_t *n)
 {
     uint64_t v;
-    if (!s_varint(p, end, &v) || v > (uint64_t)(end - *p))
+    if (!im_pb_read_varint_min(p, end, &v) || v > (uint64_t)(end - *p))
         return false;
     *at = *p;
     *n = (size_t)v;
@@ -69,7 +50,8 @@ bool im_store_op_read(const uint8_t *buf, size_t len, const im_store_op_limits *
         last = key;
         if (key == K_MSG_TYPE) {
             uint64_t v;
-            if (!s_varint(&p, end, &v) || (int64_t)v < INT32_MIN || (int64_t)v > INT32_MAX)
+            if (!im_pb_read_varint_min(&p, end, &v) || (int64_t)v < INT32_MIN ||
+                (int64_t)v > INT32_MAX)
                 return false;
             op->msg_type = (int32_t)(int64_t)v;
             continue;

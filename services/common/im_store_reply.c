@@ -69,26 +69,6 @@ int im_store_reply_encode(const reply_t *r, uint8_t **out, size_t *len)
 
 /* ------------------------------------------------------------- decode */
 
-/* Reads at *p (before end) a varint as pb_encode_varint writes it: at most
- * 10 bytes, no superfluous high zero byte, nothing beyond 64 bits. */
-static bool s_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-    uint64_t x = 0;
-    const uint8_t *q = *p;
-    for (unsigned shift = 0; q < end && shift < 70; shift += 7) {
-        uint8_t b = *q++;
-        x |= (uint64_t)(b & 0x7F) << shift;
-        if (b & 0x80)
-            continue;
-        if ((b == 0 && shift) || (shift == 63 && b > 1))
-            return false;
-        *p = q;
-        *v = x;
-        return true;
-    }
-    return false;
-}
-
 /* Decodes one StoreResult from p[0..n): varint fields with one-byte keys
  * in ascending order, each value within its type. */
 static bool s_result(const uint8_t *p, size_t n, result_t *x)
@@ -100,7 +80,8 @@ static bool s_result(const uint8_t *p, size_t n, result_t *x)
         uint8_t key = *p++;
         unsigned field = key >> 3;
         uint64_t v;
-        if ((key & 0x87) != PB_WT_VARINT || field <= last || !s_varint(&p, end, &v))
+        if ((key & 0x87) != PB_WT_VARINT || field <= last ||
+            !im_pb_read_varint_min(&p, end, &v))
             return false;
         last = field;
         switch (field) {
@@ -148,7 +129,7 @@ bool im_store_reply_decode(const uint8_t *buf, size_t len, reply_t *r)
     im_shard_reply_clear(r);
     while (p < end) {
         uint64_t n;
-        if (*p++ != key || !s_varint(&p, end, &n) || n > (uint64_t)(end - p) ||
+        if (*p++ != key || !im_pb_read_varint_min(&p, end, &n) || n > (uint64_t)(end - p) ||
             r->results_count == S_RESULTS_MAX ||
             !s_result(p, (size_t)n, &r->results[r->results_count]))
             return false;

@@ -223,3 +223,22 @@ bool im_pb_check_wire(const pb_msgdesc_t *fields, const uint8_t *buf, size_t len
     }
     return true;
 }
+
+/* See im_wire.h. */
+bool im_pb_read_varint_min(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    uint64_t x = 0;
+    const uint8_t *q = *p;
+    for (unsigned shift = 0; q < end && shift < 70; shift += 7) {
+        uint8_t b = *q++;
+        x |= (uint64_t)(b & 0x7F) << shift;
+        if (b & 0x80)
+            continue;
+        if ((b == 0 && shift) || (shift == 63 && b > 1))
+            return false;
+        *p = q;
+        *v = x;
+        return true;
+    }
+    return false;
+}

@@ -135,6 +135,13 @@ static inline void im_pb_out_varint3(im_pb_out *o, uint32_t field, uint64_t v)
     im_pb_out_varint(o, v);
 }
 
+/* The hand readers' side (im_store_op, im_store_reply): reads at *p
+ * (before end) a varint in the minimal form an encoder writes: at most 10
+ * bytes, no superfluous zero byte, nothing past 64 bits. Advances *p and
+ * returns true, or returns false (then the caller hands the buffer to
+ * pb_decode, which is the reference). */
+bool im_pb_read_varint_min(const uint8_t **p, const uint8_t *end, uint64_t *v);
+
 /* Encode side of a bytes/string FT_CALLBACK field: set
  * cb.funcs.encode = im_pb_write_bytes, cb.arg = an im_bytes_out. */
 typedef struct im_bytes_out {

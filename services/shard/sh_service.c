@@ -954,17 +954,25 @@ static void s_sweeper_stop(sh_service *sh)
     sh->sweeper_started = false;
 }
 
-/* The end of a turn: runs the writes queued by the turn's requests as one
- * group commit (what arrived while the last commit was being fsync'ed
- * waited in the socket or the driver's queue, so this is the batch),
- * answers them, and drops lapsed leases once a second. */
-static void s_commit_kick(sh_service *sh)
+/* Wakes the thread waiting on the eventfd fd (the socket thread's or the
+ * committer's). */
+static void s_kick(sh_service *sh, int fd)
 {
     uint64_t one = 1;
-    if (write(sh->commit_efd, &one, sizeof one) < 0)
+    if (write(fd, &one, sizeof one) < 0)
         fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index, strerror(errno));
 }
 
+static void s_commit_kick(sh_service *sh)
+{
+    s_kick(sh, sh->commit_efd);
+}
+
+/* The end of a turn: commits the writes queued by the turn's requests as
+ * one group commit (what arrived while the last commit was being fsync'ed
+ * waited in the socket or the driver's queue, so this is the batch), here
+ * when they are few and the committer is idle, else on the committer;
+ * answers every write finished so far; drops lapsed leases once a second. */
 static void s_turn_end(sh_service *sh)
 {
     if (sh->turn_writes) {
@@ -1048,10 +1056,7 @@ static void s_job_done(st_req *r)
 static void s_wake_answerer(sh_service *sh)
 {
     if (!sh->local) {
-        uint64_t one = 1;
-        if (write(sh->efd, &one, sizeof one) < 0)
-            fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index,
-                    strerror(errno));
+        s_kick(sh, sh->efd);
         return;
     }
     pthread_mutex_lock(&sh->mu);
@@ -1279,9 +1284,7 @@ void sh_stop(sh_service **sp)
         return;
     }
     atomic_store(&sh->stop, true);
-    uint64_t one = 1;
-    if (write(sh->efd, &one, sizeof one) < 0)
-        fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index, strerror(errno));
+    s_kick(sh, sh->efd);
     pthread_join(sh->thread, NULL);
     s_free(sh);
     *sp = NULL;
