@@ -136,7 +136,7 @@ typedef struct ib {
     /* flags */
     const char *addr, *sub_addr, *data_dir;
     int nch;
-    uint32_t subscribers, ack_every, per_channel;
+    uint32_t subscribers, ack_every, ack_ms, per_channel;
     bool subscribers_set;
 
     grpc_completion_queue *cq;
@@ -746,6 +746,7 @@ static int s_custom(void *self, const char *workload)
         .seconds = o->seconds,
         .content = o->content,
         .ack_every = b->ack_every,
+        .ack_ms = b->ack_ms,
         .per_channel = b->per_channel,
         .max_inflight = o->max_outstanding,
         .pids = o->pids,
@@ -775,7 +776,7 @@ static int s_flag(const char *flag, const char *v, void *ctx)
         return strcmp(flag, "--addr") && strcmp(flag, "--data-dir") &&
                        strcmp(flag, "--channels") && strcmp(flag, "--sub-addr") &&
                        strcmp(flag, "--subscribers") && strcmp(flag, "--ack-every") &&
-                       strcmp(flag, "--streams-per-channel")
+                       strcmp(flag, "--ack-ms") && strcmp(flag, "--streams-per-channel")
                    ? 0
                    : 1; /* the engine says a value is missing */
     char *end;
@@ -811,6 +812,12 @@ static int s_flag(const char *flag, const char *v, void *ctx)
             return -1;
         }
         b->ack_every = (uint32_t)n;
+    } else if (!strcmp(flag, "--ack-ms")) {
+        if (n < 1 || n > 3600000) {
+            fprintf(stderr, "imbox-bench: --ack-ms is 1..3600000\n");
+            return -1;
+        }
+        b->ack_ms = (uint32_t)n;
     } else if (!strcmp(flag, "--streams-per-channel"))
         b->per_channel = (uint32_t)n;
     else
@@ -823,7 +830,8 @@ static const char s_usage[] =
     "       --channels N (1: HTTP/2 connections, calls spread round-robin)\n"
     "  --workload push: K Subscribe streams on --sub-addr (default --addr), Sends at\n"
     "       --rate (1000) for --seconds through --addr, send-to-push latency;\n"
-    "       --subscribers K (100)  --ack-every N (50)  --streams-per-channel N\n"
+    "       --subscribers K (100)  --ack-every N (50)  --ack-ms MS (100)\n"
+    "       --streams-per-channel N\n"
     "  --workload push-idle: K (10000) idle streams, RSS per stream of the first\n"
     "       --server-pid, Health and Send latency beside them\n";
 

@@ -6,7 +6,8 @@
  *
  *   push_bench --mode latency --send-addr A --sub-addr B --data-dir D
  *              [--subscribers 100] [--rate 1000] [--seconds 10]
- *              [--content 64] [--ack-every 50] [--server-pids P1,P2,...]
+ *              [--content 64] [--ack-every 50] [--ack-ms 100]
+ *              [--server-pids P1,P2,...]
  *              [--max-inflight 4096] [--streams-per-channel 0] [--json]
  *   push_bench --mode idle --sub-addr B --data-dir D
  *              [--subscribers 10000] [--seconds 10] [--gateway-pid P]
@@ -35,7 +36,8 @@ static void s_usage(FILE *f)
     fprintf(f,
             "usage: push_bench --mode latency --send-addr A --sub-addr B --data-dir D\n"
             "                  [--subscribers 100] [--rate 1000] [--seconds 10] [--content 64]\n"
-            "                  [--ack-every 50] [--server-pids P1,P2] [--max-inflight 4096]\n"
+            "                  [--ack-every 50] [--ack-ms 100] [--server-pids P1,P2]\n"
+            "                  [--max-inflight 4096]\n"
             "                  [--streams-per-channel N] [--json]\n"
             "       push_bench --mode idle --sub-addr B --data-dir D [--subscribers 10000]\n"
             "                  [--seconds 10] [--gateway-pid P] [--probe-calls 2000]\n"
@@ -102,6 +104,8 @@ int main(int argc, char **argv)
             a.content = (size_t)s_num(f, v, 8, 65536);
         else if (!strcmp(f, "--ack-every"))
             a.ack_every = (uint32_t)s_num(f, v, 1, 1000000);
+        else if (!strcmp(f, "--ack-ms"))
+            a.ack_ms = (uint32_t)s_num(f, v, 1, 3600000);
         else if (!strcmp(f, "--max-inflight"))
             a.max_inflight = (int)s_num(f, v, 1, 1000000);
         else if (!strcmp(f, "--streams-per-channel"))

@@ -32,7 +32,8 @@
  * own content; each stream's cursors are valid whole-inbox cursors of that
  * subscriber (verified with the secret) with strictly increasing positions,
  * and send_time_ms never decreases. Subscribers ack (Ack with the last
- * cursor) after --ack-every deliveries or 100 ms, one Ack in flight each.
+ * cursor) after --ack-every deliveries or --ack-ms (100), one Ack in flight
+ * each.
  * At most --max-inflight Sends are outstanding: when the server falls
  * behind, due sends wait (their latency still counts from the schedule)
  * and saturated=1 says the offered rate was not carried.
@@ -96,7 +97,7 @@
 
 /* Tunables (each can be overridden where a flag exists). */
 #define PB_SEND_TIMEOUT_MS 10000     /* Send, Ack, Presence, Health deadline */
-#define PB_ACK_INTERVAL_NS 100000000 /* a subscriber acks at least every 100 ms */
+#define PB_ACK_MS_DEFAULT 100 /* a subscriber acks at least every 100 ms */
 #define PB_ACK_SCAN_NS 20000000      /* how often the ack timer is checked */
 #define PB_PRESENCE_CHUNK 1000       /* uids per Presence call (the API max) */
 #define PB_PRESENCE_EVERY_NS 200000000 /* Presence poll period while opening */
@@ -311,6 +312,7 @@ typedef struct pb {
     double rate, seconds;
     size_t content;
     uint32_t ack_every;
+    int64_t ack_ns;        /* --ack-ms */
     uint32_t per_channel; /* 0 = one channel, spread when it stalls */
     int max_inflight;     /* Sends outstanding at most (latency mode) */
     int pids[PB_MAX_PIDS], npids, gw_pid;
@@ -592,13 +594,13 @@ static void s_on_ack(pb *b, s_unary *u)
 }
 
 /* Acks, for every subscriber with something unacked and no Ack in flight,
- * when --ack-every is reached (all = false) or its 100 ms are up. */
+ * when --ack-every is reached (all = false) or its --ack-ms are up. */
 static void s_ack_scan(pb *b, int64_t now, bool all)
 {
     for (uint32_t i = 0; i < b->nsubs; i++) {
         s_sub *s = &b->subs[i];
         if (s->unacked && !s->ack_inflight &&
-            (all || now - s->last_ack_ns >= PB_ACK_INTERVAL_NS))
+            (all || now - s->last_ack_ns >= b->ack_ns))
             s_ack(b, s);
     }
 }
@@ -1191,6 +1193,7 @@ static int s_run_latency(pb *b)
     PUT_F("seconds", b->seconds, 1);
     PUT_I("content_bytes", b->content);
     PUT_I("ack_every", b->ack_every);
+    PUT_I("ack_ms", b->ack_ns / 1000000);
 
     double est;
     if (s_establish(b, &est)) {
@@ -1549,6 +1552,7 @@ int pb_run(const pb_args *a, pb_put_fn put)
     b->seconds = a->seconds;
     b->content = a->content;
     b->ack_every = a->ack_every;
+    b->ack_ns = (int64_t)(a->ack_ms ? a->ack_ms : PB_ACK_MS_DEFAULT) * 1000000;
     b->per_channel = a->per_channel;
     b->max_inflight = a->max_inflight;
     b->gw_pid = a->gw_pid;

@@ -30,6 +30,7 @@ typedef struct pb_args {
     double seconds;          /* latency: send phase; idle: quiet window */
     size_t content;          /* bytes per message, at least 8 */
     uint32_t ack_every;      /* a subscriber acks after this many */
+    uint32_t ack_ms;         /* ... or after this many ms (0: 100) */
     uint32_t per_channel;    /* streams per channel; 0: one, spread on stall */
     int max_inflight;        /* Sends outstanding at most */
     const int *pids;         /* latency: servers whose CPU is measured */
