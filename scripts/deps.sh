@@ -5,12 +5,18 @@ IMBOX_PACKAGES="build-essential cmake pkg-config libgrpc-dev nanopb libnanopb-de
 protobuf-compiler protobuf-compiler-grpc librocksdb-dev libzmq3-dev libcunit1-dev
 libssl-dev python3-grpcio python3-protobuf"
 
+# imbox_install_deps [--tests]
 imbox_install_deps() {
     local missing="" p
     for p in $IMBOX_PACKAGES; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
             || missing="$missing $p"
     done
+    # With --tests: Node.js and npm, for the Node example (tests/examples);
+    # any install of them will do (NodeSource's bundles npm).
+    if [ "${1:-}" = "--tests" ]; then
+        command -v node >/dev/null && command -v npm >/dev/null || missing="$missing nodejs npm"
+    fi
     [ -z "$missing" ] && return 0
     echo "imbox: installing missing packages:$missing"
     local sudo=""
