@@ -1008,16 +1008,16 @@ static void *s_main(void *arg)
 {
     sh_service *sh = arg;
     s_running = sh;
-    zmq_pollitem_t items[3] = {
+    zmq_pollitem_t items[4] = {
         {.socket = sh->router, .events = ZMQ_POLLIN},
         {.fd = sh->efd, .events = ZMQ_POLLIN},
-        {.socket = sh_zap_socket(sh->zap), .events = ZMQ_POLLIN},
     };
+    sh_zap_poll(sh->zap, &items[2]); /* handshakes: ZAP, failures */
     while (!atomic_load(&sh->stop)) {
         /* Asleep unless leases are held: then awake once a second to drop
          * the lapsed ones (a dead gateway's users go offline). */
         long wait = sh->held ? SH_EXPIRE_EVERY_MS : -1;
-        if (zmq_poll(items, 3, wait) < 0 && errno != EINTR) {
+        if (zmq_poll(items, 4, wait) < 0 && errno != EINTR) {
             fprintf(stderr, "imbox shard %d: poll: %s\n", sh->c.index, zmq_strerror(errno));
             break;
         }
@@ -1025,7 +1025,7 @@ static void *s_main(void *arg)
         if ((items[1].revents & ZMQ_POLLIN) && read(sh->efd, &v, sizeof v) < 0 &&
             errno != EAGAIN)
             fprintf(stderr, "imbox shard %d: eventfd: %s\n", sh->c.index, strerror(errno));
-        if (items[2].revents & ZMQ_POLLIN) /* handshakes wait for these */
+        if ((items[2].revents | items[3].revents) & ZMQ_POLLIN) /* handshakes wait */
             sh_zap_serve(sh->zap, SH_ZAP_BURST);
         for (int i = 0, k; i < SH_RECV_BURST && (k = s_recv_msg(sh)) != 0; i += k > 0 ? k : 1)
             ;
@@ -1115,8 +1115,10 @@ static void s_free(sh_service *sh)
     s_sweeper_stop(sh);
     s_committer_stop(sh);
     st_close(&sh->st);
-    if (sh->router)
+    if (sh->router) {
+        sh_zap_unwatch(sh->zap, sh->router);
         zmq_close(sh->router);
+    }
     sh_zap_destroy(&sh->zap);
     if (sh->efd >= 0)
         close(sh->efd);
@@ -1219,7 +1221,8 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
      * presence and notices follow it to the new connection). */
     int keyed = sh->router ? im_zmq_curve_server(sh->router, &keys) : -1;
     im_zmq_curve_wipe(&keys);
-    if (keyed || zmq_setsockopt(sh->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
+    if (keyed || sh_zap_watch(sh->zap, sh->router, err, errlen) ||
+        zmq_setsockopt(sh->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
         zmq_setsockopt(sh->router, ZMQ_HANDSHAKE_IVL, &handshake, sizeof handshake) ||
         zmq_setsockopt(sh->router, ZMQ_ROUTER_HANDOVER, &one, sizeof one) ||
         zmq_setsockopt(sh->router, ZMQ_LINGER, &linger, sizeof linger) ||

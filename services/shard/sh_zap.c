@@ -21,12 +21,14 @@
 
 struct sh_zap {
     void *rep;
+    void *ctx;
+    void *mon;              /* PAIR: the ROUTER's failed handshakes */
     uint8_t client_key[32];
     int index;
     uint64_t refused;       /* since the last log line */
     int64_t next_log_ms;    /* a line may be written from then on */
-    char last_why[64];      /* the latest refusal's reason */
-    char last_addr[64];     /* and the peer's address */
+    char last_why[64];      /* the latest failure's kind */
+    char last_addr[64];     /* and its address */
 };
 
 static int64_t s_mono_ms(void)
@@ -67,23 +69,50 @@ static const char *s_check(sh_zap *z, zmq_msg_t *f, int n)
     return NULL;
 }
 
-static void s_log(sh_zap *z, const char *why, zmq_msg_t *f, int n)
+/* Counts one failed handshake and writes the line when it is due. */
+static void s_log(sh_zap *z, const char *why, zmq_msg_t *addr)
 {
     z->refused++;
     snprintf(z->last_why, sizeof z->last_why, "%s", why);
-    if (n >= 4)
-        s_printable(z->last_addr, sizeof z->last_addr, &f[3]);
+    if (addr)
+        s_printable(z->last_addr, sizeof z->last_addr, addr);
     else
         z->last_addr[0] = '\0';
     int64_t now = s_mono_ms();
     if (now < z->next_log_ms)
         return;
     fprintf(stderr, "imbox shard %d: refused %llu unauthenticated peer(s) in the last %d s "
-                    "(last from %s: %s)\n",
+                    "(last on %s: %s)\n",
             z->index, (unsigned long long)z->refused, SH_ZAP_LOG_EVERY_MS / 1000,
             z->last_addr[0] ? z->last_addr : "?", z->last_why);
     z->refused = 0;
     z->next_log_ms = now + SH_ZAP_LOG_EVERY_MS;
+}
+
+/* Reads one monitor event. Returns false when none was waiting. */
+static bool s_event(sh_zap *z)
+{
+    zmq_msg_t f[2];
+    int n = im_zmq_recv(z->mon, f, 2);
+    if (n == 0)
+        return false;
+    uint16_t ev = 0;
+    uint32_t value = 0;
+    if (n == 2 && zmq_msg_size(&f[0]) == 6) {
+        memcpy(&ev, zmq_msg_data(&f[0]), 2);
+        memcpy(&value, (uint8_t *)zmq_msg_data(&f[0]) + 2, 4);
+    }
+    char why[64];
+    if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+        snprintf(why, sizeof why, "not admitted by the ZAP handler (%u)", (unsigned)value);
+    else if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        snprintf(why, sizeof why, "handshake refused (ZMTP/CURVE error 0x%x)", (unsigned)value);
+    else
+        snprintf(why, sizeof why, "handshake failed (errno %u)", (unsigned)value);
+    if (ev)
+        s_log(z, why, n == 2 ? &f[1] : NULL);
+    im_zmq_close(f, n, 2);
+    return true;
 }
 
 /* Reads one request and answers it. Returns false when none was waiting. */
@@ -94,9 +123,7 @@ static bool s_serve_one(sh_zap *z)
     if (n == 0)
         return false;
     int kept = n < S_FRAMES_MAX ? n : S_FRAMES_MAX;
-    const char *why = s_check(z, f, n);
-    if (why)
-        s_log(z, why, f, kept);
+    const char *why = s_check(z, f, n); /* logged by s_event, as AUTH */
     bool echo = kept >= 2 && zmq_msg_size(&f[1]) <= S_REQUEST_ID_MAX;
     const char *status = why ? "400" : "200", *text = why ? why : "OK";
     const char *user = why ? "" : "gateway";
@@ -123,6 +150,7 @@ sh_zap *sh_zap_new(void *zctx, const char *client_public, int index, char *err,
         return NULL;
     }
     z->index = index;
+    z->ctx = zctx;
     if (strlen(client_public) != 40 || !zmq_z85_decode(z->client_key, client_public)) {
         snprintf(err, errlen, "ZAP handler: the client key is not Z85");
         free(z);
@@ -142,17 +170,45 @@ sh_zap *sh_zap_new(void *zctx, const char *client_public, int index, char *err,
     return z;
 }
 
-void *sh_zap_socket(sh_zap *z)
+int sh_zap_watch(sh_zap *z, void *router, char *err, size_t errlen)
 {
-    return z->rep;
+    int zero = 0;
+    if (zmq_socket_monitor(router, SH_ZAP_MONITOR,
+                           ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) ||
+        !(z->mon = zmq_socket(z->ctx, ZMQ_PAIR)) ||
+        zmq_setsockopt(z->mon, ZMQ_LINGER, &zero, sizeof zero) ||
+        zmq_connect(z->mon, SH_ZAP_MONITOR)) {
+        snprintf(err, errlen, "handshake monitor: %s", zmq_strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+void sh_zap_poll(sh_zap *z, zmq_pollitem_t items[2])
+{
+    items[0] = (zmq_pollitem_t){.socket = z->rep, .events = ZMQ_POLLIN};
+    items[1] = (zmq_pollitem_t){.socket = z->mon, .events = ZMQ_POLLIN};
 }
 
 int sh_zap_serve(sh_zap *z, int max)
 {
-    int n = 0;
+    int n = 0, k = 0;
     while (n < max && s_serve_one(z))
         n++;
-    return n;
+    while (z->mon && k < max && s_event(z))
+        k++;
+    return n + k;
+}
+
+void sh_zap_unwatch(sh_zap *z, void *router)
+{
+    if (z && z->mon) {
+        zmq_socket_monitor(router, NULL, 0);
+        zmq_close(z->mon);
+        z->mon = NULL;
+    }
 }
 
 void sh_zap_destroy(sh_zap **zp)
@@ -160,6 +216,8 @@ void sh_zap_destroy(sh_zap **zp)
     if (!zp || !*zp)
         return;
     sh_zap *z = *zp;
+    if (z->mon)
+        zmq_close(z->mon);
     if (z->rep)
         zmq_close(z->rep);
     OPENSSL_cleanse(z->client_key, sizeof z->client_key);

@@ -27,20 +27,30 @@
  * the context has one already, so each shard with an endpoint needs a
  * context of its own (as `imbox shard`, one shard per process, has).
  *
- * Threads: the socket belongs to the shard's socket thread, which polls
- * sh_zap_socket() beside its ROUTER and calls sh_zap_serve() with a bound:
- * a storm of handshakes costs it a bounded slice of each turn (the CURVE
- * cryptography itself runs on libzmq's I/O thread), and requests keep
- * their turns. A refusal is logged, at most one line per
- * SH_ZAP_LOG_EVERY_MS with the count of refusals since the last line, and
- * never with key material.
+ * The log: a peer can also fail before anything reaches this handler (a
+ * NULL or PLAIN greeting, a HELLO sealed for another server key: a gateway
+ * with another secret). So the handler also watches the ROUTER with a
+ * socket monitor (a PAIR on inproc://imbox-shard-handshakes, also one per
+ * context) for every failed handshake (ZMQ_EVENT_HANDSHAKE_FAILED_*: its
+ * own refusals arrive there as AUTH), and logs them: at most one line per
+ * SH_ZAP_LOG_EVERY_MS, with the count since the last line and the last
+ * failure's kind and address, never with key material.
+ *
+ * Threads: both sockets belong to the shard's socket thread, which polls
+ * them (sh_zap_poll) beside its ROUTER and calls sh_zap_serve() with a
+ * bound: a storm of handshakes costs it a bounded slice of each turn (the
+ * CURVE cryptography itself runs on libzmq's I/O thread), and requests
+ * keep their turns.
  */
 #ifndef IMBOX_SH_ZAP_H
 #define IMBOX_SH_ZAP_H
 
 #include <stddef.h>
 
+#include <zmq.h>
+
 #define SH_ZAP_ENDPOINT "inproc://zeromq.zap.01"
+#define SH_ZAP_MONITOR "inproc://imbox-shard-handshakes"
 #define SH_ZAP_LOG_EVERY_MS 10000
 
 typedef struct sh_zap sh_zap;
@@ -52,12 +62,19 @@ typedef struct sh_zap sh_zap;
 sh_zap *sh_zap_new(void *zctx, const char *client_public, int index, char *err,
                    size_t errlen);
 
-/* The REP socket, to poll for ZMQ_POLLIN. */
-void *sh_zap_socket(sh_zap *z);
+/* Starts watching router's handshakes (before it binds). Returns 0, or -1
+ * with err. */
+int sh_zap_watch(sh_zap *z, void *router, char *err, size_t errlen);
 
-/* Answers up to max waiting requests without blocking; returns how many
- * were answered. */
+/* Fills items[0..1] to poll for ZMQ_POLLIN: the handler, the monitor. */
+void sh_zap_poll(sh_zap *z, zmq_pollitem_t items[2]);
+
+/* Answers up to max waiting requests and reads up to max handshake
+ * events, without blocking; returns how many of both it handled. */
 int sh_zap_serve(sh_zap *z, int max);
+
+/* Stops watching (before router closes). */
+void sh_zap_unwatch(sh_zap *z, void *router);
 
 /* Closes the socket, frees *z, sets it to NULL. NULL is fine. */
 void sh_zap_destroy(sh_zap **z);
