@@ -48,13 +48,15 @@ shards="tcp://127.0.0.1:${ports[0]},tcp://127.0.0.1:${ports[1]},tcp://127.0.0.1:
 gw1="127.0.0.1:${ports[3]}"
 gw2="127.0.0.1:${ports[4]}"
 
-# One secret for both gateways: they share the directory that holds it.
+# One secret for both gateways (they share the directory that holds it) and
+# the shards (--secret-file; CURVE keys come from it): created first.
 mkdir -p "$data/gw"
 "$bin/imbox" token --uid setup --data-dir "$data/gw" >/dev/null
 
 for i in 0 1 2; do
     "$bin/imbox" shard --index "$i" --count 3 --listen "tcp://127.0.0.1:${ports[$i]}" \
-        --data-dir "$data/shard-$i" 2>"$data/shard-$i.log" &
+        --data-dir "$data/shard-$i" --secret-file "$data/gw/auth.secret" \
+        2>"$data/shard-$i.log" &
     pids+=($!)
 done
 "$bin/imbox" gateway --listen "$gw1" --shards "$shards" --data-dir "$data/gw" 2>"$data/gw1.log" &

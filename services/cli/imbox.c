@@ -4,7 +4,8 @@
  *   imbox serve     standalone: one gateway and S shards in one process,
  *                   the shards driven by the gateway's bus thread (no
  *                   ZeroMQ in between: im_local.h), data under --data-dir
- *   imbox shard     one storage shard on a ZeroMQ tcp:// endpoint
+ *   imbox shard     one storage shard on a ZeroMQ tcp:// endpoint (CURVE,
+ *                   keys from the cluster secret: --secret-file, required)
  *   imbox gateway   the gRPC API in front of shards on tcp:// endpoints
  *   imbox token     prints a token for a uid (its last line of output)
  *
@@ -15,6 +16,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,8 +51,9 @@ static void s_usage(FILE *f, const char *cmd, const flag *flags)
         char env[64] = "IMBOX_";
         for (size_t i = 0; x->name[i] && i < 50; i++)
             env[6 + i] = x->name[i] == '-' ? '_' : (char)(x->name[i] & ~0x20);
+        bool def = x->def && *x->def;
         fprintf(f, "  --%-22s %s (env %s%s%s)\n", x->name, x->help, env,
-                x->def ? ", default " : "", x->def ? x->def : "");
+                def ? ", default " : "", def ? x->def : "");
     }
 }
 
@@ -194,6 +197,17 @@ static int s_secret(const char *dir, im_secret *s)
     return 0;
 }
 
+/* The cluster secret from a file that must exist (--secret-file). */
+static int s_secret_file(const char *path, im_secret *s)
+{
+    char err[PATH_MAX + 256];
+    if (im_secret_load(path, s, err, sizeof err)) {
+        fprintf(stderr, "imbox: --secret-file: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
+
 static int cmd_serve(int argc, char **argv)
 {
     flag flags[] = {
@@ -271,6 +285,9 @@ static int cmd_shard(int argc, char **argv)
         {"count", NULL, "number of shards in the cluster", NULL},
         {"listen", NULL, "ZeroMQ endpoint to bind, tcp://HOST:PORT", NULL},
         {"data-dir", NULL, "the shard's data directory", NULL},
+        {"secret-file", NULL, "the cluster secret (a gateway's auth.secret: 64 hex digits "
+                              "and a newline; never created here); the shard's CURVE keys "
+                              "come from it", NULL},
         ENGINE_FLAGS,
         {0},
     };
@@ -281,10 +298,14 @@ static int cmd_shard(int argc, char **argv)
     int index = (int)s_int(flags, "index", 0, count - 1);
     sigset_t sigs = s_block_signals();
     sh_config c = {.index = index, .count = count, .endpoint = s_get(flags, "listen"),
-                   .dir = s_get(flags, "data-dir"), .zctx = zmq_ctx_new()};
+                   .dir = s_get(flags, "data-dir")};
     s_engine_options(flags, &c.st);
+    if (s_secret_file(s_get(flags, "secret-file"), &c.secret))
+        return 1;
+    c.zctx = zmq_ctx_new();
     char err[256];
     sh_service *sh = sh_start(&c, err, sizeof err);
+    memset(&c.secret, 0, sizeof c.secret);
     if (!sh) {
         fprintf(stderr, "imbox shard: %s\n", err);
         zmq_ctx_term(c.zctx);
@@ -304,6 +325,8 @@ static int cmd_gateway(int argc, char **argv)
         {"listen", "127.0.0.1:50051", "gRPC address HOST:PORT", NULL},
         {"shards", NULL, "shard endpoints in index order, tcp://H:P,tcp://H:P,...", NULL},
         {"data-dir", "./data", "directory holding auth.secret", NULL},
+        {"secret-file", "", "the cluster secret, instead of DATA_DIR/auth.secret (must "
+                            "exist: never created)", NULL},
         {"shard-timeout-ms", "5000", "UNAVAILABLE when a shard has not answered by then",
          NULL},
         GATEWAY_FLAGS,
@@ -333,7 +356,9 @@ static int cmd_gateway(int argc, char **argv)
     gw_config gc = {.listen = s_get(flags, "listen"), .shards = eps, .nshards = S,
                     .zctx = zmq_ctx_new(), .shard_timeout_ms = timeout};
     s_gateway_flags(flags, &gc);
-    if (s_secret(s_get(flags, "data-dir"), &gc.secret)) {
+    const char *secret_file = s_get(flags, "secret-file");
+    if (*secret_file ? s_secret_file(secret_file, &gc.secret)
+                     : s_secret(s_get(flags, "data-dir"), &gc.secret)) {
         free(list);
         return 1;
     }

@@ -2,7 +2,7 @@
  * im_auth.c - secret file, tokens and cursors (formats in im_auth.h).
  *
  * Everything here is a pure function of its arguments and the secret,
- * except im_secret_load_or_create(). Buffers that held key material or MAC
+ * except im_secret_load_or_create() and im_secret_load(). Buffers that held key material or MAC
  * inputs are wiped with OPENSSL_cleanse() before returning.
  */
 #include "im_auth.h"
@@ -387,6 +387,22 @@ int im_secret_load_or_create(const char *data_dir, im_secret *out, char *err,
     return rc;
 }
 
+int im_secret_load(const char *path, im_secret *out, char *err, size_t errlen)
+{
+    assert(path != NULL);
+    assert(out != NULL);
+    memset(out, 0, sizeof *out);
+    if (err && errlen > 0)
+        err[0] = '\0';
+    if (path[0] == '\0')
+        return s_fail(err, errlen, "secret file: empty path");
+    int rc = s_secret_read(path, out, err, errlen);
+    if (rc == 1)
+        return s_fail(err, errlen, "%s: no such file (it is never created here: give the "
+                                   "cluster's auth.secret, as a gateway created it)", path);
+    return rc;
+}
+
 /* ================================================================= MACs */
 
 static int s_hmac(const im_secret *s, const uint8_t *msg, size_t n,
@@ -396,6 +412,16 @@ static int s_hmac(const im_secret *s, const uint8_t *msg, size_t n,
     if (HMAC(EVP_sha256(), s->key, (int)sizeof s->key, msg, n, mac, &len) == NULL ||
         len != S_MAC_LEN)
         return -1;
+    return 0;
+}
+
+int im_secret_derive(const im_secret *s, const char *label, uint8_t out[32])
+{
+    assert(s != NULL && label != NULL && out != NULL);
+    if (s_hmac(s, (const uint8_t *)label, strlen(label), out)) {
+        OPENSSL_cleanse(out, S_MAC_LEN);
+        return -1;
+    }
     return 0;
 }
 

@@ -40,7 +40,8 @@
  * static. Nothing is retained between calls.
  *
  * Threads: every function is thread-safe (no shared state) and this module
- * allocates nothing, except im_secret_load_or_create(), which does file I/O
+ * allocates nothing, except im_secret_load_or_create() and im_secret_load(),
+ * which do file I/O
  * (libcrypto's HMAC may allocate internally).
  *
  * Errors: functions return 0 or -1. A NULL pointer where a value is
@@ -93,6 +94,25 @@ typedef struct im_secret {
  */
 int im_secret_load_or_create(const char *data_dir, im_secret *out, char *err,
                              size_t errlen);
+
+/*
+ * Reads the secret file at path (the format above; the mode is not
+ * checked) into *out. Never creates it: a process that only holds the
+ * cluster's secret (a shard, or a gateway given --secret-file) must not
+ * invent one. Returns 0, or -1 with a message naming the path and the
+ * cause (missing, unreadable, malformed) in err[0..errlen) (err may be
+ * NULL) and *out zeroed.
+ */
+int im_secret_load(const char *path, im_secret *out, char *err, size_t errlen);
+
+/*
+ * Derives 32 bytes for one purpose from the secret: HMAC-SHA256(secret,
+ * label), the label naming the purpose and its version (domain separation:
+ * two labels give independent keys, and none of them reveals the secret or
+ * a token's MAC, whose inputs hold a "." and digits that no label has).
+ * Returns 0, or -1 (out zeroed) when libcrypto fails.
+ */
+int im_secret_derive(const im_secret *s, const char *label, uint8_t out[32]);
 
 /* ---------------------------------------------------------------- token */
 

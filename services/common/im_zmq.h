@@ -1,10 +1,28 @@
 /*
- * im_zmq.h - ZeroMQ helpers shared by the shard and the gateway.
+ * im_zmq.h - ZeroMQ helpers shared by the shard and the gateway: whole
+ * messages, and the CURVE keys of the cluster.
+ *
+ * CURVE (ZMTP 3.0 with the CurveZMQ handshake, RFC 26) secures every
+ * gateway-to-shard connection; there is no way to turn it off. The keys
+ * are not configured: both sides derive them from the cluster secret
+ * (im_auth.h), so whoever holds auth.secret holds them, and nobody else:
+ *   server secret key = HMAC-SHA256(secret, "imbox zmq curve server v1")
+ *   client secret key = HMAC-SHA256(secret, "imbox zmq curve client v1")
+ *   public keys       = zmq_curve_public() of those (Curve25519)
+ * The shard is the CURVE server: its ROUTER has the server secret key, and
+ * its ZAP handler (sh_zap.h) admits only the client public key. The gateway
+ * is the CURVE client: its DEALERs have the client key pair and expect the
+ * server public key, so the gateway authenticates the shard too. A peer
+ * without the secret fails the handshake and never reaches the socket.
+ * inproc:// endpoints (unit tests) carry no mechanism at all: the options
+ * are set, and ignored.
  */
 #ifndef IMBOX_IM_ZMQ_H
 #define IMBOX_IM_ZMQ_H
 
 #include <zmq.h>
+
+#include "im_auth.h"
 
 /* Requests (or replies) in one ZeroMQ message between a gateway and a
  * shard: [id][body] pairs, so a turn's worth travels as one message. */
@@ -20,5 +38,39 @@ int im_zmq_recv(void *sock, zmq_msg_t *parts, int max);
 
 /* Closes parts[0..min(n,max)-1] as filled by im_zmq_recv. */
 void im_zmq_close(zmq_msg_t *parts, int n, int max);
+
+/* ----------------------------------------------------------------- CURVE */
+
+#define IM_ZMQ_CURVE_SERVER_LABEL "imbox zmq curve server v1"
+#define IM_ZMQ_CURVE_CLIENT_LABEL "imbox zmq curve client v1"
+/* The ZAP domain of the shard's ROUTER (ZMQ_ZAP_DOMAIN): a ZAP request
+ * naming another domain is refused. */
+#define IM_ZMQ_ZAP_DOMAIN "imbox-cluster"
+
+/* The cluster's CURVE keys, Z85-encoded (40 characters and a NUL). Secret
+ * keys are key material: wipe with im_zmq_curve_wipe(), never log. */
+typedef struct im_zmq_curve {
+    char server_public[41], server_secret[41];
+    char client_public[41], client_secret[41];
+} im_zmq_curve;
+
+/*
+ * Derives the keys from the secret (above). Returns 0, or -1 with *out
+ * wiped and a reason in err: libzmq built without CURVE (zmq_has("curve")
+ * is 0), or a libcrypto failure.
+ */
+int im_zmq_curve_derive(const im_secret *s, im_zmq_curve *out, char *err, size_t errlen);
+
+/* Makes sock (before bind) a CURVE server with the server secret key, in
+ * the ZAP domain IM_ZMQ_ZAP_DOMAIN (and ZMQ_ZAP_ENFORCE_DOMAIN where
+ * libzmq has it). Returns 0, or -1 with errno. */
+int im_zmq_curve_server(void *sock, const im_zmq_curve *k);
+
+/* Makes sock (before connect) a CURVE client with the client key pair,
+ * expecting the server public key. Returns 0, or -1 with errno. */
+int im_zmq_curve_client(void *sock, const im_zmq_curve *k);
+
+/* Overwrites every key (the secret ones are what matters). */
+void im_zmq_curve_wipe(im_zmq_curve *k);
 
 #endif

@@ -1,6 +1,7 @@
 /* gw_bus.c - see gw_bus.h. */
 #include "gw_bus.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -499,8 +500,10 @@ static int s_monitor(gw_bus *b, void *zctx, int i)
 }
 
 gw_bus *gw_bus_new(void *zctx, char *const *endpoints, const im_local_shard *local, int n,
-                   int timeout_ms, const gw_bus_hooks *hooks, char *err, size_t errlen)
+                   const im_secret *secret, int timeout_ms, const gw_bus_hooks *hooks,
+                   char *err, size_t errlen)
 {
+    assert(secret != NULL);
     gw_bus *b = calloc(1, sizeof *b);
     if (!b) {
         snprintf(err, errlen, "out of memory");
@@ -542,6 +545,8 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, const im_local_shard *loc
         return NULL;
     }
     int one = 1, zero = 0, hwm = BUS_HWM, ivl = 100, ivl_max = 1000;
+    im_zmq_curve keys;
+    bool keyed = false;
     for (int i = 0; i < n; i++) {
         b->endpoints[i] = strdup(local && local[i].obj ? "local" : endpoints[i]);
         if (local && local[i].obj) {
@@ -557,8 +562,14 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, const im_local_shard *loc
             }
             continue;
         }
+        if (!keyed && im_zmq_curve_derive(secret, &keys, err, errlen)) {
+            s_free(b);
+            return NULL;
+        }
+        keyed = true;
         void *d = b->dealers[i] = zmq_socket(zctx, ZMQ_DEALER);
-        if (!b->endpoints[i] || !d || zmq_setsockopt(d, ZMQ_IMMEDIATE, &one, sizeof one) ||
+        if (!b->endpoints[i] || !d || im_zmq_curve_client(d, &keys) ||
+            zmq_setsockopt(d, ZMQ_IMMEDIATE, &one, sizeof one) ||
             (b->hooks.id &&
              zmq_setsockopt(d, ZMQ_ROUTING_ID, b->hooks.id, b->hooks.id_len)) ||
             zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof zero) ||
@@ -569,10 +580,13 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, const im_local_shard *loc
             s_monitor(b, zctx, i) || zmq_connect(d, endpoints[i])) {
             snprintf(err, errlen, "shard %d: connect %s: %s", i, endpoints[i],
                      zmq_strerror(errno));
+            im_zmq_curve_wipe(&keys);
             s_free(b);
             return NULL;
         }
     }
+    if (keyed) /* the DEALERs keep their copies */
+        im_zmq_curve_wipe(&keys);
     int rc = pthread_create(&b->thread, NULL, s_main, b);
     if (rc) {
         snprintf(err, errlen, "bus thread: %s", strerror(rc));

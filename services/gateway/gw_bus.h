@@ -60,6 +60,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "im_auth.h"
 #include "im_local.h"
 
 typedef struct gw_bus gw_bus;
@@ -83,9 +84,13 @@ typedef struct gw_bus_hooks {
 /* Connects to endpoints[0..n-1] (shard i at endpoints[i]), or drives
  * shard i in process when local is not NULL and local[i].obj is set (then
  * endpoints[i] is ignored and the shard is attached now); hooks may be NULL
- * (it is copied, id included). NULL on error. */
+ * (it is copied, id included). Every DEALER is a CURVE client with the
+ * keys derived from the cluster secret (im_zmq.h): a shard that does not
+ * hold the same secret never completes a handshake, so its requests fail
+ * "is not connected". NULL on error. */
 gw_bus *gw_bus_new(void *zctx, char *const *endpoints, const im_local_shard *local, int n,
-                   int timeout_ms, const gw_bus_hooks *hooks, char *err, size_t errlen);
+                   const im_secret *secret, int timeout_ms, const gw_bus_hooks *hooks,
+                   char *err, size_t errlen);
 
 /* Queues body (malloc'ed; the bus takes it and frees it) for shard. Returns
  * 0 (fn will be called once) or -1 when the bus is closing (fn is never

@@ -379,8 +379,8 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
         .disconnected = gw__subs_disconnected,
         .arg = g,
     };
-    g->bus = gw_bus_new(c->zctx, c->shards, c->local, c->nshards, g->c.shard_timeout_ms, &hooks, err,
-                        errlen);
+    g->bus = gw_bus_new(c->zctx, c->shards, c->local, c->nshards, &c->secret,
+                        g->c.shard_timeout_ms, &hooks, err, errlen);
     if (!g->bus) {
         s_free(g);
         return NULL;

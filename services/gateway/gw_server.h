@@ -41,7 +41,8 @@ typedef struct gw_config {
                                   bus thread when local[i].obj is set
                                   (imbox serve; gw_bus.h) */
     int nshards;
-    im_secret secret;          /* tokens and cursors */
+    im_secret secret;          /* tokens, cursors, and the CURVE keys of the
+                                  shard connections (im_zmq.h) */
     void *zctx;                /* ZeroMQ context; the caller keeps it alive */
     int shard_timeout_ms;      /* 0 = default 5000 */
     gw_limits limits;          /* zero fields = defaults */

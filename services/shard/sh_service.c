@@ -21,6 +21,7 @@
 #include "im_store_reply.h"
 #include "im_wire.h"
 #include "sh_presence.h"
+#include "sh_zap.h"
 #include "im_zmq.h"
 #include "imbox/internal/v1/shard.pb.h"
 #include "imbox/v1/imbox.pb.h"
@@ -40,6 +41,11 @@
 #define SH_NOTICE_INLINE_MAX (1024 * 1024) /* ... while a Notice is smaller */
 #define SH_INLINE_WRITES 4           /* a turn with at most this many writes
                                         commits on its own thread */
+#define SH_ZAP_BURST 64              /* handshakes answered per wake-up: a
+                                        storm of them cannot starve requests */
+#define SH_HANDSHAKE_MS 5000         /* a peer that has not finished its
+                                        handshake by then is dropped (a
+                                        gateway needs milliseconds) */
 
 typedef enum { JOB_STORE = 1, JOB_READ, JOB_ACK, JOB_COUNTS } sh_kind;
 
@@ -73,6 +79,8 @@ struct sh_service {
     sh_config c;
     st_shard *st;
     void *router;
+    sh_zap *zap;            /* the ROUTER's ZAP handler (socket thread's) */
+    char endpoint[256];     /* bound, port resolved */
     int efd;
     pthread_t thread;
     atomic_bool stop;
@@ -1000,15 +1008,16 @@ static void *s_main(void *arg)
 {
     sh_service *sh = arg;
     s_running = sh;
-    zmq_pollitem_t items[2] = {
+    zmq_pollitem_t items[4] = {
         {.socket = sh->router, .events = ZMQ_POLLIN},
         {.fd = sh->efd, .events = ZMQ_POLLIN},
     };
+    sh_zap_poll(sh->zap, &items[2]); /* handshakes: ZAP, failures */
     while (!atomic_load(&sh->stop)) {
         /* Asleep unless leases are held: then awake once a second to drop
          * the lapsed ones (a dead gateway's users go offline). */
         long wait = sh->held ? SH_EXPIRE_EVERY_MS : -1;
-        if (zmq_poll(items, 2, wait) < 0 && errno != EINTR) {
+        if (zmq_poll(items, 4, wait) < 0 && errno != EINTR) {
             fprintf(stderr, "imbox shard %d: poll: %s\n", sh->c.index, zmq_strerror(errno));
             break;
         }
@@ -1016,6 +1025,8 @@ static void *s_main(void *arg)
         if ((items[1].revents & ZMQ_POLLIN) && read(sh->efd, &v, sizeof v) < 0 &&
             errno != EAGAIN)
             fprintf(stderr, "imbox shard %d: eventfd: %s\n", sh->c.index, strerror(errno));
+        if ((items[2].revents | items[3].revents) & ZMQ_POLLIN) /* handshakes wait */
+            sh_zap_serve(sh->zap, SH_ZAP_BURST);
         for (int i = 0, k; i < SH_RECV_BURST && (k = s_recv_msg(sh)) != 0; i += k > 0 ? k : 1)
             ;
         s_out_flush(sh); /* the reads' answers go before the commit */
@@ -1104,8 +1115,11 @@ static void s_free(sh_service *sh)
     s_sweeper_stop(sh);
     s_committer_stop(sh);
     st_close(&sh->st);
-    if (sh->router)
+    if (sh->router) {
+        sh_zap_unwatch(sh->zap, sh->router);
         zmq_close(sh->router);
+    }
+    sh_zap_destroy(&sh->zap);
     if (sh->efd >= 0)
         close(sh->efd);
     if (sh->commit_efd >= 0)
@@ -1138,6 +1152,7 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
         return NULL;
     }
     sh->c = *c;
+    memset(&sh->c.secret, 0, sizeof sh->c.secret); /* keys derive from c */
     sh->efd = sh->commit_efd = -1;
     sh->local = c->endpoint == NULL;
     pthread_mutex_init(&sh->mu, NULL);
@@ -1189,17 +1204,32 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
         sh->sweeper_started = true;
         return sh;
     }
+    /* CURVE keys from the secret; the ZAP handler before the ROUTER, so
+     * that no handshake is ever answered without it. */
+    im_zmq_curve keys;
+    if (im_zmq_curve_derive(&c->secret, &keys, err, errlen) ||
+        !(sh->zap = sh_zap_new(c->zctx, keys.client_public, c->index, err, errlen))) {
+        im_zmq_curve_wipe(&keys);
+        s_free(sh);
+        return NULL;
+    }
     sh->parts = malloc((1 + 2 * IM_ZMQ_BATCH_MAX) * sizeof *sh->parts);
     sh->router = sh->parts ? zmq_socket(c->zctx, ZMQ_ROUTER) : NULL;
-    int one = 1, linger = 1000, hwm = 100000;
+    int one = 1, linger = 1000, hwm = 100000, handshake = SH_HANDSHAKE_MS;
+    size_t eplen = sizeof sh->endpoint;
     /* HANDOVER: a gateway that reconnects keeps its routing id (its
      * presence and notices follow it to the new connection). */
-    if (!sh->router || zmq_setsockopt(sh->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
+    int keyed = sh->router ? im_zmq_curve_server(sh->router, &keys) : -1;
+    im_zmq_curve_wipe(&keys);
+    if (keyed || sh_zap_watch(sh->zap, sh->router, err, errlen) ||
+        zmq_setsockopt(sh->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
+        zmq_setsockopt(sh->router, ZMQ_HANDSHAKE_IVL, &handshake, sizeof handshake) ||
         zmq_setsockopt(sh->router, ZMQ_ROUTER_HANDOVER, &one, sizeof one) ||
         zmq_setsockopt(sh->router, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(sh->router, ZMQ_SNDHWM, &hwm, sizeof hwm) ||
         zmq_setsockopt(sh->router, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
-        zmq_bind(sh->router, c->endpoint)) {
+        zmq_bind(sh->router, c->endpoint) ||
+        zmq_getsockopt(sh->router, ZMQ_LAST_ENDPOINT, sh->endpoint, &eplen)) {
         snprintf(err, errlen, "shard %d: bind %s: %s", c->index, c->endpoint,
                  zmq_strerror(errno));
         s_free(sh);
@@ -1248,6 +1278,11 @@ static void s_local_run(void *obj)
     s_running = sh;
     s_turn_end(sh);
     s_running = NULL;
+}
+
+const char *sh_endpoint(const sh_service *sh)
+{
+    return sh && !sh->local ? sh->endpoint : NULL;
 }
 
 im_local_shard sh_local(sh_service *sh)

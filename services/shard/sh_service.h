@@ -18,6 +18,12 @@
  * on a sweeper thread of its own, which submits to the engine and wakes
  * this one through an eventfd polled beside the socket.
  *
+ * Security: the ROUTER is a CURVE server with keys derived from the
+ * cluster secret (im_zmq.h), and the socket thread also answers the ZAP
+ * handler's socket (sh_zap.h), which admits only the gateways' key: a peer
+ * without the secret never gets a request in. There is no way to turn
+ * this off.
+ *
  * Local mode (endpoint NULL; `imbox serve`): no socket. The shard is driven
  * through sh_local() (im_local.h) by the thread of its caller, the
  * gateway's bus thread, with the same request and reply bytes. A turn of a
@@ -33,6 +39,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "im_auth.h"
 #include "im_local.h"
 #include "st.h"
 
@@ -43,7 +50,12 @@ typedef struct sh_config {
                                NULL for local mode */
     const char *dir;        /* the engine's directory (created if missing) */
     st_options st;          /* engine options */
-    void *zctx;             /* ZeroMQ context; the caller keeps it alive */
+    void *zctx;             /* ZeroMQ context; the caller keeps it alive.
+                               With an endpoint the shard binds its ZAP
+                               handler in it (sh_zap.h): one such shard
+                               per context */
+    im_secret secret;       /* the cluster secret: with an endpoint, the
+                               CURVE keys come from it (im_zmq.h) */
     int64_t sweep_ms;       /* expiry sweep period (0 = default 10 min) */
 } sh_config;
 
@@ -51,6 +63,10 @@ typedef struct sh_service sh_service;
 
 /* Opens the engine, binds, starts the thread. NULL on failure, with err. */
 sh_service *sh_start(const sh_config *c, char *err, size_t errlen);
+
+/* The bound endpoint with its port resolved (tcp://127.0.0.1:0 binds a
+ * free port), owned by *s; NULL for a local shard. */
+const char *sh_endpoint(const sh_service *s);
 
 /* A local shard's handle for its driver (im_local.h); {NULL} for a shard
  * with an endpoint. */

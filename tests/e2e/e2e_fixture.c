@@ -401,19 +401,26 @@ bool e2e_fixture_start(e2e_fixture *f, bool fresh)
         if (!s_launch(f, 0, "serve", argv))
             return false;
     } else {
-        char shards[256] = "";
+        char shards[256] = "", secret[PATH_MAX + 16];
         f->nprocs = 0;
+        /* The cluster secret first (`imbox token` creates it in the
+         * gateways' directory): a shard needs it and never creates it. */
+        char *setup = e2e_make_token("setup", f->secret_dir);
+        if (!setup)
+            return false;
+        free(setup);
+        snprintf(secret, sizeof secret, "%s/auth.secret", f->secret_dir);
         for (int i = 0; i < E2E_NSHARDS; i++) {
             char cmd[] = "shard", o1[] = "--index", o2[] = "--count",
-                 o3[] = "--listen", o4[] = "--data-dir", idx[16], cnt[16],
-                 ep[64], dir[PATH_MAX], name[32];
+                 o3[] = "--listen", o4[] = "--data-dir", o5[] = "--secret-file",
+                 idx[16], cnt[16], ep[64], dir[PATH_MAX], name[32];
             snprintf(idx, sizeof idx, "%d", i);
             snprintf(cnt, sizeof cnt, "%d", E2E_NSHARDS);
             snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", f->shard_port[i]);
             snprintf(dir, sizeof dir, "%s/shard-%d", f->root, i);
             snprintf(name, sizeof name, "shard-%d", i);
             char *argv[] = {bin, cmd, o1, idx, o2, cnt, o3, ep, o4, dir,
-                            NULL};
+                            o5, secret, NULL};
             f->nprocs = i + 1;
             if (!s_launch(f, i, name, argv))
                 return false;
@@ -436,8 +443,7 @@ bool e2e_fixture_start(e2e_fixture *f, bool fresh)
                 e2e_sleep_ms(50);
             }
         }
-        /* One after the other: the first one creates auth.secret (its
-         * creation is race-safe anyway), the others read it. */
+        /* One after the other (they read the auth.secret made above). */
         for (int g = 0; g < ngw; g++) {
             char cmd[] = "gateway", o1[] = "--listen", o2[] = "--shards",
                  o3[] = "--data-dir", name[32];

@@ -6,7 +6,8 @@ the public API in proto/imbox/v1/imbox.proto:
   * ImboxServer  - one `imbox serve` process (random port, temp data dir).
   * ImboxCluster - S `imbox shard` processes (3 by default) and G
                    `imbox gateway` processes (1 by default), each gateway on
-                   its own port with a copy of the same auth.secret; a shard
+                   its own port with a copy of the same auth.secret, which
+                   the shards read (--secret-file: their CURVE keys); a shard
                    or a gateway can be SIGKILLed and restarted on the same
                    port and data dir.
   * Client       - the Inbox stub with the caller's bearer token attached;
@@ -173,6 +174,16 @@ def read_secret(data_dir):
     """The 32-byte secret of a data dir (DATA_DIR/auth.secret, hex)."""
     with open(os.path.join(data_dir, 'auth.secret'), 'r', encoding='ascii') as f:
         return bytes.fromhex(f.read().strip())
+
+
+def write_secret(path):
+    """Creates a fresh secret file at path in the auth.secret format (64
+    lowercase hex digits and a newline, mode 0600); refuses to overwrite."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, 'w', encoding='ascii') as f:
+        f.write(os.urandom(32).hex() + '\n')
+    return path
 
 
 def make_token(secret, u, expiry, mac=None):
@@ -536,8 +547,9 @@ class ImboxServer(_Deployment):
 
 class ImboxCluster(_Deployment):
     """nshards x `imbox shard` + ngateways x `imbox gateway`, each gateway on
-    its own port with its own data dir holding the same auth.secret (gateway
-    0 creates it in GWDIR, the others get a copy before they start).
+    its own port with its own data dir holding the same auth.secret (made in
+    GWDIR before anything starts, the shards read it with --secret-file,
+    the other gateways get a copy before they start).
 
     `port`, `gw_proc` and `gw_dir` are gateway 0's; `channel()`,
     `client()` and `fast_client()` use gateway 0 unless given a channel
@@ -562,6 +574,7 @@ class ImboxCluster(_Deployment):
         self.gw_procs = []
         self.gw_dir = self.gw_dirs[0]
         self.auth_dir = self.gw_dir
+        self.secret_file = os.path.join(self.gw_dir, 'auth.secret')
         self._gw_channels = {}
         self._probe_client = None
 
@@ -611,10 +624,12 @@ class ImboxCluster(_Deployment):
         return Proc('shard%d' % i, [IMBOX_BIN, 'shard', '--index', str(i),
                                     '--count', str(self.nshards),
                                     '--listen', 'tcp://127.0.0.1:%d' % self.shard_ports[i],
-                                    '--data-dir', self.shard_dirs[i]] + self.shard_args,
+                                    '--data-dir', self.shard_dirs[i],
+                                    '--secret-file', self.secret_file] + self.shard_args,
                     self.root)
 
     def start(self):
+        write_secret(self.secret_file)
         for i in range(self.nshards):
             self.shard_ports.append(free_port())
             self.shard_dirs.append(os.path.join(self.root, 'shard%d' % i))
@@ -625,7 +640,7 @@ class ImboxCluster(_Deployment):
         self._update_procs()
         self.gw_procs[0].start()
         wait_listening(self.port, self.procs)
-        wait_serving(self.channel(), self.procs)     # gateway 0 made auth.secret
+        wait_serving(self.channel(), self.procs)
         for i in range(1, self.ngateways):
             self._copy_secret(i)
             self.gw_procs.append(self._gateway_proc(i).start())

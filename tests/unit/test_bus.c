@@ -3,6 +3,11 @@
  * shards. The test plays the shards itself: ROUTER sockets that receive
  * [routing id][id][body] and answer [routing id][id][reply].
  *
+ * The bus is a CURVE client with the keys of a test secret (im_zmq.h); a
+ * TCP fake shard is the CURVE server with the same secret's server key
+ * (without a ZAP handler, so it admits any client: sh_zap.h and
+ * test_curve.c cover who is admitted).
+ *
  * A TCP shard lives in its own ZeroMQ context, as if in its own process:
  * killing it (zmq_ctx_term) returns only when its listener and connections
  * are closed, so the gateway sees a real connection drop and the port can
@@ -42,6 +47,11 @@
 #define WAIT_MS 10000          /* bound of every wait for an event */
 #define LONG_TIMEOUT_MS 60000  /* bus timeout that a test must not wait for */
 #define MAX_ATTEMPTS 100000    /* sends refused while a DEALER connects */
+
+/* The cluster secret of every bus and fake shard here. */
+static const im_secret s_secret = {.key = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+                                           17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29,
+                                           30, 31, 32}};
 
 /* ======================================================= bus callbacks */
 
@@ -157,12 +167,19 @@ static bool shard_start(shard *s, const char *ep)
     s->own_ctx = true;
     s->router = s->ctx ? zmq_socket(s->ctx, ZMQ_ROUTER) : NULL;
     size_t eplen = sizeof s->ep;
-    bool ok = s->router && !zmq_setsockopt(s->router, ZMQ_LINGER, &zero, sizeof zero) &&
+    im_zmq_curve k;
+    char why[128];
+    int one = 1;
+    bool ok = s->router && !im_zmq_curve_derive(&s_secret, &k, why, sizeof why) &&
+              !zmq_setsockopt(s->router, ZMQ_CURVE_SERVER, &one, sizeof one) &&
+              !zmq_setsockopt(s->router, ZMQ_CURVE_SECRETKEY, k.server_secret, 40) &&
+              !zmq_setsockopt(s->router, ZMQ_LINGER, &zero, sizeof zero) &&
               !zmq_socket_monitor(s->router, mon_ep, ZMQ_EVENT_HANDSHAKE_SUCCEEDED) &&
               (s->mon = zmq_socket(s->ctx, ZMQ_PAIR)) != NULL &&
               !zmq_setsockopt(s->mon, ZMQ_LINGER, &zero, sizeof zero) &&
               !zmq_connect(s->mon, mon_ep) && !zmq_bind(s->router, ep) &&
               !zmq_getsockopt(s->router, ZMQ_LAST_ENDPOINT, s->ep, &eplen);
+    im_zmq_curve_wipe(&k);
     return EXPECT(ok, "shard at %s: %s", ep, zmq_strerror(errno));
 }
 
@@ -274,7 +291,7 @@ static void expect_reply(reply *r, int status, const char *want)
 static gw_bus *new_bus(void *zctx, char **eps, int n, int timeout_ms)
 {
     char err[256] = "";
-    gw_bus *b = gw_bus_new(zctx, eps, NULL, n, timeout_ms, NULL, err, sizeof err);
+    gw_bus *b = gw_bus_new(zctx, eps, NULL, n, &s_secret, timeout_ms, NULL, err, sizeof err);
     EXPECT(b != NULL, "gw_bus_new: %s", err);
     return b;
 }
@@ -509,7 +526,7 @@ static void test_new_rejects_bad_endpoint(void)
     char ok[] = "tcp://127.0.0.1:1", bad[] = "nonsense://x";
     char *eps[] = {ok, bad};
     char err[256] = "";
-    gw_bus *b = gw_bus_new(zctx, eps, NULL, 2, 1000, NULL, err, sizeof err);
+    gw_bus *b = gw_bus_new(zctx, eps, NULL, 2, &s_secret, 1000, NULL, err, sizeof err);
     EXPECT(b == NULL, "gw_bus_new accepted %s", bad);
     EXPECT(strstr(err, "shard 1") != NULL, "error \"%s\" does not name shard 1", err);
     gw_bus_destroy(&b);

@@ -158,7 +158,9 @@ static bool s_start_with(fixture *f, const char *endpoint, int64_t sweep_ms, boo
     char err[256] = "", data[96];
     snprintf(data, sizeof data, "%s/s0", f->dir);
     sh_config c = {.index = 0, .count = 1, .endpoint = endpoint, .dir = data,
-                   .zctx = f->zctx, .sweep_ms = sweep_ms};
+                   .zctx = f->zctx, .sweep_ms = sweep_ms,
+                   .secret = {.key = {7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+                                      7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7}}};
     st_options_init(&c.st);
     if (test_clock)
         c.st.clock = s_clock;
