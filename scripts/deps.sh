@@ -1,9 +1,13 @@
-# Sourced by scripts/run and scripts/test: installs the Debian packages imbox
-# needs, only those missing, and runs `apt-get update` only when something is
+# Sourced by scripts/run, scripts/test and deploy/Dockerfile (one package
+# list for all): installs the Debian packages imbox needs, only those missing, and runs `apt-get update` only when something is
 # (a fresh machine finds nothing before it). Quiet when all is there.
 IMBOX_PACKAGES="build-essential cmake pkg-config libgrpc-dev nanopb libnanopb-dev
 protobuf-compiler protobuf-compiler-grpc librocksdb-dev libzmq3-dev libcunit1-dev
 libssl-dev python3-grpcio python3-protobuf"
+# What the binaries load at run time: the container image's runtime stage
+# installs exactly these (deploy/Dockerfile); tests/deploy checks that they
+# cover every library that build/bin/imbox and imboxctl need.
+IMBOX_RUNTIME_PACKAGES="libgrpc29 librocksdb7.8 libzmq5 libssl3"
 
 # imbox_install_deps [--tests]
 imbox_install_deps() {
