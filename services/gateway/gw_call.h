@@ -180,7 +180,8 @@ int gw__shard_reply(gw_call *c, int status, const char *why, const uint8_t *repl
 
 /* --------------------------------------------- request checks (gw_check.c) */
 
-/* Sets c->uid from the authorization metadata, or answers UNAUTHENTICATED. */
+/* Sets c->uid from the authorization metadata (exactly one entry), or
+ * answers UNAUTHENTICATED. */
 int gw__auth(gw_call *c);
 
 /* Decodes the call's payload into msg; answers INVALID_ARGUMENT on failure. */
