@@ -156,7 +156,7 @@ struct gw_server {
     char shard_why[192];      /* gw__shard_decode's own failure text */
     struct gw_subs *subs;     /* live streams (gw_sub.c) */
     atomic_llong reply_bytes; /* the reply budget in use (gw__budget_*) */
-    atomic_llong trimmed_ms;  /* the last malloc_trim (gw__budget_give) */
+    atomic_llong untrimmed;   /* given back since the last malloc_trim */
 };
 
 /* ------------------------------------------------ replies (gw_server.c) */
@@ -208,8 +208,8 @@ int gw__shard_reply(gw_call *c, int status, const char *why, const uint8_t *repl
  */
 /* Charges n bytes if they fit; false (nothing charged) if not. */
 bool gw__budget_take(gw_server *g, size_t n);
-/* Gives n charged bytes back; a large amount also gives the freed memory
- * back to the system (malloc_trim). */
+/* Gives n charged bytes back; once 1 MiB has come back, the bus thread's
+ * next tick gives the freed memory back to the system (malloc_trim). */
 void gw__budget_give(gw_server *g, size_t n);
 /* Whether a new read may start (GW_READ_RESERVE left). */
 bool gw__budget_room(gw_server *g);
