@@ -96,6 +96,7 @@ class MemoryAttackTest(h.ImboxTestCase):
         victim = h.Client(dep.channel(), token)
         self.assertGreater(len(victim.pull('', page_size=1000).messages), 40)
         base = rss(dep.proc)
+        asan = dep.proc.sanitized()  # then RSS holds its quarantine and shadow
         clients, sids = self.attack(dep, token)
         try:
             peak = self.peak_rss(dep.proc, clients)
@@ -107,7 +108,9 @@ class MemoryAttackTest(h.ImboxTestCase):
                    '(+%d MB)' % (streams, caps[0], refused, base // MB, peak // MB,
                                  (peak - base) // MB))
             self.assertEqual(caps, [100] * self.CONNECTIONS, 'streams per connection')
-            self.assertLess(peak - base, 100 * MB, 'RSS grew by %d MB' % ((peak - base) // MB))
+            if not asan:
+                self.assertLess(peak - base, 100 * MB,
+                                'RSS grew by %d MB' % ((peak - base) // MB))
             self.assertGreater(refused, 0, 'the budget refused no read')
             # Meanwhile a reading client is still served (or told to retry).
             try:
@@ -117,10 +120,11 @@ class MemoryAttackTest(h.ImboxTestCase):
         finally:
             for c in clients:
                 c.close()
-        after = self.wait_rss_below(dep.proc, base + 30 * MB)
-        figure('after close: RSS %d MB (+%d MB over the base)' % (after // MB,
-                                                                  (after - base) // MB))
-        self.assertLess(after - base, 30 * MB, 'memory did not come back')
+        if not asan:
+            after = self.wait_rss_below(dep.proc, base + 30 * MB)
+            figure('after close: RSS %d MB (+%d MB over the base)' % (after // MB,
+                                                                      (after - base) // MB))
+            self.assertLess(after - base, 30 * MB, 'memory did not come back')
         # The budget is whole again: a big page goes out.
         self.assertGreater(len(victim.pull('', page_size=1000).messages), 40)
         dep.proc.check_alive()
