@@ -41,11 +41,17 @@ typedef struct flag {
     const char *val;
 } flag;
 
+/* Switches: "--name" alone means 1 (a value still goes as "--name=V"). */
+static bool s_switch(const flag *x)
+{
+    return !strcmp(x->name, "insecure-plaintext");
+}
+
 static void s_usage(FILE *f, const char *cmd, const flag *flags)
 {
     fprintf(f, "usage: imbox %s", cmd);
     for (const flag *x = flags; x->name; x++)
-        fprintf(f, x->def ? " [--%s V]" : " --%s V", x->name);
+        fprintf(f, s_switch(x) ? " [--%s]" : x->def ? " [--%s V]" : " --%s V", x->name);
     fprintf(f, "\n");
     for (const flag *x = flags; x->name; x++) {
         char env[64] = "IMBOX_";
@@ -94,6 +100,8 @@ static int s_parse(const char *cmd, flag *flags, int argc, char **argv)
         }
         if (eq) {
             x->val = eq + 1;
+        } else if (s_switch(x)) {
+            x->val = "1";
         } else if (i + 1 < argc) {
             x->val = argv[++i];
         } else {
@@ -164,7 +172,17 @@ static void s_wait_signal(sigset_t set)
     {"keepalive-time-ms", "10000", "ping a client idle this long (dead ones go offline)", \
      NULL},                                                                        \
     {"keepalive-timeout-ms", "10000", "drop a client that does not answer a ping", NULL}, \
-    {"presence-lease-ms", "3000", "a live stream's lease at its shard (renewed)", NULL}
+    {"presence-lease-ms", "3000", "a live stream's lease at its shard (renewed)", NULL}, \
+    {"tls-cert", "", "PEM certificate chain: serve gRPC over TLS (with --tls-key)", NULL}, \
+    {"tls-key", "", "PEM private key of --tls-cert", NULL},                       \
+    {"tls-client-ca", "", "PEM CA certificates: require a client certificate they sign", \
+     NULL},                                                                        \
+    {"insecure-plaintext", "0", "allow plaintext on a non-loopback --listen", NULL}, \
+    {"max-streams", "100", "concurrent calls per client connection", NULL},      \
+    {"memory-quota-mb", "256", "MiB gRPC's connection buffers may take in all", NULL}, \
+    {"reply-budget-mb", "64", "MiB of responses clients have not read, then "     \
+     "RESOURCE_EXHAUSTED", NULL},                                                   \
+    {"max-metadata-bytes", "65536", "bytes of request headers per call", NULL}
 
 /* The GATEWAY_FLAGS into a gateway's config (exits 2 on a bad value). */
 static void s_gateway_flags(const flag *flags, gw_config *gc)
@@ -177,6 +195,14 @@ static void s_gateway_flags(const flag *flags, gw_config *gc)
     gc->keepalive_time_ms = (int)s_int(flags, "keepalive-time-ms", 100, 3600000);
     gc->keepalive_timeout_ms = (int)s_int(flags, "keepalive-timeout-ms", 100, 3600000);
     gc->presence_lease_ms = (int)s_int(flags, "presence-lease-ms", 300, 60000);
+    gc->tls_cert = s_get(flags, "tls-cert");
+    gc->tls_key = s_get(flags, "tls-key");
+    gc->tls_client_ca = s_get(flags, "tls-client-ca");
+    gc->insecure_plaintext = s_int(flags, "insecure-plaintext", 0, 1) != 0;
+    gc->max_streams = (int)s_int(flags, "max-streams", 1, 100000);
+    gc->memory_quota = s_int(flags, "memory-quota-mb", 16, 1 << 20) << 20;
+    gc->reply_budget = s_int(flags, "reply-budget-mb", 1, 1 << 20) << 20;
+    gc->max_metadata = (int)s_int(flags, "max-metadata-bytes", 1024, 1 << 20);
 }
 
 static void s_engine_options(const flag *flags, st_options *o)

@@ -182,12 +182,41 @@ int im_str_check(const im_str_in *in, const char *field, size_t max, bool utf8, 
     return 0;
 }
 
-bool im_pb_check_wire(const pb_msgdesc_t *fields, const uint8_t *buf, size_t len,
-                      const char **why)
+/* See im_wire.h. Iterative, with the field numbers of the open groups on
+ * a stack of IM_PB_GROUP_DEPTH (protobuf bounds nesting too). */
+bool im_pb_skip_group(pb_istream_t *s, uint32_t tag)
+{
+    uint32_t open[IM_PB_GROUP_DEPTH];
+    int depth = 0;
+    open[depth++] = tag;
+    while (depth) {
+        pb_wire_type_t wt;
+        uint32_t t;
+        bool eof;
+        if (!pb_decode_tag(s, &wt, &t, &eof))
+            PB_RETURN_ERROR(s, "group not ended");
+        if (wt == IM_PB_WT_END_GROUP) {
+            if (t != open[depth - 1])
+                PB_RETURN_ERROR(s, "group ended by another field number");
+            depth--;
+        } else if (wt == IM_PB_WT_START_GROUP) {
+            if (depth == IM_PB_GROUP_DEPTH)
+                PB_RETURN_ERROR(s, "groups nested too deep");
+            open[depth++] = t;
+        } else if (!pb_skip_field(s, wt)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool im_pb_scan_wire(const pb_msgdesc_t *fields, const uint8_t *buf, size_t len,
+                     bool *groups, const char **why)
 {
     pb_istream_t s = pb_istream_from_buffer(buf, len);
     pb_field_iter_t it;
     bool have = pb_field_iter_begin_const(&it, fields, NULL);
+    *groups = false;
     while (s.bytes_left) {
         pb_wire_type_t wt;
         uint32_t tag;
@@ -216,12 +245,52 @@ bool im_pb_check_wire(const pb_msgdesc_t *fields, const uint8_t *buf, size_t len
                 return false;
             }
         }
-        if (!pb_skip_field(&s, wt)) {
+        if (wt == IM_PB_WT_START_GROUP) { /* an unknown field's group */
+            *groups = true;
+            if (!im_pb_skip_group(&s, tag)) {
+                *why = PB_GET_ERROR(&s);
+                return false;
+            }
+        } else if (wt == IM_PB_WT_END_GROUP) {
+            *why = "end of a group that was not started";
+            return false;
+        } else if (!pb_skip_field(&s, wt)) {
             *why = PB_GET_ERROR(&s);
             return false;
         }
     }
     return true;
+}
+
+bool im_pb_check_wire(const pb_msgdesc_t *fields, const uint8_t *buf, size_t len,
+                      const char **why)
+{
+    bool groups;
+    return im_pb_scan_wire(fields, buf, len, &groups, why);
+}
+
+size_t im_pb_drop_groups(const uint8_t *buf, size_t len, uint8_t *out)
+{
+    pb_istream_t s = pb_istream_from_buffer(buf, len);
+    size_t n = 0;
+    while (s.bytes_left) {
+        const uint8_t *at = buf + (len - s.bytes_left);
+        pb_wire_type_t wt;
+        uint32_t tag;
+        bool eof;
+        if (!pb_decode_tag(&s, &wt, &tag, &eof))
+            break; /* not after a successful im_pb_scan_wire */
+        bool ok = wt == IM_PB_WT_START_GROUP ? im_pb_skip_group(&s, tag)
+                                              : pb_skip_field(&s, wt);
+        if (!ok)
+            break;
+        const uint8_t *next = buf + (len - s.bytes_left);
+        if (wt != IM_PB_WT_START_GROUP) {
+            memmove(out + n, at, (size_t)(next - at));
+            n += (size_t)(next - at);
+        }
+    }
+    return n;
 }
 
 /* See im_wire.h. */

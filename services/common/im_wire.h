@@ -182,11 +182,31 @@ bool im_pb_read_str(pb_istream_t *s, const pb_field_t *f, void **arg);
  * Checks that every top-level field of the encoded message buf[0..len) that
  * `fields` knows has the wire type of its declared type (nanopb checks this
  * for static fields but hands a callback field's bytes over whatever wire
- * type arrived). Unknown fields are allowed, as protobuf says. Returns true,
- * or false with *why set.
+ * type arrived). Unknown fields are allowed, as protobuf says, also as
+ * groups (wire types 3 and 4) when the group is well formed: nested at most
+ * IM_PB_GROUP_DEPTH deep, each ended by its own field number. nanopb
+ * cannot skip a group: *groups says whether the message has one, to be
+ * taken out by im_pb_drop_groups before pb_decode. Returns true, or false
+ * with *why set.
  */
+#define IM_PB_WT_START_GROUP ((pb_wire_type_t)3)
+#define IM_PB_WT_END_GROUP ((pb_wire_type_t)4)
+#define IM_PB_GROUP_DEPTH 64
+bool im_pb_scan_wire(const pb_msgdesc_t *fields, const uint8_t *buf, size_t len,
+                     bool *groups, const char **why);
+
+/* im_pb_scan_wire without the groups flag. */
 bool im_pb_check_wire(const pb_msgdesc_t *fields, const uint8_t *buf, size_t len,
                       const char **why);
+
+/* Skips the rest of a group whose start tag (field number `tag`) was just
+ * read from s, nested groups included. false (stream error set) when it is
+ * not well formed. */
+bool im_pb_skip_group(pb_istream_t *s, uint32_t tag);
+
+/* Copies buf[0..len), a message that passed im_pb_scan_wire, to out (room
+ * for len bytes) without its top-level groups. Returns the bytes written. */
+size_t im_pb_drop_groups(const uint8_t *buf, size_t len, uint8_t *out);
 
 /* Formats into msg (cap bytes) why the string `field` is unusable: too long
  * (over max bytes), a NUL byte, or (when utf8) not UTF-8. Returns 0 when it

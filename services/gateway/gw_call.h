@@ -13,6 +13,7 @@
  *   gw_presence.c Presence
  *   gw_health.c   grpc.health.v1.Health/Check
  *   gw_tokens.c   the cache of verified tokens (gw_tokens.h; gw__auth's)
+ *   gw_tls.c      the listening port's credentials (TLS or plaintext)
  *
  * Threads: a call is started and freed on the completion-queue thread; its
  * reply may be sent from the bus thread (gw_bus.h), exactly once per call.
@@ -27,6 +28,7 @@
 #include <stdint.h>
 
 #include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
 
 #include "gw_bus.h"
 #include "gw_server.h"
@@ -48,6 +50,17 @@
 #define GW_SUB_PAGE 100          /* a stream reads this many messages */
 #define GW_SUB_PAGE_BYTES (256u << 10) /* or this much content at a time:
                                     a stream holds at most one such page */
+#define GW_MAX_STREAMS 100       /* concurrent calls per connection */
+#define GW_MEMORY_QUOTA (256ll << 20) /* gRPC's resource quota */
+#define GW_REPLY_BUDGET (64ll << 20) /* unsent Pull, Counts and Subscribe
+                                    bytes, all calls together: 300 stalled
+                                    Pulls of 3 MiB pages pinned 900 MB */
+#define GW_READ_RESERVE (64u << 10) /* a read starts only with this much
+                                    budget left: a page has at least one
+                                    message of up to 64 KiB */
+#define GW_MAX_METADATA (64 << 10) /* request headers per call: browsers
+                                    and proxies send cookies of 8..16 KiB;
+                                    Envoy's default limit is 60 KiB */
 #define GW_ARMED 16              /* calls requested per method: enough for
                                     bursts, each costs one small context */
 
@@ -121,6 +134,7 @@ struct gw_call {
     char why[192];
     /* Subscribe */
     struct gw_sub *sub;
+    size_t charged;            /* reply budget held by resp (gw__respond) */
 };
 
 struct gw_server {
@@ -141,6 +155,8 @@ struct gw_server {
     imbox_internal_v1_ShardReply *shard_reply;
     char shard_why[192];      /* gw__shard_decode's own failure text */
     struct gw_subs *subs;     /* live streams (gw_sub.c) */
+    atomic_llong reply_bytes; /* the reply budget in use (gw__budget_*) */
+    atomic_llong untrimmed;   /* given back since the last malloc_trim */
 };
 
 /* ------------------------------------------------ replies (gw_server.c) */
@@ -178,9 +194,36 @@ int gw__shard_decode(gw_server *g, int status, const char **why, const uint8_t *
 int gw__shard_reply(gw_call *c, int status, const char *why, const uint8_t *reply, size_t len,
                     im_bytes_in *entries);
 
+/*
+ * The reply budget: bytes of Pull, Counts and Subscribe responses that are
+ * built and not yet taken by their clients (a client that does not read
+ * keeps its response in the server, gRPC flow control holding it back), all
+ * calls together, at most gw_config.reply_budget. A Pull or Counts response
+ * is charged when it is built and given back when its call is freed (the
+ * send completed or the call ended); a stream's page when it is read from
+ * the shard, and given back when it is used up or the stream ends. A read
+ * that finds the budget spent answers RESOURCE_EXHAUSTED before asking the
+ * shard, and a response that does not fit is replaced by that status.
+ * Any thread (atomics).
+ */
+/* Charges n bytes if they fit; false (nothing charged) if not. */
+bool gw__budget_take(gw_server *g, size_t n);
+/* Gives n charged bytes back; once 1 MiB has come back, the bus thread's
+ * next tick gives the freed memory back to the system (malloc_trim). */
+void gw__budget_give(gw_server *g, size_t n);
+/* Whether a new read may start (GW_READ_RESERVE left). */
+bool gw__budget_room(gw_server *g);
+
+/* The listening port's credentials (gw_tls.c): TLS from the config's PEM
+ * files, checked (readable, a key matching its certificate), or plaintext
+ * (refused on a non-loopback address unless insecure_plaintext). NULL with
+ * err. The caller releases them. */
+grpc_server_credentials *gw__listen_creds(const gw_config *c, char *err, size_t errlen);
+
 /* --------------------------------------------- request checks (gw_check.c) */
 
-/* Sets c->uid from the authorization metadata, or answers UNAUTHENTICATED. */
+/* Sets c->uid from the authorization metadata (exactly one entry), or
+ * answers UNAUTHENTICATED. */
 int gw__auth(gw_call *c);
 
 /* Decodes the call's payload into msg; answers INVALID_ARGUMENT on failure. */

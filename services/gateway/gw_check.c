@@ -21,9 +21,19 @@ int gw__auth(gw_call *c)
 {
     static const char bearer[] = "Bearer ";
     const grpc_slice *value = NULL;
+    int seen = 0;
     for (size_t i = 0; i < c->md.count; i++)
-        if (grpc_slice_str_cmp(c->md.metadata[i].key, "authorization") == 0)
+        if (grpc_slice_str_cmp(c->md.metadata[i].key, "authorization") == 0) {
             value = &c->md.metadata[i].value;
+            seen++;
+        }
+    /* Two headers: which one is meant is anyone's guess (a proxy's and the
+     * client's, say), so neither is taken. */
+    if (seen > 1) {
+        gw__respond(c, IM_UNAUTHENTICATED, "more than one 'authorization' metadata entry",
+                    NULL, 0);
+        return -1;
+    }
     if (!value) {
         gw__respond(c, IM_UNAUTHENTICATED, "missing 'authorization: Bearer <token>' metadata",
                     NULL, 0);
@@ -64,9 +74,23 @@ int gw__decode(gw_call *c, const pb_msgdesc_t *fields, void *msg, const char *na
     grpc_slice s = grpc_byte_buffer_reader_readall(&r);
     grpc_byte_buffer_reader_destroy(&r);
     const char *why = NULL;
-    pb_istream_t is = pb_istream_from_buffer(GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s));
-    bool ok = im_pb_check_wire(fields, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s), &why) &&
-              pb_decode(&is, fields, msg);
+    const uint8_t *buf = GRPC_SLICE_START_PTR(s);
+    size_t len = GRPC_SLICE_LENGTH(s);
+    bool groups = false;
+    uint8_t *copy = NULL; /* the request without its unknown groups */
+    bool ok = im_pb_scan_wire(fields, buf, len, &groups, &why);
+    if (ok && groups) {
+        if (!(copy = malloc(len ? len : 1))) {
+            grpc_slice_unref(s);
+            gw__respond_errf(c, IM_RESOURCE_EXHAUSTED, "%s: out of memory", name);
+            return -1;
+        }
+        len = im_pb_drop_groups(buf, len, copy);
+        buf = copy;
+    }
+    pb_istream_t is = pb_istream_from_buffer(buf, len);
+    ok = ok && pb_decode(&is, fields, msg);
+    free(copy);
     grpc_slice_unref(s);
     if (!ok) {
         gw__respond_errf(c, IM_INVALID_ARGUMENT, "%s does not decode: %s", name,

@@ -10,6 +10,17 @@
 
 /* -------------------------------------------------- Pull, Ack, Counts */
 
+/* A read with the reply budget spent (gw_call.h) answers RESOURCE_EXHAUSTED
+ * before the shard is asked: nothing is acked. */
+static int s_busy(gw_call *c)
+{
+    if (gw__budget_room(c->g))
+        return 0;
+    gw__respond(c, IM_RESOURCE_EXHAUSTED, "the server holds too many responses that clients "
+                "have not read: retry later", NULL, 0);
+    return -1;
+}
+
 static void s_on_pull(void *arg, int status, const char *why, const uint8_t *reply, size_t len)
 {
     gw_call *c = arg;
@@ -76,6 +87,8 @@ void gw__pull(gw_call *c)
     op->limit = q.page_size ? q.page_size
                 : GW_PAGE_DEFAULT < max_page ? GW_PAGE_DEFAULT : max_page;
     op->max_bytes = GW_PAGE_BYTES;
+    if (s_busy(c))
+        return;
     gw__to_shard(c, im_shard_of(c->uid, c->g->c.nshards), s_on_pull, c);
 }
 
@@ -136,6 +149,8 @@ void gw__counts(gw_call *c)
     memset(sr, 0, sizeof *sr);
     sr->has_counts = true;
     snprintf(sr->counts.uid, sizeof sr->counts.uid, "%s", c->uid);
+    if (s_busy(c))
+        return;
     gw__to_shard(c, im_shard_of(c->uid, c->g->c.nshards), s_on_counts, c);
 }
 

@@ -3,6 +3,7 @@
 #include <assert.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,6 +24,47 @@ static const char *const s_paths[M_GENERIC] = {
     "/grpc.health.v1.Health/Check",
 };
 
+/* ------------------------------------------------------- reply budget */
+
+/* When this much has been given back since the last trim, the bus
+ * thread's next tick (every presence_lease_ms / 3) trims the heap: glibc
+ * keeps freed memory in its arenas (measured: 938 MB stayed resident after
+ * a connection's 300 stalled pages were freed). On a tick, not on every
+ * free, as a trim walks every arena. */
+#define GW_TRIM_BYTES (1u << 20)
+
+bool gw__budget_take(gw_server *g, size_t n)
+{
+    long long used = atomic_load(&g->reply_bytes);
+    do {
+        if (used + (long long)n > g->c.reply_budget)
+            return false;
+    } while (!atomic_compare_exchange_weak(&g->reply_bytes, &used, used + (long long)n));
+    return true;
+}
+
+void gw__budget_give(gw_server *g, size_t n)
+{
+    atomic_fetch_sub(&g->reply_bytes, (long long)n);
+    atomic_fetch_add(&g->untrimmed, (long long)n);
+}
+
+/* The bus's tick: the trim (above), then the streams' lease renewal. */
+static void s_tick(void *arg)
+{
+    gw_server *g = arg;
+    if (atomic_load(&g->untrimmed) >= GW_TRIM_BYTES) {
+        atomic_store(&g->untrimmed, 0);
+        malloc_trim(0);
+    }
+    gw__subs_tick(arg);
+}
+
+bool gw__budget_room(gw_server *g)
+{
+    return atomic_load(&g->reply_bytes) + GW_READ_RESERVE <= g->c.reply_budget;
+}
+
 /* ------------------------------------------------------------ replies */
 
 void gw__call_free(gw_call *c)
@@ -37,6 +79,8 @@ void gw__call_free(gw_call *c)
         grpc_byte_buffer_destroy(c->payload);
     if (c->resp)
         grpc_byte_buffer_destroy(c->resp);
+    if (c->charged)
+        gw__budget_give(c->g, c->charged);
     grpc_slice_unref(c->status_details);
     if (c->parts)
         for (int i = 0; c->parts[i].c; i++)
@@ -65,6 +109,18 @@ void gw__respond(gw_call *c, int status, const char *msg, uint8_t *body, size_t 
     grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     int n = 0;
+    /* What a client may leave unread is charged (gw_call.h). */
+    if (body && (c->m == M_PULL || c->m == M_COUNTS)) {
+        if (gw__budget_take(c->g, len)) {
+            c->charged = len;
+        } else {
+            free(body);
+            body = NULL;
+            status = IM_RESOURCE_EXHAUSTED;
+            msg = "the server holds too many responses that clients have not read: "
+                  "retry later";
+        }
+    }
     ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[n++].data.send_initial_metadata.count = 0;
     if (body) {
@@ -345,6 +401,14 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
         g->c.keepalive_timeout_ms = GW_KEEPALIVE_MS;
     if (g->c.presence_lease_ms <= 0)
         g->c.presence_lease_ms = GW_LEASE_MS;
+    if (g->c.max_streams <= 0)
+        g->c.max_streams = GW_MAX_STREAMS;
+    if (g->c.memory_quota <= 0)
+        g->c.memory_quota = GW_MEMORY_QUOTA;
+    if (g->c.reply_budget <= 0)
+        g->c.reply_budget = GW_REPLY_BUDGET;
+    if (g->c.max_metadata <= 0)
+        g->c.max_metadata = GW_MAX_METADATA;
     gw_limits *lim = &g->c.limits;
     lim->max_receivers = lim->max_receivers ? lim->max_receivers : IM_RECEIVERS_MAX;
     lim->max_content = lim->max_content ? lim->max_content : IM_CONTENT_MAX;
@@ -375,7 +439,7 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
     gw_bus_hooks hooks = {
         .id = id, .id_len = sizeof id,
         .notice = gw__subs_notice,
-        .tick = gw__subs_tick, .tick_ms = g->c.presence_lease_ms / 3,
+        .tick = s_tick, .tick_ms = g->c.presence_lease_ms / 3,
         .disconnected = gw__subs_disconnected,
         .arg = g,
     };
@@ -389,7 +453,11 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
      * share. Keepalive: a client whose network vanished (no FIN) is pinged
      * and dropped, so its streams end and it goes offline; pings go out
      * also on connections without data (an idle stream is all data-less),
-     * and clients may ping every GW_CLIENT_PING_MS. */
+     * and clients may ping every GW_CLIENT_PING_MS. Memory: at most
+     * max_streams calls per connection, gRPC's buffers within the quota,
+     * and request headers up to max_metadata (gw_config). */
+    grpc_resource_quota *quota = grpc_resource_quota_create("imbox-gateway");
+    grpc_resource_quota_resize(quota, (size_t)g->c.memory_quota);
     grpc_arg args[] = {
         {GRPC_ARG_INTEGER, (char *)"grpc.so_reuseport", {.integer = 0}},
         {GRPC_ARG_INTEGER, (char *)GRPC_ARG_KEEPALIVE_TIME_MS,
@@ -400,18 +468,31 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
         {GRPC_ARG_INTEGER, (char *)GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, {.integer = 0}},
         {GRPC_ARG_INTEGER, (char *)GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
          {.integer = GW_CLIENT_PING_MS}},
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_CONCURRENT_STREAMS,
+         {.integer = g->c.max_streams}},
+        {GRPC_ARG_INTEGER, (char *)GRPC_ARG_MAX_METADATA_SIZE, {.integer = g->c.max_metadata}},
+        {GRPC_ARG_POINTER, (char *)GRPC_ARG_RESOURCE_QUOTA,
+         {.pointer = {quota, grpc_resource_quota_arg_vtable()}}},
     };
     grpc_channel_args ca = {sizeof args / sizeof args[0], args};
     g->server = grpc_server_create(&ca, NULL);
+    grpc_resource_quota_unref(quota); /* the server holds its own */
     g->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(g->server, g->cq, NULL);
     for (int m = 0; m < M_GENERIC; m++)
         g->methods[m] = grpc_server_register_method(g->server, s_paths[m], NULL,
                                                     GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
                                                     0);
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-    int port = grpc_server_add_http2_port(g->server, c->listen, creds);
-    grpc_server_credentials_release(creds);
+    grpc_server_credentials *creds = gw__listen_creds(&g->c, err, errlen);
+    int port = creds ? grpc_server_add_http2_port(g->server, c->listen, creds) : 0;
+    if (creds)
+        grpc_server_credentials_release(creds);
+    if (!creds) {
+        grpc_server_destroy(g->server);
+        g->server = NULL;
+        s_free(g);
+        return NULL;
+    }
     if (port == 0) {
         snprintf(err, errlen, "cannot listen on %s (address in use or invalid)", c->listen);
         grpc_server_destroy(g->server);

@@ -20,6 +20,7 @@
 #ifndef IMBOX_GW_SERVER_H
 #define IMBOX_GW_SERVER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "im_auth.h"
@@ -52,12 +53,32 @@ typedef struct gw_config {
                                   this long (0 = default 10000) */
     int presence_lease_ms;     /* a live stream's lease at its shard,
                                   renewed every third of it (0 = 3000) */
+    /* TLS (gw_tls.c): PEM files; NULL or "" = none. Without tls_cert the
+     * port is plaintext, refused on an address that is not loopback unless
+     * insecure_plaintext. tls_client_ca: mutual TLS, a client certificate
+     * signed by one of its CAs is required. */
+    const char *tls_cert;
+    const char *tls_key;
+    const char *tls_client_ca;
+    bool insecure_plaintext;
+    /* Memory (gw_budget in gw_call.h): 0 = the default */
+    int max_streams;           /* concurrent calls per HTTP/2 connection
+                                  (default 100) */
+    long long memory_quota;    /* bytes gRPC's buffers may take, all
+                                  connections together (default 256 MiB) */
+    long long reply_budget;    /* bytes of responses sent and not yet taken
+                                  by their clients, all calls together
+                                  (default 64 MiB): past it a read answers
+                                  RESOURCE_EXHAUSTED */
+    int max_metadata;          /* bytes of request headers per call
+                                  (default 16 KiB) */
 } gw_config;
 
 typedef struct gw_server gw_server;
 
 /* Binds and starts serving. NULL on failure with err (port in use, a
- * limit above its ceiling). */
+ * limit above its ceiling, a TLS file unreadable or not matching, plaintext
+ * on a non-loopback address without insecure_plaintext). */
 gw_server *gw_start(const gw_config *c, char *err, size_t errlen);
 
 /* Graceful stop: refuses new calls, lets the calls in flight finish (those

@@ -7,7 +7,10 @@
  * content) and one message in flight to the client, whatever the backlog and
  * however slow the client: the next page is read from the shard only when
  * the client has taken the last one (a SEND_MESSAGE completes once gRPC's
- * flow control has taken it).
+ * flow control has taken it). The page and the message in flight are
+ * charged to the reply budget (gw_call.h): a stream whose read or message
+ * does not fit ends with RESOURCE_EXHAUSTED (the client resubscribes from
+ * its last cursor, later).
  *
  * Life of a stream:
  *   1. The uid joins this gateway's registry and a PresenceOp{online: uid}
@@ -62,6 +65,9 @@
 
 typedef struct gw_uidset gw_uidset;
 
+#define GW_SUB_BUSY "the server holds too many responses that clients have not read: " \
+                    "resubscribe later from the last cursor"
+
 typedef struct gw_sub {
     gw_call *c;
     struct gw_sub *next;  /* the uid's other streams here */
@@ -77,6 +83,8 @@ typedef struct gw_sub {
     uint64_t *seqs;       /* their seqs */
     size_t nseqs, iseq;
     grpc_byte_buffer *out; /* the message in flight */
+    size_t page_charge;   /* reply budget held for page, and for out */
+    size_t out_charge;
 } gw_sub;
 
 struct gw_uidset {
@@ -138,6 +146,8 @@ void gw__sub_free(gw_sub *s)
         return;
     if (s->out)
         grpc_byte_buffer_destroy(s->out);
+    if (s->page_charge + s->out_charge)
+        gw__budget_give(s->c->g, s->page_charge + s->out_charge);
     free(s->page);
     free(s->seqs);
     free(s);
@@ -313,7 +323,10 @@ static void s_on_page(void *arg, int status, const char *why, const uint8_t *rep
         s->seqs = r->count ? malloc(r->count * sizeof *s->seqs) : NULL;
         if (r->count && !s->seqs) {
             s_end(s, IM_RESOURCE_EXHAUSTED, "out of memory");
+        } else if (!gw__budget_take(g, entries.n)) {
+            s_end(s, IM_RESOURCE_EXHAUSTED, GW_SUB_BUSY);
         } else {
+            s->page_charge = entries.n;
             if (r->count)
                 memcpy(s->seqs, r->seqs, r->count * sizeof *s->seqs);
             s->nseqs = r->count;
@@ -333,6 +346,10 @@ static void s_on_page(void *arg, int status, const char *why, const uint8_t *rep
 static void s_read(gw_sub *s)
 {
     gw_call *c = s->c;
+    if (!gw__budget_room(c->g)) {
+        s_end(s, IM_RESOURCE_EXHAUSTED, GW_SUB_BUSY);
+        return;
+    }
     imbox_internal_v1_ShardRequest req;
     memset(&req, 0, sizeof req);
     req.has_read = true;
@@ -382,6 +399,11 @@ static void s_send_next(gw_sub *s)
         return;
     }
     size_t cl = strlen(cur);
+    if (!gw__budget_take(c->g, el + 2 + cl)) {
+        s_end(s, IM_RESOURCE_EXHAUSTED, GW_SUB_BUSY);
+        return;
+    }
+    s->out_charge = el + 2 + cl;
     uint8_t *buf = malloc(el + 2 + cl);
     if (!buf) {
         s_end(s, IM_RESOURCE_EXHAUSTED, "out of memory");
@@ -397,6 +419,8 @@ static void s_send_next(gw_sub *s)
     s->page_off += el;
     s->iseq++;
     if (s->page_off == s->page_len) { /* used up: copied into messages */
+        gw__budget_give(c->g, s->page_charge);
+        s->page_charge = 0;
         free(s->page);
         free(s->seqs);
         s->page = NULL;
@@ -514,6 +538,8 @@ void gw__sub_sent(gw_call *c, gw_tag_kind kind, bool ok)
     if (kind == TAG_MSG) {
         grpc_byte_buffer_destroy(s->out);
         s->out = NULL;
+        gw__budget_give(c->g, s->out_charge);
+        s->out_charge = 0;
         s->sending = false;
         if (ok)
             s_pump(s);
@@ -628,12 +654,21 @@ static bool s_take_entry(gw_sub *s, uint64_t seq, const uint8_t *e, size_t n)
     size_t left = s->page_len - s->page_off, nleft = s->nseqs - s->iseq;
     if (nleft >= GW_SUB_PAGE || left + n > GW_SUB_PAGE_BYTES + GW_SUB_PAGE * 1024)
         return false;
+    gw_server *g = s->c->g;
+    if (left + n > s->page_charge && !gw__budget_take(g, left + n - s->page_charge))
+        return false; /* read later, if the budget allows */
+    if (left + n > s->page_charge)
+        s->page_charge = left + n;
     uint8_t *page = malloc(left + n);
     uint64_t *seqs = malloc((nleft + 1) * sizeof *seqs);
     if (!page || !seqs) {
         free(page);
         free(seqs);
         return false;
+    }
+    if (s->page_charge > left + n) {
+        gw__budget_give(g, s->page_charge - (left + n));
+        s->page_charge = left + n;
     }
     if (left) {
         memcpy(page, s->page + s->page_off, left);

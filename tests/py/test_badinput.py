@@ -388,6 +388,73 @@ class BadInputTest(h.ImboxTestCase):
         self.case(UNAUTH, self.b.raw, 'Send', b'\xff\xff\xff', metadata=())
         self.case(UNAUTH, self.b.raw, 'Ack', b'', metadata=())
 
+    def test_two_authorization_headers_are_refused(self):
+        # Which of two is meant is anyone's guess: neither is taken (it used
+        # to be the last, so a bad one then B's acted as B).
+        bad = 'Bearer ' + flip_char(self.b.token, 10)
+        good = 'Bearer ' + self.b.token
+        for md in ((('authorization', bad), ('authorization', good)),
+                   (('authorization', good), ('authorization', bad)),
+                   (('authorization', good), ('authorization', good))):
+            with self.subTest(md=[v[:12] for _, v in md]):
+                details = self.case(UNAUTH, self.b.raw, 'Pull',
+                                    pb.PullRequest(cursor=self.b_cursor).SerializeToString(),
+                                    metadata=md)
+                self.assertIn('authorization', details)
+                raw = pb.SendRequest(msg_id='two-auth', receiver_uids=[self.b_uid],
+                                     content=b'x').SerializeToString()
+                self.case(UNAUTH, self.a.raw, 'Send', raw, metadata=md)
+
+    # An unknown field may come as a group (wire types 3 start, 4 end): a
+    # well-formed one is skipped, as protobuf does; a broken one is refused.
+    GROUP = (varint((9 << 3) | 3) + field_varint(1, 5) + field_len(2, b'in') +
+             varint((10 << 3) | 3) + varint((10 << 3) | 4) +   # nested, empty
+             varint((9 << 3) | 4))
+
+    def test_unknown_group_fields_are_skipped(self):
+        x = h.uid('X')
+        g = self.GROUP
+        raw = (g + field_len(1, 'grp-' + os.urandom(4).hex()) + g + field_len(2, x) +
+               field_len(4, b'grouped') + g)
+        r = pb.SendResponse.FromString(self.a.raw('Send', raw))
+        self.assertEqual([(t.receiver_uid, t.code) for t in r.receipts], [(x, 0)])
+        msgs = self.dep.fast_client(x).pull('').messages
+        self.assertEqual([m.content for m in msgs], [b'grouped'])
+        page = pb.PullResponse.FromString(self.b.raw(
+            'Pull', g + field_varint(2, 1000) + g))
+        self.assertEqual([m.msg_id for m in page.messages], self.ids)
+        self.assertEqual(pb.CountsResponse.FromString(self.b.raw('Counts', g)).total, 3)
+        self.assertUnchanged()
+
+    def test_broken_groups_are_refused(self):
+        x = h.uid('X')
+        body = field_len(1, 'grp-bad') + field_len(2, x) + field_len(4, b'x')
+        cases = {
+            'not ended': varint((9 << 3) | 3) + field_varint(1, 5),
+            'ended by another number': varint((9 << 3) | 3) + varint((8 << 3) | 4),
+            'end without a start': varint((9 << 3) | 4),
+            'nested too deep': varint((9 << 3) | 3) * 100 + varint((9 << 3) | 4) * 100,
+            'a known field as a group': varint((1 << 3) | 3) + varint((1 << 3) | 4),
+        }
+        for name, g in cases.items():
+            with self.subTest(name):
+                self.case(INVALID, self.a.raw, 'Send', body + g, others=(x,))
+                self.case(INVALID, self.a.raw, 'Send', g + body, others=(x,))
+
+    def test_health_check_of_a_long_service_name_is_not_found(self):
+        call = self.b.channel.unary_unary('/grpc.health.v1.Health/Check',
+                                          request_serializer=lambda b: b,
+                                          response_deserializer=lambda b: b)
+        for n in (63, 64, 65, 127, 128, 300, 5000):
+            with self.subTest(n=n):
+                self.assertRpcError(grpc.StatusCode.NOT_FOUND, call,
+                                    field_len(1, 's' * n), timeout=10)
+        # Served names still answer SERVING, also next to unknown fields.
+        for req in (b'', field_len(1, 'imbox.v1.Inbox'),
+                    self.GROUP + field_len(1, 'imbox.v1.Inbox') + field_varint(7, 1)):
+            self.assertEqual(call(req, timeout=10), h.HEALTH_SERVING)
+        self.assertRpcError(INVALID, call, b'\x0a\x05ab', timeout=10)  # truncated
+
     def test_unknown_method(self):
         for name in ('Frobnicate', 'send', 'Send2', 'Counts/x'):
             with self.subTest(method=name):
