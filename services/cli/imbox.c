@@ -161,7 +161,9 @@ static void s_wait_signal(sigset_t set)
     {"keepalive-time-ms", "10000", "ping a client idle this long (dead ones go offline)", \
      NULL},                                                                        \
     {"keepalive-timeout-ms", "10000", "drop a client that does not answer a ping", NULL}, \
-    {"presence-lease-ms", "3000", "a live stream's lease at its shard (renewed)", NULL}
+    {"presence-lease-ms", "3000", "a live stream's lease at its shard (renewed)", NULL}, \
+    {"send-rate", "200", "Sends per second per sender (0: no limit)", NULL},       \
+    {"send-burst", "400", "Sends a sender may make at once above the rate", NULL}
 
 /* The GATEWAY_FLAGS into a gateway's config (exits 2 on a bad value). */
 static void s_gateway_flags(const flag *flags, gw_config *gc)
@@ -174,6 +176,8 @@ static void s_gateway_flags(const flag *flags, gw_config *gc)
     gc->keepalive_time_ms = (int)s_int(flags, "keepalive-time-ms", 100, 3600000);
     gc->keepalive_timeout_ms = (int)s_int(flags, "keepalive-timeout-ms", 100, 3600000);
     gc->presence_lease_ms = (int)s_int(flags, "presence-lease-ms", 300, 60000);
+    gc->send_rate = (unsigned)s_int(flags, "send-rate", 0, 1000000);
+    gc->send_burst = (unsigned)s_int(flags, "send-burst", 1, 1000000);
 }
 
 static void s_engine_options(const flag *flags, st_options *o)

@@ -51,6 +51,10 @@ typedef struct gw_config {
                                   this long (0 = default 10000) */
     int presence_lease_ms;     /* a live stream's lease at its shard,
                                   renewed every third of it (0 = 3000) */
+    unsigned send_rate;        /* Send tokens a second per sender (gw_rate.h;
+                                  0 = no limit) */
+    unsigned send_burst;       /* tokens a sender's bucket holds (0 = twice
+                                  send_rate) */
 } gw_config;
 
 typedef struct gw_server gw_server;
