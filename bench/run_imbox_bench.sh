@@ -25,7 +25,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin/imbox" serve --listen "127.0.0.1:$port" --data-dir "$data/d" 2>"$data/serve.log" &
+"$bin/imbox" serve --listen "127.0.0.1:$port" --data-dir "$data/d" --send-rate 0 2>"$data/serve.log" &
 pid=$!
 ready=
 for _ in $(seq 100); do  # readiness: the port accepts (bounded: 10 s)

@@ -59,10 +59,10 @@ for i in 0 1 2; do
         2>"$data/shard-$i.log" &
     pids+=($!)
 done
-"$bin/imbox" gateway --listen "$gw1" --shards "$shards" --data-dir "$data/gw" 2>"$data/gw1.log" &
+"$bin/imbox" gateway --listen "$gw1" --shards "$shards" --data-dir "$data/gw" --send-rate 0 2>"$data/gw1.log" &
 pids+=($!)
 gw1_pid=$!
-"$bin/imbox" gateway --listen "$gw2" --shards "$shards" --data-dir "$data/gw" 2>"$data/gw2.log" &
+"$bin/imbox" gateway --listen "$gw2" --shards "$shards" --data-dir "$data/gw" --send-rate 0 2>"$data/gw2.log" &
 pids+=($!)
 gw2_pid=$!
 all_pids=$(IFS=,; echo "${pids[*]}")

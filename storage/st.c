@@ -89,6 +89,22 @@
  * filter, because a filter cannot keep the 'C' and 'I' counts exact. The
  * dedup entries, which no count depends on, are dropped by the compaction
  * filter once their window has passed (and ignored by lookups before that).
+ *
+ * DISK TROUBLE. A write RocksDB refuses (ENOSPC in the log, or a flush's
+ * background error) leaves the database refusing every write, and the C API
+ * of RocksDB 7.8 has no DB::Resume, nor does its automatic recovery cover a
+ * failed log write (measured: still refused 20 s after space returned). So
+ * the writer marks the shard broken and, at the start of a round, at most
+ * every ST_REOPEN_MS and once statvfs shows room for the memtables' flush,
+ * closes and reopens the database under the write side of `dblock`, taken
+ * with trywrlock: a reader inside the database (every public read holds the
+ * read side) postpones the reopen to the next round instead of blocking the
+ * writer (st_expire holds its read lock while it waits for the writer).
+ * Reopening replays the fsync'ed log, so every acknowledged write is kept;
+ * a torn last record is dropped (point-in-time recovery). RocksDB's info log
+ * is off: Debian's librocksdb is built with assertions, and once the LOG
+ * file hit ENOSPC its next line aborted the process (WritableFileWriter
+ * asserts on a write after an error; measured on an 8 MiB tmpfs).
  */
 #include "st.h"
 
@@ -99,6 +115,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 
 #include <rocksdb/c.h>
@@ -122,6 +139,13 @@
 /* An ack deletes a run of up to this many rows row by row, a longer one
  * with one range deletion (see ACKS; measured in docs/BENCHMARKS.md). */
 #define ST_ACK_POINT_MAX 8
+/* A shard whose writes were refused tries to reopen its database at most
+ * this often (a reopen replays the log and flushes the memtables). */
+#define ST_REOPEN_MS 1000
+/* ... and only with this much room on its file system besides the
+ * memtables' size (the flush's SST files, a new log, the MANIFEST). */
+#define ST_REOPEN_SLACK (1u << 20)
+#define ST_LOG_HEADER_LEVEL 5 /* rocksdb::HEADER_LEVEL: nothing is logged */
 
 struct st_shard {
     rocksdb_t *db;
@@ -142,6 +166,15 @@ struct st_shard {
     pthread_t writer;    /* the writer thread, unless o.wake (inline) */
     struct s_writer *inl; /* inline mode: the writer state st_run uses */
     st_stats stats;
+
+    /* DISK TROUBLE. The read side of dblock is held by every public read
+     * while it uses db; the writer takes the write side to reopen it. db is
+     * NULL only after a reopen that failed. The rest is the writer's. */
+    pthread_rwlock_t dblock;
+    char *dir;
+    bool broken;          /* RocksDB refuses writes: reopen before writing */
+    int broken_code;      /* ST_ENOSPC or ST_EIO, for requests meanwhile */
+    int64_t reopen_at;    /* monotonic ms of the next reopen attempt */
 };
 
 /* ------------------------------------------------------------- utilities */
@@ -175,6 +208,17 @@ static int s_rocks_err(st_error *err, const char *what, char *rerr)
     return ST_EIO;
 }
 
+/* Whether a RocksDB error says the file system is full. */
+static bool s_nospace(const char *rerr)
+{
+    return rerr && (strstr(rerr, "No space left") || strstr(rerr, "NoSpace") ||
+                    strstr(rerr, "space limit"));
+}
+
+/* A write RocksDB refused: fills err, marks the shard broken (see DISK
+ * TROUBLE) and says so once on stderr. Frees rerr. */
+static int s_write_failed(st_shard *s, st_error *err, const char *what, char *rerr);
+
 const char *st_code_name(int code)
 {
     switch (code) {
@@ -186,6 +230,7 @@ const char *st_code_name(int code)
     case ST_ECORRUPT: return "ST_ECORRUPT";
     case ST_ECLOSED: return "ST_ECLOSED";
     case ST_ENOMEM: return "ST_ENOMEM";
+    case ST_ENOSPC: return "ST_ENOSPC";
     default: return "ST_UNKNOWN";
     }
 }
@@ -196,6 +241,48 @@ static int64_t s_default_clock(void *ctx)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t s_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int s_write_failed(st_shard *s, st_error *err, const char *what, char *rerr)
+{
+    int code = s_nospace(rerr) ? ST_ENOSPC : ST_EIO;
+    if (!s->broken)
+        fprintf(stderr, "imbox storage %s: %s: %s; writes are refused until the database "
+                        "reopens\n", s->dir, what, rerr ? rerr : "unknown RocksDB error");
+    if (code == ST_ENOSPC)
+        s_err(err, code, "%s", IM_TEXT_DISK_FULL);
+    else
+        s_err(err, code, "%s: %s", what, rerr ? rerr : "unknown RocksDB error");
+    rocksdb_free(rerr);
+    if (!s->broken) {
+        s->broken = true;
+        s->reopen_at = s_mono_ms() + ST_REOPEN_MS;
+    }
+    s->broken_code = code;
+    return code;
+}
+
+/* Public reads hold the read side of dblock while they use the database. */
+static int s_rd(st_shard *s, st_error *err)
+{
+    pthread_rwlock_rdlock(&s->dblock);
+    if (s->db)
+        return ST_OK;
+    pthread_rwlock_unlock(&s->dblock);
+    return s_err(err, ST_EIO, "database closed: its reopen after a write error failed; "
+                              "retrying every %d ms", ST_REOPEN_MS);
+}
+
+static void s_rd_end(st_shard *s)
+{
+    pthread_rwlock_unlock(&s->dblock);
 }
 
 static int64_t s_now(const st_shard *s)
@@ -1039,7 +1126,7 @@ static int s_exec_ack(s_writer *w, st_req *r, int64_t now)
     char *rerr = NULL;
     rocksdb_write(s->db, s->wo_async, w->awb, &rerr);
     if (rerr)
-        return s_rocks_err(err, "ack write", rerr);
+        return s_write_failed(s, err, "ack write", rerr);
     r->deleted = n;
     pthread_mutex_lock(&s->mu);
     s->stats.deleted += n;
@@ -1115,7 +1202,7 @@ static void s_batch_commit(s_writer *w)
         char *rerr = NULL;
         rocksdb_write(s->db, s->wo_sync, w->wb, &rerr);
         if (rerr)
-            w->rc = s_rocks_err(&w->err, "commit", rerr);
+            w->rc = s_write_failed(s, &w->err, "commit", rerr);
     }
     pthread_mutex_lock(&s->mu);
     if (!w->rc) {
@@ -1135,7 +1222,7 @@ static void s_batch_commit(s_writer *w)
             r->err = w->err;
             for (size_t i = 0; i < r->nputs; i++) {
                 r->puts[i].code = w->rc;
-                r->puts[i].error = IM_TEXT_NOT_STORED;
+                r->puts[i].error = w->rc == ST_ENOSPC ? IM_TEXT_DISK_FULL : IM_TEXT_NOT_STORED;
                 r->puts[i].duplicate = false;
                 r->puts[i].seq = 0;
             }
@@ -1163,11 +1250,65 @@ static bool s_batch_touches(s_writer *w, const char *uid)
     return false;
 }
 
+static int s_open_db(st_shard *s, st_error *err);
+
+/* A broken shard (see DISK TROUBLE) reopens its database when it is time,
+ * there is room, and no reader is inside. */
+static void s_recover(st_shard *s)
+{
+    int64_t now = s_mono_ms();
+    if (!s->broken || now < s->reopen_at)
+        return;
+    s->reopen_at = now + ST_REOPEN_MS;
+    uint64_t need = ST_REOPEN_SLACK, mem = 0;
+    if (s->db && rocksdb_property_int(s->db, "rocksdb.cur-size-all-mem-tables", &mem) == 0)
+        need += mem;
+    struct statvfs fs;
+    if (statvfs(s->dir, &fs) == 0 && (uint64_t)fs.f_bavail * fs.f_frsize < need)
+        return; /* still full */
+    if (pthread_rwlock_trywrlock(&s->dblock)) {
+        s->reopen_at = now; /* a reader is inside: next round */
+        return;
+    }
+    if (s->db)
+        rocksdb_close(s->db);
+    s->db = NULL;
+    st_error err;
+    if (s_open_db(s, &err) == ST_OK) {
+        s->broken = false;
+        fprintf(stderr, "imbox storage %s: database reopened, writes resume\n", s->dir);
+    } else {
+        fprintf(stderr, "imbox storage %s: reopen failed: %s\n", s->dir, err.msg);
+    }
+    pthread_rwlock_unlock(&s->dblock);
+}
+
+/* Completes a request without touching the database (closed, see DISK
+ * TROUBLE). */
+static void s_refuse(st_shard *s, st_req *r)
+{
+    s_err(&r->err, s->broken_code, "%s", s->broken_code == ST_ENOSPC ? IM_TEXT_DISK_FULL :
+          "database closed: its reopen after a write error failed");
+    for (size_t i = 0; r->type == ST_REQ_APPEND && i < r->nputs; i++) {
+        r->puts[i].code = s->broken_code;
+        r->puts[i].error = s->broken_code == ST_ENOSPC ? IM_TEXT_DISK_FULL : IM_TEXT_NOT_STORED;
+    }
+    s_complete(r);
+}
+
 /* One round, in submission order as far as any inbox can tell: appends
  * gather into the open batch (group commit); an ack runs at once, after
  * committing the open batch only if that batch appends to its inbox. */
 static void s_round(s_writer *w, st_req *list)
 {
+    s_recover(w->s);
+    if (!w->s->db) {
+        for (st_req *r = list, *next; r; r = next) {
+            next = r->next_;
+            s_refuse(w->s, r);
+        }
+        return;
+    }
     for (st_req *r = list, *next; r; r = next) {
         next = r->next_;
         if (r->type == ST_REQ_APPEND) {
@@ -1290,6 +1431,8 @@ static void s_free(st_shard *s)
         rocksdb_writeoptions_destroy(s->wo_async);
     if (s->ro_get)
         rocksdb_readoptions_destroy(s->ro_get);
+    free(s->dir);
+    pthread_rwlock_destroy(&s->dblock);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -1310,8 +1453,37 @@ static int s_check_format(st_shard *s, st_error *err)
             return s_err(err, ST_ECORRUPT, "not an %s database", ST_FORMAT);
         return ST_OK;
     }
+    /* No marker: a new database, or another program's, which holds keys. */
+    rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, s->ro_get);
+    rocksdb_iter_seek_to_first(it);
+    bool foreign = rocksdb_iter_valid(it);
+    rocksdb_iter_destroy(it);
+    if (foreign)
+        return s_err(err, ST_ECORRUPT, "not an imbox database: it holds data but no %s marker",
+                     ST_FORMAT);
     rocksdb_put(s->db, s->wo_sync, (const char *)key, 2, ST_FORMAT, strlen(ST_FORMAT), &rerr);
     return rerr ? s_rocks_err(err, "format marker", rerr) : ST_OK;
+}
+
+/* Opens s->db at s->dir with s->dbopts and checks the format (st_open,
+ * and the reopen of a broken shard). On failure s->db is NULL. */
+static int s_open_db(st_shard *s, st_error *err)
+{
+    char *rerr = NULL;
+    s->db = rocksdb_open(s->dbopts, s->dir, &rerr);
+    if (rerr) {
+        s_err(err, ST_EIO, "cannot open the database in %.80s%s: %s", s->dir,
+              strlen(s->dir) > 80 ? "..." : "", rerr);
+        rocksdb_free(rerr);
+        s->db = NULL;
+        return ST_EIO;
+    }
+    int rc = s_check_format(s, err);
+    if (rc) {
+        rocksdb_close(s->db);
+        s->db = NULL;
+    }
+    return rc;
 }
 
 int st_open(const char *dir, const st_options *o, st_shard **out, st_error *err)
@@ -1329,6 +1501,18 @@ int st_open(const char *dir, const st_options *o, st_shard **out, st_error *err)
         s->o.clock = s_default_clock;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
+    pthread_rwlock_init(&s->dblock, NULL);
+    size_t dirlen = strlen(dir);
+    if (dirlen == 0 || dirlen > ST_DIR_MAX) {
+        s_err(err, ST_EINVAL, "data directory: path of %zu bytes, must be 1..%d", dirlen,
+              ST_DIR_MAX);
+        s_free(s);
+        return ST_EINVAL;
+    }
+    if (!(s->dir = strdup(dir))) {
+        s_free(s);
+        return s_err(err, ST_ENOMEM, "out of memory");
+    }
     if (s->o.max_content > ST_CONTENT_MAX || s->o.max_batch == 0 || s->o.max_inbox == 0 ||
         s->o.dedup_window_ms < 0 || s->o.ttl_ms < 0) {
         s_err(err, ST_EINVAL, "options: max_content <= %d, max_batch and max_inbox > 0, "
@@ -1339,6 +1523,7 @@ int st_open(const char *dir, const st_options *o, st_shard **out, st_error *err)
 
     s->dbopts = rocksdb_options_create();
     rocksdb_options_set_create_if_missing(s->dbopts, 1);
+    rocksdb_options_set_info_log_level(s->dbopts, ST_LOG_HEADER_LEVEL); /* DISK TROUBLE */
     rocksdb_options_increase_parallelism(s->dbopts, 2);
     s->prefix = rocksdb_slicetransform_create(NULL, s_noop_destroy, s_prefix_transform,
                                               s_prefix_in_domain, s_prefix_in_range,
@@ -1374,15 +1559,7 @@ int st_open(const char *dir, const st_options *o, st_shard **out, st_error *err)
     s->ro_get = rocksdb_readoptions_create(); /* 'I', 'C', 'D': never range-deleted */
     rocksdb_readoptions_set_ignore_range_deletions(s->ro_get, 1);
 
-    char *rerr = NULL;
-    s->db = rocksdb_open(s->dbopts, dir, &rerr);
-    if (rerr) {
-        s_err(err, ST_EIO, "open %s: %s", dir, rerr);
-        rocksdb_free(rerr);
-        s_free(s);
-        return ST_EIO;
-    }
-    int rc = s_check_format(s, err);
+    int rc = s_open_db(s, err);
     if (rc) {
         s_free(s);
         return rc;
@@ -1625,8 +1802,8 @@ static int s_page_take(st_shard *s, st_page *p, uint64_t seq, const uint8_t *v, 
     return 1;
 }
 
-int st_read(st_shard *s, const char *uid, const char *sender, uint64_t after,
-            uint32_t limit, size_t max_bytes, st_page *out, st_error *err)
+static int s_read(st_shard *s, const char *uid, const char *sender, uint64_t after,
+                  uint32_t limit, size_t max_bytes, st_page *out, st_error *err)
 {
     assert(s && out);
     memset(out, 0, sizeof *out);
@@ -1743,13 +1920,30 @@ int st_read(st_shard *s, const char *uid, const char *sender, uint64_t after,
     return ST_OK;
 }
 
+int st_read(st_shard *s, const char *uid, const char *sender, uint64_t after,
+            uint32_t limit, size_t max_bytes, st_page *out, st_error *err)
+{
+    assert(s && out);
+    memset(out, 0, sizeof *out);
+    int rc = s_rd(s, err);
+    if (rc)
+        return rc;
+    rc = s_read(s, uid, sender, after, limit, max_bytes, out, err);
+    s_rd_end(s);
+    return rc;
+}
+
 int st_inbox_info(st_shard *s, const char *uid, st_inbox *out, st_error *err)
 {
     assert(s && out);
     memset(out, 0, sizeof *out);
     if (st_check_uid(uid, "uid", err))
         return ST_EINVAL;
-    int rc = s_get_head(s, s->ro_get, uid, out, err);
+    int rc = s_rd(s, err);
+    if (rc)
+        return rc;
+    rc = s_get_head(s, s->ro_get, uid, out, err);
+    s_rd_end(s);
     if (!rc)
         s_ok(err);
     return rc;
@@ -1796,7 +1990,11 @@ int st_expire(st_shard *s, uint64_t *purged, st_error *err)
     uint64_t total = 0;
     static const uint8_t lo[1] = {'I'}, hi[1] = {'J'};
     s_iter it;
-    int rc = ST_OK;
+    if (purged)
+        *purged = 0;
+    int rc = s_rd(s, err); /* held while waiting for the writer: DISK TROUBLE */
+    if (rc)
+        return rc;
     s_iter_open(s, &it, lo, 1, hi, 1, S_IT_TOTAL, NULL);
     for (; rocksdb_iter_valid(it.it) && !rc; rocksdb_iter_next(it.it)) {
         size_t kl, vl;
@@ -1818,6 +2016,7 @@ int st_expire(st_shard *s, uint64_t *purged, st_error *err)
         total += n;
     }
     int irc = s_iter_close(&it, err);
+    s_rd_end(s);
     if (!rc)
         rc = irc;
     if (purged)
@@ -1830,7 +2029,11 @@ int st_expire(st_shard *s, uint64_t *purged, st_error *err)
 int st_compact(st_shard *s, st_error *err)
 {
     assert(s);
+    int rc = s_rd(s, err);
+    if (rc)
+        return rc;
     rocksdb_compact_range(s->db, NULL, 0, NULL, 0);
+    s_rd_end(s);
     s_ok(err);
     return ST_OK;
 }
@@ -1838,11 +2041,15 @@ int st_compact(st_shard *s, st_error *err)
 int st_flush(st_shard *s, st_error *err)
 {
     assert(s);
+    int rc = s_rd(s, err);
+    if (rc)
+        return rc;
     rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
     rocksdb_flushoptions_set_wait(fo, 1);
     char *rerr = NULL;
     rocksdb_flush(s->db, fo, &rerr);
     rocksdb_flushoptions_destroy(fo);
+    s_rd_end(s);
     if (rerr)
         return s_rocks_err(err, "flush", rerr);
     s_ok(err);
@@ -1863,10 +2070,13 @@ uint64_t st_debug_keys(st_shard *s, char table)
     uint8_t lo[1] = {(uint8_t)table}, hi[1] = {(uint8_t)(table + 1)};
     s_iter it;
     uint64_t n = 0;
+    if (s_rd(s, NULL))
+        return 0;
     s_iter_open(s, &it, lo, 1, hi, 1, S_IT_TOTAL | S_IT_EXACT, NULL);
     for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it))
         n++;
     s_iter_close(&it, NULL);
+    s_rd_end(s);
     return n;
 }
 
@@ -1885,7 +2095,10 @@ int st_debug_tombstones(st_shard *s, uint64_t *deletes, uint64_t *range_deletes,
     int rc = st_flush(s, err);
     if (rc)
         return rc;
+    if ((rc = s_rd(s, err)))
+        return rc;
     char *p = rocksdb_property_value(s->db, "rocksdb.aggregated-table-properties");
+    s_rd_end(s);
     if (!p)
         return s_err(err, ST_EIO, "no aggregated-table-properties");
     /* RocksDB's "# deletions" counts the range deletions too. */

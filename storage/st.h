@@ -34,8 +34,24 @@
  *
  * Errors: functions return ST_OK (0) or a negative st_code and fill the
  * caller's st_error (if not NULL) with the code and a message naming the
- * field or the cause. A refused call changes nothing. Programmer mistakes
+ * field or the cause. A refused call changes nothing. st_open() refuses,
+ * with one line saying why, a directory it cannot create or lock, a path
+ * over ST_DIR_MAX bytes, and a database that is not this format's (another
+ * RocksDB database holding data, or a corrupt one). Programmer mistakes
  * (NULL shard, NULL output pointers) are assertions, not error codes.
+ *
+ * Disk trouble: a write that RocksDB refuses (disk full, I/O error) fails
+ * its requests with ST_ENOSPC (no space left) or ST_EIO, and RocksDB then
+ * refuses every write until the database is reopened. The writer reopens
+ * it by itself, at most once a second, when the file system has room for
+ * the memtables' flush again (statvfs), and only when no reader is inside
+ * the database at that instant (readers never wait for it: a reopen that
+ * finds one tries again at the next round). Every acknowledged write is in
+ * the fsync'ed log and survives the reopen; a write that was refused may
+ * be stored anyway (its log record was complete but the fsync failed), so
+ * a refused Send is retried with the same msg_id. Reads keep working while
+ * writes are refused, except during a reopen that failed (ST_EIO until the
+ * next one succeeds).
  *
  * Strings: uids, sender uids and msg_ids are NUL-terminated. A uid is 1..64
  * bytes of valid UTF-8 without control characters (so never containing 0x00,
@@ -61,6 +77,8 @@ typedef enum st_code {
     ST_ECORRUPT = -5,   /* a stored record does not decode (DATA_LOSS) */
     ST_ECLOSED = -6,    /* the shard is closing (UNAVAILABLE) */
     ST_ENOMEM = -7,     /* allocation failed (RESOURCE_EXHAUSTED) */
+    ST_ENOSPC = -8,     /* the shard's disk is full: nothing was written
+                           (RESOURCE_EXHAUSTED); see "Disk trouble" below */
 } st_code;
 
 /* Hard ceilings of the format (im_base.h); configurable limits stay below. */
@@ -68,6 +86,8 @@ typedef enum st_code {
 #define ST_MSGID_MAX IM_MSGID_MAX     /* bytes of a msg_id */
 #define ST_CONTENT_MAX IM_CONTENT_MAX /* bytes of content */
 #define ST_PAGE_MAX IM_PAGE_MAX       /* messages per page */
+#define ST_DIR_MAX 3900 /* bytes of a data directory's path: PATH_MAX (4096)
+                           less room for RocksDB's file names in it */
 
 typedef struct st_error {
     int code;      /* an st_code */

@@ -43,6 +43,8 @@ enum {
 /* What a receipt says for a receiver that was not stored, by its code. */
 #define IM_TEXT_INBOX_FULL "inbox full: the receiver has reached its quota of stored messages"
 #define IM_TEXT_NOT_STORED "storage error: the message was not stored"
+#define IM_TEXT_DISK_FULL "disk full: the receiver's shard has no space left; " \
+                          "the message was not stored (retry later with the same msg_id)"
 
 /* The receipt text for a per-receiver code ("" for IM_OK); static. */
 const char *im_receipt_text(int code);

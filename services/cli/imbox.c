@@ -182,7 +182,9 @@ static void s_wait_signal(sigset_t set)
     {"memory-quota-mb", "256", "MiB gRPC's connection buffers may take in all", NULL}, \
     {"reply-budget-mb", "64", "MiB of responses clients have not read, then "     \
      "RESOURCE_EXHAUSTED", NULL},                                                   \
-    {"max-metadata-bytes", "65536", "bytes of request headers per call", NULL}
+    {"max-metadata-bytes", "65536", "bytes of request headers per call", NULL},   \
+    {"send-rate", "200", "Sends per second per sender (0: no limit)", NULL},       \
+    {"send-burst", "400", "Sends a sender may make at once above the rate", NULL}
 
 /* The GATEWAY_FLAGS into a gateway's config (exits 2 on a bad value). */
 static void s_gateway_flags(const flag *flags, gw_config *gc)
@@ -203,6 +205,8 @@ static void s_gateway_flags(const flag *flags, gw_config *gc)
     gc->memory_quota = s_int(flags, "memory-quota-mb", 16, 1 << 20) << 20;
     gc->reply_budget = s_int(flags, "reply-budget-mb", 1, 1 << 20) << 20;
     gc->max_metadata = (int)s_int(flags, "max-metadata-bytes", 1024, 1 << 20);
+    gc->send_rate = (unsigned)s_int(flags, "send-rate", 0, 1000000);
+    gc->send_burst = (unsigned)s_int(flags, "send-burst", 1, 1000000);
 }
 
 static void s_engine_options(const flag *flags, st_options *o)

@@ -119,6 +119,8 @@ struct gw_call {
     int cancelled;
     grpc_byte_buffer *resp;
     grpc_slice status_details;
+    grpc_metadata trailer;     /* one trailing metadata when ntrailer */
+    int ntrailer;
     char uid[IM_UID_MAX + 1];
     /* Send */
     int nrecv;
@@ -151,6 +153,7 @@ struct gw_server {
     /* scratch, owned by the CQ thread */
     imbox_internal_v1_ShardRequest *shard_req;
     gw_tokens *tokens;        /* verified tokens (gw__auth; made there) */
+    struct gw_rate *rate;     /* Send rate limit (gw__send; made there) */
     /* scratch, owned by the bus thread (used only in bus callbacks) */
     imbox_internal_v1_ShardReply *shard_reply;
     char shard_why[192];      /* gw__shard_decode's own failure text */

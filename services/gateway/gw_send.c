@@ -4,8 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "gw_call.h"
+#include "gw_rate.h"
 #include "im_hash.h"
 
 _Static_assert(sizeof(((imbox_internal_v1_StoreOp *)0)->sender) > IM_UID_MAX &&
@@ -288,6 +290,39 @@ int gw__split(gw_call *c)
     return 1;
 }
 
+/* The sender's rate limit (gw_rate.h): 0, or answers RESOURCE_EXHAUSTED
+ * with the wait in the trailing metadata `retry-after-ms` and the message. */
+static int s_send_rate(gw_call *c, int nrecv)
+{
+    gw_server *g = c->g;
+    if (!g->c.send_rate)
+        return 0;
+    if (!g->rate) {
+        unsigned burst = g->c.send_burst ? g->c.send_burst : 2 * g->c.send_rate;
+        if (!(g->rate = gw_rate_new(g->c.send_rate, burst))) {
+            gw__respond(c, IM_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
+            return -1;
+        }
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    uint32_t wait_ms;
+    uint32_t cost = gw_rate_cost(nrecv);
+    if (gw_rate_take(g->rate, c->uid, cost, now, &wait_ms) == 0)
+        return 0;
+    char v[16];
+    snprintf(v, sizeof v, "%u", wait_ms);
+    c->trailer.key = grpc_slice_from_static_string("retry-after-ms");
+    c->trailer.value = grpc_slice_from_copied_string(v);
+    c->ntrailer = 1;
+    gw__respond_errf(c, IM_RESOURCE_EXHAUSTED,
+                     "send rate: this sender is over %u Sends per second (burst %u); "
+                     "retry after %u ms", g->c.send_rate,
+                     g->c.send_burst ? g->c.send_burst : 2 * g->c.send_rate, wait_ms);
+    return -1;
+}
+
 void gw__send(gw_call *c)
 {
     gw_server *g = c->g;
@@ -305,7 +340,8 @@ void gw__send(gw_call *c)
     q.content.funcs.decode = im_pb_read_bytes;
     q.content.arg = &content;
     if (gw__decode(c, imbox_v1_SendRequest_fields, &q, "SendRequest") ||
-        s_send_check(c, &mid, &u, &content) || s_send_dups(c, &u))
+        s_send_check(c, &mid, &u, &content) || s_send_dups(c, &u) ||
+        s_send_rate(c, u.n))
         goto out;
     c->nrecv = u.n;
     c->receivers = u.v;

@@ -16,6 +16,7 @@
 #include <grpc/support/time.h>
 
 #include "gw_call.h"
+#include "gw_rate.h"
 #include "im_store_reply.h"
 
 static const char *const s_paths[M_GENERIC] = {
@@ -82,6 +83,8 @@ void gw__call_free(gw_call *c)
     if (c->charged)
         gw__budget_give(c->g, c->charged);
     grpc_slice_unref(c->status_details);
+    if (c->ntrailer)
+        grpc_slice_unref(c->trailer.value);
     if (c->parts)
         for (int i = 0; c->parts[i].c; i++)
             free(c->parts[i].idx);
@@ -132,7 +135,8 @@ void gw__respond(gw_call *c, int status, const char *msg, uint8_t *body, size_t 
     }
     c->status_details = grpc_slice_from_copied_string(msg ? msg : "");
     ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
-    ops[n].data.send_status_from_server.trailing_metadata_count = 0;
+    ops[n].data.send_status_from_server.trailing_metadata_count = (size_t)c->ntrailer;
+    ops[n].data.send_status_from_server.trailing_metadata = c->ntrailer ? &c->trailer : NULL;
     ops[n].data.send_status_from_server.status = (grpc_status_code)status;
     ops[n++].data.send_status_from_server.status_details = &c->status_details;
     if (c->m != M_SUBSCRIBE) { /* a stream's is its own batch (s_on_new) */
@@ -381,6 +385,7 @@ static void s_free(gw_server *g)
     free(g->shard_req);
     free(g->shard_reply);
     gw_tokens_free(g->tokens);
+    gw_rate_free(g->rate);
     free(g);
 }
 

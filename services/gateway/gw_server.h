@@ -71,7 +71,11 @@ typedef struct gw_config {
                                   (default 64 MiB): past it a read answers
                                   RESOURCE_EXHAUSTED */
     int max_metadata;          /* bytes of request headers per call
-                                  (default 16 KiB) */
+                                  (default 64 KiB) */
+    unsigned send_rate;        /* Send tokens a second per sender (gw_rate.h;
+                                  0 = no limit) */
+    unsigned send_burst;       /* tokens a sender's bucket holds (0 = twice
+                                  send_rate) */
 } gw_config;
 
 typedef struct gw_server gw_server;

@@ -162,6 +162,7 @@ static int s_status(int st_code)
     case ST_EINVAL:
     case ST_ECURSOR: return IM_INVALID_ARGUMENT;
     case ST_EFULL:
+    case ST_ENOSPC:
     case ST_ENOMEM: return IM_RESOURCE_EXHAUSTED;
     case ST_ECORRUPT: return IM_DATA_LOSS;
     case ST_ECLOSED: return IM_UNAVAILABLE;
@@ -480,6 +481,11 @@ static void s_job_finish(sh_service *sh, sh_job *j)
     s_reply_reset(sh);
     switch (j->kind) {
     case JOB_STORE:
+        if (j->req.err.code == ST_ENOSPC) { /* the receipts' text: disk full */
+            sh->out->code = IM_RESOURCE_EXHAUSTED;
+            s_copy(sh->out->error, sizeof sh->out->error, j->req.err.msg);
+            break;
+        }
         sh->out->results_count = (pb_size_t)j->req.nputs;
         for (size_t i = 0; i < j->req.nputs; i++) {
             const st_put *p = &j->puts[i];

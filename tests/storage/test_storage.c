@@ -2372,6 +2372,46 @@ static void test_open_errors(void)
     EXPECT_TRUE(s == NULL);
     st_close(&s);
 
+    /* Another program's RocksDB database: data, but no format marker. */
+    snprintf(file, sizeof file, "%s/foreign", dir);
+    char *rerr = NULL;
+    rocksdb_options_t *ro = rocksdb_options_create();
+    rocksdb_options_set_create_if_missing(ro, 1);
+    rocksdb_t *db = rocksdb_open(ro, file, &rerr);
+    EXPECT_TRUE(db != NULL && rerr == NULL);
+    if (db) {
+        rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
+        rocksdb_put(db, wo, "user:1", 6, "x", 1, &rerr);
+        EXPECT_TRUE(rerr == NULL);
+        rocksdb_writeoptions_destroy(wo);
+        rocksdb_close(db);
+    }
+    rocksdb_free(rerr);
+    rocksdb_options_destroy(ro);
+    s = (st_shard *)&s;
+    memset(&err, 0, sizeof err);
+    rc = st_open(file, NULL, &s, &err);
+    EXPECT_ERR(rc, err, ST_ECORRUPT);
+    EXPECT_TRUE(strstr(err.msg, "not an imbox database") != NULL);
+    EXPECT_TRUE(s == NULL);
+    if (rc == ST_OK)
+        st_close(&s);
+
+    /* A path longer than ST_DIR_MAX: refused before RocksDB sees it. */
+    char *longp = malloc(ST_DIR_MAX + 2);
+    EXPECT_TRUE(longp != NULL);
+    if (longp) {
+        memset(longp, 'd', ST_DIR_MAX + 1);
+        longp[0] = '/';
+        longp[ST_DIR_MAX + 1] = 0;
+        s = (st_shard *)&s;
+        memset(&err, 0, sizeof err);
+        rc = st_open(longp, NULL, &s, &err);
+        EXPECT_ERR(rc, err, ST_EINVAL);
+        EXPECT_TRUE(s == NULL);
+        free(longp);
+    }
+
     /* A configurable limit above the format's ceiling. */
     st_options o;
     st_options_init(&o);
@@ -2430,6 +2470,7 @@ static void test_code_names(void)
     EXPECT_STR(st_code_name(ST_ECORRUPT), "ST_ECORRUPT");
     EXPECT_STR(st_code_name(ST_ECLOSED), "ST_ECLOSED");
     EXPECT_STR(st_code_name(ST_ENOMEM), "ST_ENOMEM");
+    EXPECT_STR(st_code_name(ST_ENOSPC), "ST_ENOSPC");
     EXPECT_TRUE(st_code_name(12345) != NULL);
 }
 
