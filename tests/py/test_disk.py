@@ -174,9 +174,13 @@ class CannotOpenTest(unittest.TestCase):
         subprocess.run(['rm', '-rf', self.root])
 
     def shard(self, data_dir):
+        secret = os.path.join(self.root, 'auth.secret')
+        if not os.path.exists(secret):
+            with open(secret, 'w') as f:
+                f.write(os.urandom(32).hex() + '\n')
         p = subprocess.run([h.IMBOX_BIN, 'shard', '--index', '0', '--count', '1',
                             '--listen', 'tcp://127.0.0.1:%d' % h.free_port(),
-                            '--data-dir', data_dir],
+                            '--data-dir', data_dir, '--secret-file', secret],
                            capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
         err = p.stderr.decode(errors='replace').strip()
         self.assertNotEqual(p.returncode, 0, 'shard started on ' + data_dir[:100])
