@@ -3,7 +3,7 @@
 # (a fresh machine finds nothing before it). Quiet when all is there.
 IMBOX_PACKAGES="build-essential cmake pkg-config libgrpc-dev nanopb libnanopb-dev
 protobuf-compiler protobuf-compiler-grpc librocksdb-dev libzmq3-dev libcunit1-dev
-libssl-dev python3-grpcio python3-protobuf openssl python3-h2"
+libssl-dev python3-grpcio python3-protobuf openssl python3-h2 iproute2"
 # What the binaries load at run time: the container image's runtime stage
 # installs exactly these (deploy/Dockerfile); tests/deploy checks that they
 # cover every library that build/bin/imbox and imboxctl need.
