@@ -254,7 +254,10 @@ static void test_who_gets_in(void)
     }
     if (s_peer_open(&null, f.ep, PEER_NULL, NULL)) {
         int ev = s_peer_outcome(&null, &v);
-        EXPECT(ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL || ev == ZMQ_EVENT_DISCONNECTED,
+        /* Which one depends on how far the greeting got when the shard
+         * closed: all three are a refusal. */
+        EXPECT(ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
+                   ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL || ev == ZMQ_EVENT_DISCONNECTED,
                "NULL mechanism: event 0x%x, want a failed handshake", ev);
         EXPECT(!s_peer_asks(&null, 3), "NULL mechanism: answered");
     }
