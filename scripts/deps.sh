@@ -3,7 +3,7 @@
 # (a fresh machine finds nothing before it). Quiet when all is there.
 IMBOX_PACKAGES="build-essential cmake pkg-config libgrpc-dev nanopb libnanopb-dev
 protobuf-compiler protobuf-compiler-grpc librocksdb-dev libzmq3-dev libcunit1-dev
-libssl-dev python3-grpcio python3-protobuf"
+libssl-dev python3-grpcio python3-protobuf valgrind clang libclang-rt-14-dev"
 
 imbox_install_deps() {
     local missing="" p
