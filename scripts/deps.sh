@@ -1,23 +1,30 @@
-# Sourced by scripts/run, scripts/test and deploy/Dockerfile (one package
-# list for all): installs the Debian packages imbox needs, only those missing, and runs `apt-get update` only when something is
-# (a fresh machine finds nothing before it). Quiet when all is there.
+# Sourced by scripts/run, scripts/test, scripts/fuzz and deploy/Dockerfile
+# (one package list for all): installs the Debian packages imbox needs, only
+# those missing, and runs `apt-get update` only when something is (a fresh
+# machine finds nothing before it). Quiet when all is there.
 IMBOX_PACKAGES="build-essential cmake pkg-config libgrpc-dev nanopb libnanopb-dev
 protobuf-compiler protobuf-compiler-grpc librocksdb-dev libzmq3-dev libcunit1-dev
-libssl-dev python3-grpcio python3-protobuf openssl python3-h2 iproute2"
+libssl-dev python3-grpcio python3-protobuf"
+# What the tests need beyond the build (scripts/test installs them, with
+# Node.js and npm): TLS certificates, raw HTTP/2, network namespaces, the
+# fuzzers and valgrind.
+IMBOX_TEST_PACKAGES="openssl python3-h2 iproute2 valgrind clang libclang-rt-14-dev"
 # What the binaries load at run time: the container image's runtime stage
 # installs exactly these (deploy/Dockerfile); tests/deploy checks that they
 # cover every library that build/bin/imbox and imboxctl need.
 IMBOX_RUNTIME_PACKAGES="libgrpc29 librocksdb7.8 libzmq5 libssl3"
 
-# imbox_install_deps [--tests]
+# imbox_install_deps [--tests]: IMBOX_PACKAGES, and with --tests also
+# IMBOX_TEST_PACKAGES, Node.js and npm.
 imbox_install_deps() {
-    local missing="" p
-    for p in $IMBOX_PACKAGES; do
+    local missing="" p want="$IMBOX_PACKAGES"
+    [ "${1:-}" = "--tests" ] && want="$want $IMBOX_TEST_PACKAGES"
+    for p in $want; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
             || missing="$missing $p"
     done
-    # With --tests: Node.js and npm, for the Node example (tests/examples);
-    # any install of them will do (NodeSource's bundles npm).
+    # Node.js and npm, for the Node example (tests/examples): any install of
+    # them will do (NodeSource's bundles npm).
     if [ "${1:-}" = "--tests" ]; then
         command -v node >/dev/null && command -v npm >/dev/null || missing="$missing nodejs npm"
     fi

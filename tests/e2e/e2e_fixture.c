@@ -28,6 +28,8 @@ static const char *s_prog = "e2e";
 static const char *s_bin;
 static char **s_env; /* environ without IMBOX_*: flags only from argv */
 static bool s_keep;  /* IMBOX_E2E_KEEP set: leave the directories */
+static char *s_wrap[16];    /* IMBOX_TEST_WRAPPER's words, s_wrap[0] a path */
+static int s_nwrap;
 static e2e_fixture *const *s_fixtures;
 static size_t s_nfixtures;
 
@@ -59,6 +61,42 @@ void e2e_note(const char *fmt, ...)
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
+}
+
+int e2e_slow(void)
+{
+    static int slow;
+    if (!slow) {
+        const char *w = getenv("IMBOX_TEST_WRAPPER"), *f = getenv("IMBOX_TEST_SLOW");
+        slow = f && atoi(f) > 0 ? atoi(f) : w && *w ? 20 : 1;
+    }
+    return slow;
+}
+
+/* Splits IMBOX_TEST_WRAPPER into s_wrap, its first word resolved in PATH
+ * (execve does not search). False when it has too many words or the
+ * program is not found. */
+static bool s_wrap_init(void)
+{
+    const char *w = getenv("IMBOX_TEST_WRAPPER");
+    char *copy = w && *w ? strdup(w) : NULL, *save = NULL;
+    for (char *t = copy ? strtok_r(copy, " ", &save) : NULL; t; t = strtok_r(NULL, " ", &save)) {
+        if (s_nwrap == (int)(sizeof s_wrap / sizeof *s_wrap) - 1)
+            return false;
+        s_wrap[s_nwrap++] = t;
+    }
+    if (!s_nwrap || strchr(s_wrap[0], '/'))
+        return true;
+    const char *path = getenv("PATH");
+    for (const char *d = path ? path : "/usr/bin:/bin"; *d;) {
+        size_t n = strcspn(d, ":");
+        char full[PATH_MAX];
+        snprintf(full, sizeof full, "%.*s/%s", (int)n, d, s_wrap[0]);
+        if (access(full, X_OK) == 0)
+            return (s_wrap[0] = strdup(full)) != NULL;
+        d += n + (d[n] == ':');
+    }
+    return false;
 }
 
 /* A port that was free a moment ago. */
@@ -103,6 +141,15 @@ static bool s_tcp_accepts(int port)
  */
 static pid_t s_spawn(char *const argv[], const char *log, int out_fd)
 {
+    /* Under IMBOX_TEST_WRAPPER: wrapper words, IMBOX_BIN, argv[1..]. */
+    char *wrapped[64];
+    int k = 0;
+    for (int i = 0; i < s_nwrap; i++)
+        wrapped[k++] = s_wrap[i];
+    wrapped[k++] = (char *)s_bin;
+    for (int i = 1; argv[i] && k < 63; i++)
+        wrapped[k++] = argv[i];
+    wrapped[k] = NULL;
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) {
@@ -122,7 +169,10 @@ static pid_t s_spawn(char *const argv[], const char *log, int out_fd)
         } else {
             dup2(out_fd, 1);
         }
-        execve(s_bin, argv, s_env);
+        if (s_nwrap)
+            execve(s_wrap[0], wrapped, s_env);
+        else
+            execve(s_bin, argv, s_env);
         static const char msg[] = "e2e: execve of IMBOX_BIN failed\n";
         ssize_t w = write(2, msg, sizeof msg - 1);
         (void)w;
@@ -294,6 +344,10 @@ int e2e_setup(const char *prog, e2e_fixture *const *fixtures, size_t n)
     }
     const char *keep = getenv("IMBOX_E2E_KEEP");
     s_keep = keep && *keep && strcmp(keep, "0") != 0;
+    if (!s_wrap_init()) {
+        fprintf(stderr, "%s: IMBOX_TEST_WRAPPER: program not found or too many words\n", prog);
+        return 2;
+    }
     size_t nenv = 0, k = 0;
     while (environ[nenv])
         nenv++;

@@ -28,6 +28,12 @@
  * grpc.health.v1 Check for every gRPC port) with a bound, never slept for,
  * and a process that exits early fails the suite at once.
  *
+ * IMBOX_TEST_WRAPPER (e.g. "valgrind --error-exitcode=99 ..."), when set,
+ * is split at spaces and put in front of every command of IMBOX_BIN (its
+ * first word is looked up in PATH); the bounds below are then multiplied
+ * by e2e_slow(): IMBOX_TEST_SLOW, 20 by default under a wrapper (a server
+ * under valgrind starts about 20 times slower), else 1.
+ *
  * Threads: none of this is thread-safe; one test thread.
  */
 #ifndef IMBOX_E2E_FIXTURE_H
@@ -44,10 +50,10 @@
 #include "im_cunit.h"
 #include "rpc_client.h"
 
-#define E2E_READY_MS 15000 /* a process must be serving within this */
-#define E2E_STOP_MS 10000  /* SIGTERM must end a process within this */
-#define E2E_CALL_MS 10000  /* deadline of one call */
-#define E2E_TOKEN_MS 10000 /* `imbox token` must finish within this */
+#define E2E_READY_MS (15000 * e2e_slow()) /* a process must be serving within this */
+#define E2E_STOP_MS (10000 * e2e_slow())  /* SIGTERM must end a process within this */
+#define E2E_CALL_MS (10000 * e2e_slow())  /* deadline of one call */
+#define E2E_TOKEN_MS (10000 * e2e_slow()) /* `imbox token` must finish within this */
 #define E2E_NSHARDS 3
 #define E2E_MAX_GATEWAYS 2
 #define E2E_MAX_PROCS (E2E_NSHARDS + E2E_MAX_GATEWAYS)
@@ -147,6 +153,9 @@ bool e2e_stop(e2e_proc *p, int sig, int wait_ms, int *status);
 void e2e_describe_status(int st, char *buf, size_t cap);
 
 int64_t e2e_mono_ms(void);
+
+/* The factor of the bounds above (see IMBOX_TEST_WRAPPER at the top). */
+int e2e_slow(void);
 int64_t e2e_wall_ms(void);
 void e2e_sleep_ms(int ms);
 

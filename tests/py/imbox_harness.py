@@ -38,6 +38,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -61,8 +62,13 @@ import grpc  # noqa: E402  (Debian python3-grpcio, /usr/bin/python3 only)
 from imbox.v1 import imbox_pb2 as pb  # noqa: E402
 from imbox.v1 import imbox_pb2_grpc as pb_grpc  # noqa: E402
 
-READY_TIMEOUT_S = 15.0      # bound for a process to become ready
-RPC_TIMEOUT_S = 30.0        # deadline of ordinary calls
+# IMBOX_TEST_WRAPPER (e.g. valgrind and its flags) goes in front of every
+# server command; the bounds then grow by IMBOX_TEST_SLOW (20 by default
+# under a wrapper: a server under valgrind starts about 20 times slower).
+WRAPPER = shlex.split(os.environ.get('IMBOX_TEST_WRAPPER', ''))
+SLOW = float(os.environ.get('IMBOX_TEST_SLOW', '20' if WRAPPER else '1'))
+READY_TIMEOUT_S = 15.0 * SLOW  # bound for a process to become ready
+RPC_TIMEOUT_S = 30.0 * SLOW    # deadline of ordinary calls
 HEALTH_SERVING = b'\x08\x01'  # HealthCheckResponse{status: SERVING}
 CHANNEL_OPTIONS = [
     ('grpc.max_receive_message_length', 64 << 20),
@@ -275,7 +281,8 @@ class Proc:
         try:
             log.write(('\n=== start: %s\n' % ' '.join(self.argv)).encode())
             log.flush()
-            self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+            argv = WRAPPER + self.argv if self.argv[0] == IMBOX_BIN else self.argv
+            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                           stdout=log, stderr=subprocess.STDOUT,
                                           start_new_session=True)
         finally:
@@ -339,7 +346,7 @@ class Proc:
         except subprocess.TimeoutExpired:
             pass
 
-    def terminate(self, grace_s=10.0):
+    def terminate(self, grace_s=10.0 * SLOW):
         """SIGTERM, wait up to grace_s, then SIGKILL. Returns the exit code
         (negative = killed by that signal)."""
         if self.popen is None:
@@ -700,7 +707,7 @@ class ImboxCluster(_Deployment):
             self._probe_client = self.fast_client(self.PROBE_SENDER)
         return self._probe_client
 
-    def wait_shard_ready(self, i, bound_s=30.0, gateway=0):
+    def wait_shard_ready(self, i, bound_s=30.0 * SLOW, gateway=0):
         """Bounded poll: a Send (through `gateway`) to a uid of shard i until
         its receipt is code 0 (14 UNAVAILABLE means not yet). Same msg_id on
         every attempt, so a retry never stores twice. Returns the number of
