@@ -144,17 +144,24 @@ class HeaderLimitsTest(h.ImboxTestCase):
         self.assertEqual(r.total, 0)
 
     def test_oversized_header_fails_its_call_with_grpcio(self):
-        # grpcio (gRPC core) honours the server's SETTINGS_MAX_HEADER_LIST_SIZE:
-        # the oversized call fails alone, the channel's others go on.
+        # The oversized call fails with RESOURCE_EXHAUSTED. grpcio checks the
+        # server's SETTINGS_MAX_HEADER_LIST_SIZE only once it has them: about
+        # 1 run in 5 here it sent the headers first, and the server closed
+        # that connection (see test_oversized_header_from_a_raw_client), so
+        # a call made at that moment fails UNAVAILABLE; the channel then
+        # reconnects and serves again.
         c = self.dep.fast_client(h.uid('H'))
         md = c.metadata + (('cookie', 'x' * 70000),)
         self.assertRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, c.stub.Counts,
                             pb.CountsRequest(), metadata=md, timeout=10)
-        # About 1 run in 8 grpcio sent the headers before it had the
-        # server's SETTINGS, and the server closed that connection (see
-        # test_oversized_header_from_a_raw_client): the channel reconnects.
-        r = c.stub.Counts(pb.CountsRequest(), metadata=c.metadata, timeout=10,
-                          wait_for_ready=True)
+        for attempt in range(3):
+            try:
+                r = c.stub.Counts(pb.CountsRequest(), metadata=c.metadata, timeout=10,
+                                  wait_for_ready=True)
+                break
+            except grpc.RpcError as e:
+                self.assertEqual(e.code(), grpc.StatusCode.UNAVAILABLE, e)
+                self.assertLess(attempt, 2, 'the channel does not serve again')
         self.assertEqual(r.total, 0)
 
     def test_oversized_header_from_a_raw_client(self):
