@@ -431,6 +431,11 @@ static int s_rec_decode(const uint8_t *v, size_t n, s_rec *r)
     if (r->msg_id_len == 0 || r->msg_id_len > ST_MSGID_MAX || off + r->msg_id_len > n)
         return ST_ECORRUPT;
     r->msg_id = (const char *)v + off;
+    /* What st.h promises of them (a sender keeps the uid rule, a msg_id
+     * has no NUL): a record that breaks it does not decode (fuzz_store
+     * found one: its sender went to the client as an invalid string). */
+    if (!im_uid_valid(r->sender, r->sender_len) || memchr(r->msg_id, 0, r->msg_id_len))
+        return ST_ECORRUPT;
     off += r->msg_id_len;
     r->content = v + off;
     r->content_len = n - off;

@@ -91,6 +91,21 @@ int im_uid_check(const char *uid, const char *field, char *msg, size_t cap)
     return 0;
 }
 
+bool im_uid_valid(const char *p, size_t n)
+{
+    if (n == 0 || n > IM_UID_MAX)
+        return false;
+    const uint8_t *u = (const uint8_t *)p;
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        size_t len = s_utf8_seq(u + i, n - i, &cp);
+        if (len == 0 || cp < 0x20 || (cp >= 0x7F && cp <= 0x9F))
+            return false;
+        i += len;
+    }
+    return true;
+}
+
 void im_put64(uint8_t *p, uint64_t v)
 {
     for (int i = 7; i >= 0; i--, v >>= 8)

@@ -42,6 +42,17 @@ void im_zmq_close(zmq_msg_t *parts, int n, int max)
         zmq_msg_close(&parts[i]);
 }
 
+bool im_zmq_batch_ok(const zmq_msg_t *parts, int first, int n, int max)
+{
+    int frames = n - first;
+    if (first < 0 || n > max || frames < 2 || frames % 2 || frames > 2 * IM_ZMQ_BATCH_MAX)
+        return false;
+    for (int i = first; i < n; i += 2)
+        if (zmq_msg_size(&parts[i]) != 8)
+            return false;
+    return true;
+}
+
 /* One key pair: Z85 of the derived secret key, and its public key. */
 static int s_curve_pair(const im_secret *s, const char *label, char pub[41], char sec[41])
 {

@@ -20,6 +20,8 @@
 #ifndef IMBOX_IM_ZMQ_H
 #define IMBOX_IM_ZMQ_H
 
+#include <stdbool.h>
+
 #include <zmq.h>
 
 #include "im_auth.h"
@@ -38,6 +40,14 @@ int im_zmq_recv(void *sock, zmq_msg_t *parts, int max);
 
 /* Closes parts[0..min(n,max)-1] as filled by im_zmq_recv. */
 void im_zmq_close(zmq_msg_t *parts, int n, int max);
+
+/*
+ * The batch framing (shard.proto): whether frames first..n-1 of a message
+ * im_zmq_recv took (n frames in all, the first `max` kept in parts[]) are
+ * whole [id][body] pairs: 1..IM_ZMQ_BATCH_MAX of them, every id 8 bytes,
+ * all kept. A message that is not is dropped whole (no id to answer to).
+ */
+bool im_zmq_batch_ok(const zmq_msg_t *parts, int first, int n, int max);
 
 /* ----------------------------------------------------------------- CURVE */
 

@@ -242,9 +242,7 @@ static void s_recv_replies(gw_bus *b, int shard)
     zmq_msg_t *parts = b->parts;
     int n, max = 2 * IM_ZMQ_BATCH_MAX;
     while ((n = im_zmq_recv(b->dealers[shard], parts, max)) > 0) {
-        bool ok = n <= max && n % 2 == 0;
-        for (int i = 0; ok && i < n; i += 2)
-            ok = zmq_msg_size(&parts[i]) == 8;
+        bool ok = im_zmq_batch_ok(parts, 0, n, max);
         if (!ok)
             fprintf(stderr, "imbox gateway: malformed reply from shard %d dropped\n", shard);
         for (int i = 0; ok && i < n; i += 2) {

@@ -904,9 +904,7 @@ static int s_recv_msg(sh_service *sh)
     int n = im_zmq_recv(sh->router, parts, max);
     if (n == 0)
         return 0;
-    bool ok = n >= 3 && n <= max && n % 2 == 1 && zmq_msg_size(&parts[0]) <= SH_IDENT_MAX;
-    for (int i = 1; ok && i < n; i += 2)
-        ok = zmq_msg_size(&parts[i]) == 8;
+    bool ok = zmq_msg_size(&parts[0]) <= SH_IDENT_MAX && im_zmq_batch_ok(parts, 1, n, max);
     if (!ok)
         fprintf(stderr, "imbox shard %d: dropped a message of %d frames\n", sh->c.index, n);
     for (int i = 1; ok && i < n; i += 2)

@@ -221,6 +221,110 @@ static void s_internal(void)
     s_write("fuzz_notice", "two-commits", nt, o.bytes_written);
 }
 
+/* ------------------------------------------------ framing and records */
+
+static size_t s_frame(uint8_t *out, const void *p, size_t n)
+{
+    out[0] = (uint8_t)(n & 0xff);
+    out[1] = (uint8_t)(n >> 8);
+    memcpy(out + 2, p, n);
+    return 2 + n;
+}
+
+static void s_batch(void)
+{
+    uint8_t b[256];
+    size_t n = 0;
+    b[n++] = 1; /* a shard's view: the routing identity first */
+    n += s_frame(b + n, "\x01gateway-identity", 17);
+    n += s_frame(b + n, "\x00\x00\x00\x00\x00\x00\x00\x01", 8);
+    n += s_frame(b + n, "\x22\x02\x0a\x00", 4);
+    s_write("fuzz_batch", "shard", b, n);
+    n = 0;
+    b[n++] = 0; /* a gateway's view: a reply and a notice */
+    n += s_frame(b + n, "\x00\x00\x00\x00\x00\x00\x00\x01", 8);
+    n += s_frame(b + n, "", 0);
+    n += s_frame(b + n, "\x00\x00\x00\x00\x00\x00\x00\x00", 8);
+    n += s_frame(b + n, "\x0a\x05\x0a\x01u\x10\x01", 7);
+    s_write("fuzz_batch", "gateway", b, n);
+}
+
+static size_t s_be(uint8_t *p, uint64_t v, int bytes)
+{
+    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+    return (size_t)bytes;
+}
+
+/* One row of fuzz_store's input: table index in "IMSCD", key rest, value. */
+static size_t s_row(uint8_t *out, int table, const void *rest, size_t rl, const void *v,
+                    size_t vl)
+{
+    size_t n = 0;
+    out[n++] = (uint8_t)table;
+    out[n++] = (uint8_t)rl;
+    memcpy(out + n, rest, rl);
+    n += rl;
+    n += s_frame(out + n, v, vl);
+    return n;
+}
+
+/* Inbox "u" as the engine writes it (format of st.c): two messages from
+ * "s", the second acked by nobody, with their index, counter and dedup
+ * rows. Sent at FZ_NOW_S. */
+static void s_store(void)
+{
+    uint8_t in[1024], key[64], val[64];
+    size_t n = 0, k, v;
+    int64_t t = (int64_t)FZ_NOW_S * 1000;
+    v = 0; /* 'I': version | high | count | floor | last_time_ms */
+    val[v++] = 1;
+    v += s_be(val + v, 2, 8);
+    v += s_be(val + v, 2, 8);
+    v += s_be(val + v, 0, 8);
+    v += s_be(val + v, (uint64_t)t, 8);
+    n += s_row(in + n, 0, "", 0, val, v);
+    for (uint64_t seq = 1; seq <= 2; seq++) {
+        char id[8];
+        snprintf(id, sizeof id, "m%llu", (unsigned long long)seq);
+        k = s_be(key, seq, 8); /* 'M': seq -> version | time | type | sender | id | content */
+        v = 0;
+        val[v++] = 1;
+        v += s_be(val + v, (uint64_t)t, 8);
+        v += s_be(val + v, 0, 4);
+        val[v++] = 1;
+        val[v++] = 's';
+        val[v++] = (uint8_t)strlen(id);
+        memcpy(val + v, id, strlen(id));
+        v += strlen(id);
+        memcpy(val + v, "hello", 5);
+        v += 5;
+        n += s_row(in + n, 1, key, k, val, v);
+        k = 0; /* 'S': sender 0x00 seq -> "" */
+        key[k++] = 's';
+        key[k++] = 0;
+        k += s_be(key + k, seq, 8);
+        n += s_row(in + n, 2, key, k, "", 0);
+        k = 0; /* 'D': sender 0x00 msg_id -> version | seq | time */
+        key[k++] = 's';
+        key[k++] = 0;
+        memcpy(key + k, id, strlen(id));
+        k += strlen(id);
+        v = 0;
+        val[v++] = 1;
+        v += s_be(val + v, seq, 8);
+        v += s_be(val + v, (uint64_t)t, 8);
+        n += s_row(in + n, 4, key, k, val, v);
+    }
+    v = 0; /* 'C': sender -> version | count | last_send_time_ms */
+    val[v++] = 1;
+    v += s_be(val + v, 2, 8);
+    v += s_be(val + v, (uint64_t)t, 8);
+    n += s_row(in + n, 3, "s", 1, val, v);
+    s_write("fuzz_store", "two-messages", in, n);
+    s_write("fuzz_store", "empty", "", 0);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -232,5 +336,7 @@ int main(int argc, char **argv)
     s_auth();
     s_public();
     s_internal();
+    s_batch();
+    s_store();
     return 0;
 }
