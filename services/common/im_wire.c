@@ -195,6 +195,8 @@ bool im_pb_skip_group(pb_istream_t *s, uint32_t tag)
         bool eof;
         if (!pb_decode_tag(s, &wt, &t, &eof))
             PB_RETURN_ERROR(s, "group not ended");
+        if (t == 0)
+            PB_RETURN_ERROR(s, "field number 0");
         if (wt == IM_PB_WT_END_GROUP) {
             if (t != open[depth - 1])
                 PB_RETURN_ERROR(s, "group ended by another field number");
@@ -223,6 +225,10 @@ bool im_pb_scan_wire(const pb_msgdesc_t *fields, const uint8_t *buf, size_t len,
         bool eof;
         if (!pb_decode_tag(&s, &wt, &tag, &eof)) {
             *why = eof ? "truncated field tag" : PB_GET_ERROR(&s);
+            return false;
+        }
+        if (tag == 0) { /* as pb_decode ("zero tag") and protobuf */
+            *why = "field number 0";
             return false;
         }
         if (have && pb_field_iter_find(&it, tag)) {

@@ -27,8 +27,8 @@ void gw__health(gw_call *c)
                 uint32_t tag;
                 bool eof;
                 uint64_t n;
-                if (!pb_decode_tag(&s, &wt, &tag, &eof)) {
-                    ok = false;
+                if (!pb_decode_tag(&s, &wt, &tag, &eof) || tag == 0) {
+                    ok = false; /* field number 0: as pb_decode and protobuf */
                 } else if (tag == 1 && wt == PB_WT_STRING) { /* the last one wins */
                     ok = pb_decode_varint(&s, &n) && n <= s.bytes_left;
                     long_name = ok && n >= sizeof svc;

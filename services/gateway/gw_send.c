@@ -111,7 +111,8 @@ static void s_on_store(void *arg, int status, const char *why, const uint8_t *re
             continue;
         }
         const imbox_internal_v1_StoreResult *res = &r->results[i];
-        rc->code = res->code;
+        /* a client sees gRPC codes only, whatever a shard sends */
+        rc->code = res->code >= 0 && res->code <= IM_UNAUTHENTICATED ? res->code : IM_INTERNAL;
         s_text(rc->error, sizeof rc->error, im_receipt_text(res->code));
         rc->duplicate = res->duplicate;
         rc->online = res->online;

@@ -201,6 +201,9 @@ int gw__shard_decode(gw_server *g, int status, const char **why, const uint8_t *
                  PB_GET_ERROR(&is));
         *why = g->shard_why;
         status = IM_INTERNAL;
+    } else if (r->code < 0 || r->code > IM_UNAUTHENTICATED) {
+        *why = "shard reply has a code that is not a gRPC status";
+        status = IM_INTERNAL;
     } else if (r->code) {
         *why = r->error;
         status = r->code;

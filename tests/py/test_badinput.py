@@ -435,6 +435,8 @@ class BadInputTest(h.ImboxTestCase):
             'end without a start': varint((9 << 3) | 4),
             'nested too deep': varint((9 << 3) | 3) * 100 + varint((9 << 3) | 4) * 100,
             'a known field as a group': varint((1 << 3) | 3) + varint((1 << 3) | 4),
+            # found by fuzz_send: a group of field number 0 was skipped
+            'field number 0': varint((0 << 3) | 3) + varint((0 << 3) | 4),
         }
         for name, g in cases.items():
             with self.subTest(name):
@@ -454,6 +456,8 @@ class BadInputTest(h.ImboxTestCase):
                     self.GROUP + field_len(1, 'imbox.v1.Inbox') + field_varint(7, 1)):
             self.assertEqual(call(req, timeout=10), h.HEALTH_SERVING)
         self.assertRpcError(INVALID, call, b'\x0a\x05ab', timeout=10)  # truncated
+        # found by fuzz_health: field number 0 was taken as an unknown field
+        self.assertRpcError(INVALID, call, b'\x01' + bytes(8), timeout=10)
 
     def test_unknown_method(self):
         for name in ('Frobnicate', 'send', 'Send2', 'Counts/x'):
