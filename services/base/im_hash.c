@@ -53,3 +53,24 @@ int im_shard_of(const char *uid, int nshards)
     assert(nshards >= 1);
     return (int)im_jump_hash(im_hash64(uid, strlen(uid)), (int32_t)nshards);
 }
+
+uint64_t im_hash_table(uint64_t seed, const void *p, size_t n)
+{
+    const char *b = p;
+    uint64_t h = seed ^ n, w;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, b + i, 8);
+        h = (h ^ w) * 0xbf58476d1ce4e5b9u;
+        h ^= h >> 31;
+    }
+    w = 0;
+    memcpy(&w, b + i, n - i);
+    h = (h ^ w) * 0x94d049bb133111ebu;
+    h ^= h >> 30; /* the splitmix64 finaliser: every input bit reaches every output bit */
+    h *= 0xbf58476d1ce4e5b9u;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebu;
+    h ^= h >> 31;
+    return h ? h : 1;
+}

@@ -35,4 +35,13 @@ int32_t im_jump_hash(uint64_t key, int32_t buckets);
 /* The shard (in [0, nshards), nshards >= 1) of the NUL-terminated uid. */
 int im_shard_of(const char *uid, int nshards);
 
+/*
+ * For in-memory tables only (the gateway's token cache and Send rate
+ * buckets), never for routing: 64 bits of p[0..n) (8 bytes at a time,
+ * then the splitmix64 finaliser) mixed with `seed`, never 0 (0 can mark
+ * a free slot). Not cryptographic; a random seed keeps an outsider from
+ * choosing keys that collide. Free to change between releases.
+ */
+uint64_t im_hash_table(uint64_t seed, const void *p, size_t n);
+
 #endif

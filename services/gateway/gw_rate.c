@@ -1,5 +1,6 @@
 /* gw_rate.c - the per-sender Send rate limit (contract in gw_rate.h). */
 #include "gw_rate.h"
+#include "im_hash.h"
 
 #include <assert.h>
 #include <stdlib.h>
@@ -49,25 +50,6 @@ void gw_rate_free(gw_rate *r)
     free(r);
 }
 
-/* 64 bits of the uid mixed with the table's key, never 0 (a free way). */
-static uint64_t s_hash(uint64_t key, const char *p, size_t n)
-{
-    uint64_t h = key ^ n, w;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        memcpy(&w, p + i, 8);
-        h = (h ^ w) * 0xbf58476d1ce4e5b9u;
-        h ^= h >> 31;
-    }
-    w = 0;
-    memcpy(&w, p + i, n - i);
-    h = (h ^ w) * 0x94d049bb133111ebu;
-    h ^= h >> 30;
-    h *= 0xbf58476d1ce4e5b9u;
-    h ^= h >> 27;
-    return h ? h : 1;
-}
-
 /* A bucket's level at now. */
 static int64_t s_level(const gw_rate *r, const s_bucket *b, int64_t now)
 {
@@ -84,7 +66,7 @@ static int64_t s_level(const gw_rate *r, const s_bucket *b, int64_t now)
 static s_bucket *s_find(gw_rate *r, const char *uid, int64_t now)
 {
     size_t n = strlen(uid);
-    uint64_t h = s_hash(r->key, uid, n);
+    uint64_t h = im_hash_table(r->key, uid, n); /* never 0: a free way */
     uint64_t *tag = r->tag[h & (GW_RATE_SETS - 1)];
     s_bucket *set = r->b[h & (GW_RATE_SETS - 1)];
     int pick = -1;

@@ -1,6 +1,7 @@
 /* gw_tokens.c - the cache of verified bearer tokens (contract in
  * gw_tokens.h). */
 #include "gw_tokens.h"
+#include "im_hash.h"
 
 #include <assert.h>
 #include <stdlib.h>
@@ -38,31 +39,13 @@ void gw_tokens_free(gw_tokens *t)
     free(t);
 }
 
-/*
- * 64 bits of token[0..n), never 0 (0 marks a free way). Not cryptographic,
- * nor needs to be: a collision costs a full compare or an eviction, never a
- * wrong answer; and only tokens that verified are ever stored, so nobody
- * without a valid token can fill or flood a set.
- */
+/* 64 bits of token[0..n), never 0 (0 marks a free way): im_hash_table.
+ * Not cryptographic, nor needs to be: a collision costs a full compare or
+ * an eviction, never a wrong answer; and only tokens that verified are
+ * ever stored, so nobody without a valid token can fill or flood a set. */
 static uint64_t s_hash(const char *p, size_t n)
 {
-    uint64_t h = 0x9e3779b97f4a7c15u ^ n, w;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        memcpy(&w, p + i, 8);
-        h = (h ^ w) * 0xbf58476d1ce4e5b9u;
-        h ^= h >> 31;
-    }
-    w = 0;
-    memcpy(&w, p + i, n - i);
-    h = (h ^ w) * 0x94d049bb133111ebu;
-    /* the splitmix64 finaliser: every input bit reaches every output bit */
-    h ^= h >> 30;
-    h *= 0xbf58476d1ce4e5b9u;
-    h ^= h >> 27;
-    h *= 0x94d049bb133111ebu;
-    h ^= h >> 31;
-    return h | 1;
+    return im_hash_table(0x9e3779b97f4a7c15u, p, n);
 }
 
 static size_t s_set_of(uint64_t h)
