@@ -105,6 +105,14 @@
  * is off: Debian's librocksdb is built with assertions, and once the LOG
  * file hit ENOSPC its next line aborted the process (WritableFileWriter
  * asserts on a write after an error; measured on an 8 MiB tmpfs).
+ *
+ * BACKUP. st_checkpoint() is RocksDB's checkpoint of the open database,
+ * under the read side of `dblock` like every public read (so a reopen
+ * waits for it): the memtables are flushed first (log_size_for_flush 0),
+ * then the live SST files are hard-linked (copied across file systems) and
+ * the MANIFEST, OPTIONS and live logs copied into a new directory, which
+ * st_open() opens as it is. Every append acknowledged before the call
+ * is in it; writes go on meanwhile (the writer never takes `dblock`).
  */
 #include "st.h"
 
@@ -2090,6 +2098,25 @@ static uint64_t s_prop_u64(const char *text, const char *name)
 {
     const char *p = strstr(text, name);
     return p ? strtoull(p + strlen(name), NULL, 10) : 0;
+}
+
+int st_checkpoint(st_shard *s, const char *dir, st_error *err)
+{
+    assert(s && dir);
+    int rc = s_rd(s, err);
+    if (rc)
+        return rc;
+    char *rerr = NULL;
+    rocksdb_checkpoint_t *cp = rocksdb_checkpoint_object_create(s->db, &rerr);
+    if (!rerr)
+        rocksdb_checkpoint_create(cp, dir, 0 /* flush the memtables first */, &rerr);
+    if (cp)
+        rocksdb_checkpoint_object_destroy(cp);
+    s_rd_end(s);
+    if (rerr)
+        return s_rocks_err(err, "checkpoint", rerr);
+    s_ok(err);
+    return ST_OK;
 }
 
 int st_debug_tombstones(st_shard *s, uint64_t *deletes, uint64_t *range_deletes,

@@ -316,6 +316,16 @@ int st_compact(st_shard *s, st_error *err);
  */
 int st_flush(st_shard *s, st_error *err);
 
+/*
+ * Writes a consistent copy of the database into directory `dir` (RocksDB
+ * checkpoint), which must not exist; its parent must. Every append
+ * acknowledged before the call is in the copy; the shard keeps serving
+ * meanwhile. On the same file system the SST files are hard links
+ * (immutable files: no bytes copied, but no second copy on the disk
+ * either), elsewhere they are copied. The copy opens with st_open().
+ */
+int st_checkpoint(st_shard *s, const char *dir, st_error *err);
+
 typedef struct st_stats {
     uint64_t appends;      /* puts stored (duplicates excluded) */
     uint64_t duplicates;   /* puts answered from the dedup index */

@@ -8,6 +8,10 @@
  *                   keys from the cluster secret: --secret-file, required)
  *   imbox gateway   the gRPC API in front of shards on tcp:// endpoints
  *   imbox token     prints a token for a uid (its last line of output)
+ *   imbox backup    a backup of a serve's or a shard's data dir, made by the
+ *                   running server through DATA_DIR/admin.sock (bk_admin.h),
+ *                   or here when it is stopped (bk_backup.h)
+ *   imbox restore   a backup into an empty or missing data dir
  *
  * Every flag --some-name also reads the environment variable IMBOX_SOME_NAME
  * (for Kubernetes); the command line wins. SIGTERM or SIGINT stops a server
@@ -26,6 +30,8 @@
 #include <grpc/grpc.h>
 #include <zmq.h>
 
+#include "bk_admin.h"
+#include "bk_backup.h"
 #include "gw_server.h"
 #include "im_auth.h"
 #include "sh_service.h"
@@ -284,6 +290,21 @@ static int cmd_serve(int argc, char **argv)
         }
         local[i] = sh_local(shards[i]);
     }
+    bk_admin *adm = NULL;
+    if (!rc) {
+        st_shard *engines[64];
+        for (int i = 0; i < S; i++)
+            engines[i] = sh_engine(shards[i]);
+        char secret_path[PATH_MAX];
+        snprintf(secret_path, sizeof secret_path, "%s/%s", dir, IM_SECRET_FILE);
+        bk_admin_config ac = {.data_dir = dir, .kind = BK_SERVE, .shards = engines,
+                              .nshards = S, .index = -1, .count = -1,
+                              .secret_path = secret_path};
+        if (!(adm = bk_admin_start(&ac, err, sizeof err))) {
+            fprintf(stderr, "imbox serve: %s\n", err);
+            rc = 1;
+        }
+    }
     if (!rc) {
         gc.local = local;
         gc.secret = secret;
@@ -298,6 +319,7 @@ static int cmd_serve(int argc, char **argv)
                 s_get(flags, "listen"), S, dir);
         s_wait_signal(sigs);
     }
+    bk_admin_stop(&adm); /* a backup in progress finishes first */
     for (int i = 0; i < S; i++) /* a sweep needs the bus thread: first */
         sh_quiesce(shards[i]);
     gw_stop(&gw, IMBOX_GRACE_MS);
@@ -341,9 +363,20 @@ static int cmd_shard(int argc, char **argv)
         zmq_ctx_term(c.zctx);
         return 1;
     }
+    st_shard *engine = sh_engine(sh);
+    bk_admin_config ac = {.data_dir = c.dir, .kind = BK_SHARD, .shards = &engine,
+                          .nshards = 1, .index = index, .count = count};
+    bk_admin *adm = bk_admin_start(&ac, err, sizeof err);
+    if (!adm) {
+        fprintf(stderr, "imbox shard: %s\n", err);
+        sh_stop(&sh);
+        zmq_ctx_term(c.zctx);
+        return 1;
+    }
     fprintf(stderr, "imbox: shard %d of %d on %s (data in %s)\n", index, count, c.endpoint,
             c.dir);
     s_wait_signal(sigs);
+    bk_admin_stop(&adm);
     sh_stop(&sh);
     zmq_ctx_term(c.zctx);
     return 0;
@@ -434,6 +467,100 @@ static int cmd_token(int argc, char **argv)
     return 0;
 }
 
+static void s_backup_report(const char *verb, const char *dir, const char *how,
+                            const bk_result *r)
+{
+    printf("imbox %s: %s of an imbox %s, %d shard%s, %llu files, %llu bytes, %.3f s%s\n",
+           verb, dir, bk_kind_name(r->kind), r->shards, r->shards == 1 ? "" : "s",
+           (unsigned long long)r->files, (unsigned long long)r->bytes, r->seconds, how);
+}
+
+static int cmd_backup(int argc, char **argv)
+{
+    flag flags[] = {
+        {"data-dir", NULL, "the data directory of an `imbox serve` or of one `imbox shard`",
+         NULL},
+        {"to", NULL, "the backup's directory, new (on the same file system its SST files "
+                     "are hard links: copy it to another disk)", NULL},
+        {0},
+    };
+    int rc = s_parse("backup", flags, argc, argv);
+    if (rc)
+        return rc;
+    const char *dir = s_get(flags, "data-dir");
+    const char *to = s_get(flags, "to");
+    char abs[PATH_MAX + 16], cwd[PATH_MAX];
+    if (to[0] != '/' && !getcwd(cwd, sizeof cwd)) {
+        fprintf(stderr, "imbox backup: getcwd: %s\n", strerror(errno));
+        return 1;
+    }
+    /* The server resolves the path, in its own working directory. */
+    if (snprintf(abs, sizeof abs, "%s%s%s", to[0] == '/' ? "" : cwd, to[0] == '/' ? "" : "/",
+                 to) >= PATH_MAX) {
+        fprintf(stderr, "imbox backup: --to: path too long\n");
+        return 2;
+    }
+    struct stat st;
+    if (!lstat(abs, &st)) {
+        fprintf(stderr, "imbox backup: %s exists: a backup goes into a new directory\n", abs);
+        return 1;
+    }
+    char req[PATH_MAX + 32], reply[512], err[PATH_MAX + 512];
+    snprintf(req, sizeof req, "checkpoint %s", abs);
+    int r = bk_admin_call(dir, req, reply, sizeof reply, err, sizeof err);
+    if (r == 0) {
+        if (strncmp(reply, "OK ", 3)) {
+            fprintf(stderr, "imbox backup: the server refused: %s\n",
+                    strncmp(reply, "ERR ", 4) ? reply : reply + 4);
+            return 1;
+        }
+        printf("imbox backup: %s made by the running server: %s\n", abs, reply + 3);
+        return 0;
+    }
+    if (r < 0) {
+        fprintf(stderr, "imbox backup: %s\n", err);
+        return 1;
+    }
+    bk_result res;
+    if (bk_offline(dir, abs, &res, err, sizeof err)) {
+        fprintf(stderr, "imbox backup: %s\n", err);
+        return 1;
+    }
+    s_backup_report("backup", abs, " (the server was stopped)", &res);
+    return 0;
+}
+
+static int cmd_restore(int argc, char **argv)
+{
+    flag flags[] = {
+        {"from", NULL, "a backup made by `imbox backup`", NULL},
+        {"data-dir", NULL, "the data directory to fill: missing or empty", NULL},
+        {"kind", NULL, "what the data directory is for: serve or shard (must match the "
+                       "backup)", NULL},
+        {0},
+    };
+    int rc = s_parse("restore", flags, argc, argv);
+    if (rc)
+        return rc;
+    bk_kind kind = bk_kind_parse(s_get(flags, "kind"));
+    if (!kind) {
+        fprintf(stderr, "imbox restore: --kind: '%s' is neither serve nor shard\n",
+                s_get(flags, "kind"));
+        return 2;
+    }
+    char err[PATH_MAX + 512];
+    bk_result r;
+    if (bk_restore(s_get(flags, "from"), s_get(flags, "data-dir"), kind, &r, err, sizeof err)) {
+        fprintf(stderr, "imbox restore: %s\n", err);
+        return 1;
+    }
+    s_backup_report("restore", s_get(flags, "data-dir"), "", &r);
+    if (kind == BK_SHARD && r.index >= 0)
+        printf("imbox restore: it is shard %d of %d: start it with --index %d --count %d\n",
+               r.index, r.count, r.index, r.count);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct {
@@ -445,6 +572,8 @@ int main(int argc, char **argv)
         {"shard", cmd_shard, "one storage shard (cluster)"},
         {"gateway", cmd_gateway, "the gRPC gateway in front of shards (cluster)"},
         {"token", cmd_token, "print a token for a uid"},
+        {"backup", cmd_backup, "back up a serve's or a shard's data dir (live or stopped)"},
+        {"restore", cmd_restore, "restore a backup into an empty data dir"},
     };
     if (argc >= 2)
         for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)

@@ -1297,6 +1297,11 @@ im_local_shard sh_local(sh_service *sh)
     return l;
 }
 
+st_shard *sh_engine(sh_service *sh)
+{
+    return sh ? sh->st : NULL;
+}
+
 void sh_quiesce(sh_service *sh)
 {
     if (sh)

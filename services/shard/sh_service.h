@@ -72,6 +72,11 @@ const char *sh_endpoint(const sh_service *s);
  * with an endpoint. */
 im_local_shard sh_local(sh_service *s);
 
+/* The shard's engine, owned by *s until sh_stop(), for what the engine
+ * allows from any thread besides the service's own work (st_checkpoint:
+ * the admin socket's backups, bk_admin.h). */
+st_shard *sh_engine(sh_service *s);
+
 /* Stops the expiry sweeper, waiting for a sweep in progress. A local
  * shard's sweep needs its driver running: call this before stopping the
  * driver. Idempotent; sh_stop does it too. */
