@@ -535,15 +535,16 @@ static int cmd_restore(int argc, char **argv)
     flag flags[] = {
         {"from", NULL, "a backup made by `imbox backup`", NULL},
         {"data-dir", NULL, "the data directory to fill: missing or empty", NULL},
-        {"kind", NULL, "what the data directory is for: serve or shard (must match the "
-                       "backup)", NULL},
+        {"kind", "", "serve or shard: checked against the backup (default: the "
+                     "backup's own)", NULL},
         {0},
     };
     int rc = s_parse("restore", flags, argc, argv);
     if (rc)
         return rc;
-    bk_kind kind = bk_kind_parse(s_get(flags, "kind"));
-    if (!kind) {
+    const char *kind_name = s_get(flags, "kind");
+    bk_kind kind = *kind_name ? bk_kind_parse(kind_name) : (bk_kind)0;
+    if (*kind_name && !kind) {
         fprintf(stderr, "imbox restore: --kind: '%s' is neither serve nor shard\n",
                 s_get(flags, "kind"));
         return 2;
@@ -555,7 +556,7 @@ static int cmd_restore(int argc, char **argv)
         return 1;
     }
     s_backup_report("restore", s_get(flags, "data-dir"), "", &r);
-    if (kind == BK_SHARD && r.index >= 0)
+    if (r.kind == BK_SHARD && r.index >= 0)
         printf("imbox restore: it is shard %d of %d: start it with --index %d --count %d\n",
                r.index, r.count, r.index, r.count);
     return 0;

@@ -559,9 +559,10 @@ int bk_restore(const char *from, const char *data_dir, bk_kind kind, bk_result *
         return -1;
     if (s_read_manifest(from, &r, err, errlen))
         return -1;
-    if (r.kind != kind)
+    if (kind && r.kind != kind)
         return s_fail(err, errlen, "%s is a backup of an `imbox %s`, not of an `imbox %s`",
                       from, bk_kind_name(r.kind), bk_kind_name(kind));
+    kind = r.kind;
     char path[BK_PATH_MAX];
     for (int i = 0; i < r.shards; i++) {
         if (kind == BK_SERVE)

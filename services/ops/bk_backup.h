@@ -96,7 +96,8 @@ int bk_offline(const char *data_dir, const char *to, bk_result *out, char *err, 
 
 /*
  * Restores the backup at `from` into data_dir (created, mode 0700, when
- * missing; refused when not an empty directory) for a server of `kind`.
+ * missing; refused when not an empty directory) for a server of `kind`
+ * (0: the kind the backup's manifest says; else it must say that one).
  */
 int bk_restore(const char *from, const char *data_dir, bk_kind kind, bk_result *out, char *err,
                size_t errlen);

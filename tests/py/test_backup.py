@@ -13,7 +13,7 @@
   * one `imbox shard` of a cluster is backed up live, SIGKILLed, restored
     into a new data dir and restarted on it.
 
-IMBOX_BACKUP_N (default 1000) messages are acknowledged before the backup.
+IMBOX_BACKUP_N (default 300) messages are acknowledged before the backup.
 """
 
 import os
@@ -29,7 +29,7 @@ import grpc
 from imbox_harness import (IMBOX_BIN, READY_TIMEOUT_S, ImboxCluster, ImboxServer,
                            ImboxTestCase, drain, new_msg_id, uid, uids_on_shard)
 
-N_PRE = int(os.environ.get('IMBOX_BACKUP_N', '1000'))
+N_PRE = int(os.environ.get("IMBOX_BACKUP_N", "300"))
 RECEIVERS_PER_SEND = 4
 
 
@@ -155,7 +155,7 @@ class TestServeBackup(ImboxTestCase):
         self.assertEqual(man[:3], ['imbox-backup 1', 'kind serve', 'shards 2'])
 
         srv2 = self.deployment(ImboxServer(shards=2))
-        r = imbox('restore', '--from', backup, '--data-dir', srv2.data_dir, '--kind', 'serve')
+        r = imbox('restore', '--from', backup, '--data-dir', srv2.data_dir)  # kind: the backup's
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(mode(os.path.join(srv2.data_dir, 'auth.secret')), 0o600)
         srv2.start()
