@@ -120,6 +120,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -181,6 +182,7 @@ struct st_shard {
     pthread_rwlock_t dblock;
     char *dir;
     bool broken;          /* RocksDB refuses writes: reopen before writing */
+    atomic_bool writable; /* !broken, for st_writable() on any thread */
     int broken_code;      /* ST_ENOSPC or ST_EIO, for requests meanwhile */
     int64_t reopen_at;    /* monotonic ms of the next reopen attempt */
 };
@@ -271,6 +273,7 @@ static int s_write_failed(st_shard *s, st_error *err, const char *what, char *re
     rocksdb_free(rerr);
     if (!s->broken) {
         s->broken = true;
+        atomic_store(&s->writable, false);
         s->reopen_at = s_mono_ms() + ST_REOPEN_MS;
     }
     s->broken_code = code;
@@ -1289,6 +1292,7 @@ static void s_recover(st_shard *s)
     st_error err;
     if (s_open_db(s, &err) == ST_OK) {
         s->broken = false;
+        atomic_store(&s->writable, true);
         fprintf(stderr, "imbox storage %s: database reopened, writes resume\n", s->dir);
     } else {
         fprintf(stderr, "imbox storage %s: reopen failed: %s\n", s->dir, err.msg);
@@ -1577,6 +1581,7 @@ int st_open(const char *dir, const st_options *o, st_shard **out, st_error *err)
         s_free(s);
         return rc;
     }
+    atomic_store(&s->writable, true);
     if (s->o.wake) {
         if (!(s->inl = malloc(sizeof *s->inl)) || s_writer_init(s->inl, s)) {
             if (s->inl)
@@ -2067,6 +2072,11 @@ int st_flush(st_shard *s, st_error *err)
         return s_rocks_err(err, "flush", rerr);
     s_ok(err);
     return ST_OK;
+}
+
+bool st_writable(st_shard *s)
+{
+    return atomic_load(&s->writable);
 }
 
 void st_stats_get(st_shard *s, st_stats *out)

@@ -340,6 +340,14 @@ typedef struct st_stats {
 void st_stats_get(st_shard *s, st_stats *out);
 
 /*
+ * Whether the shard takes writes now: its database is open and not broken
+ * (see DISK TROUBLE in st.c: after a write RocksDB refused, false until the
+ * writer has reopened the database). Any thread; a snapshot that may change
+ * at once. Readiness probes answer it.
+ */
+bool st_writable(st_shard *s);
+
+/*
  * Diagnostics for tests and tools: the number of live keys of one table of
  * the format ('M' messages, 'S' sender index, 'C' counters, 'D' dedup,
  * 'I' inbox heads). A full scan: not for the serving path.

@@ -34,6 +34,7 @@
 #include "bk_backup.h"
 #include "gw_server.h"
 #include "im_auth.h"
+#include "sh_health.h"
 #include "sh_service.h"
 #include "st.h"
 
@@ -330,6 +331,12 @@ static int cmd_serve(int argc, char **argv)
     return rc;
 }
 
+/* --health-listen's status: the shard's engine open and taking writes. */
+static bool s_shard_ready(void *arg)
+{
+    return sh_writable(arg);
+}
+
 static int cmd_shard(int argc, char **argv)
 {
     flag flags[] = {
@@ -340,6 +347,8 @@ static int cmd_shard(int argc, char **argv)
         {"secret-file", NULL, "the cluster secret (a gateway's auth.secret: 64 hex digits "
                               "and a newline; never created here); the shard's CURVE keys "
                               "come from it", NULL},
+        {"health-listen", "", "HOST:PORT of a plaintext grpc.health.v1 port (readiness "
+                              "probes; no data, no token), empty = none", NULL},
         ENGINE_FLAGS,
         {0},
     };
@@ -373,9 +382,27 @@ static int cmd_shard(int argc, char **argv)
         zmq_ctx_term(c.zctx);
         return 1;
     }
+    const char *health_listen = s_get(flags, "health-listen");
+    sh_health *health = NULL;
+    if (*health_listen) {
+        grpc_init();
+        if (!(health = sh_health_start(health_listen, s_shard_ready, sh, err, sizeof err))) {
+            fprintf(stderr, "imbox shard: --health-listen: %s\n", err);
+            grpc_shutdown();
+            bk_admin_stop(&adm);
+            sh_stop(&sh);
+            zmq_ctx_term(c.zctx);
+            return 1;
+        }
+        fprintf(stderr, "imbox: shard health (grpc.health.v1) on %s\n", health_listen);
+    }
     fprintf(stderr, "imbox: shard %d of %d on %s (data in %s)\n", index, count, c.endpoint,
             c.dir);
     s_wait_signal(sigs);
+    if (health) {
+        sh_health_stop(&health);
+        grpc_shutdown();
+    }
     bk_admin_stop(&adm);
     sh_stop(&sh);
     zmq_ctx_term(c.zctx);

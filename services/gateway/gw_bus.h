@@ -23,6 +23,12 @@
  *   - "is unreachable: the gateway is stopping": gw_bus_destroy.
  * A late reply after a failure is dropped.
  *
+ * Up: the same monitor reports ZMQ_EVENT_HANDSHAKE_SUCCEEDED (the CURVE
+ * handshake with the shard completed, so the peer holds the cluster
+ * secret); a shard is up from that event until its next DISCONNECTED
+ * (gw_bus_up, readable from any thread; a local shard is always up). The
+ * gateway's readiness builds on it (gw_health.c).
+ *
  * A known race: the monitor reports asynchronously, so a request sent on a
  * new connection just before the old connection's DISCONNECTED event is
  * read (a reconnect, >= 100 ms, must fit in between) is failed too,
@@ -57,6 +63,7 @@
 #ifndef IMBOX_GW_BUS_H
 #define IMBOX_GW_BUS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -96,6 +103,9 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, const im_local_shard *loc
  * 0 (fn will be called once) or -1 when the bus is closing (fn is never
  * called; body is freed). */
 int gw_bus_send(gw_bus *b, int shard, uint8_t *body, size_t len, gw_bus_fn fn, void *arg);
+
+/* Whether shard is up (see Up above). Any thread; a snapshot. */
+bool gw_bus_up(gw_bus *b, int shard);
 
 /* Fails what is pending with UNAVAILABLE, stops the thread, frees *b. */
 void gw_bus_destroy(gw_bus **b);

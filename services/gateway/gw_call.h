@@ -11,7 +11,7 @@
  *   gw_inbox.c    Pull, Ack, Counts
  *   gw_sub.c      Subscribe (live streams), the presence leases, notices
  *   gw_presence.c Presence
- *   gw_health.c   grpc.health.v1.Health/Check
+ *   gw_health.c   grpc.health.v1.Health, Check and Watch (readiness)
  *   gw_tokens.c   the cache of verified tokens (gw_tokens.h; gw__auth's)
  *   gw_tls.c      the listening port's credentials (TLS or plaintext)
  *
@@ -65,7 +65,8 @@
                                     bursts, each costs one small context */
 
 typedef enum {
-    M_SEND, M_PULL, M_ACK, M_COUNTS, M_SUBSCRIBE, M_PRESENCE, M_HEALTH, M_GENERIC, M_COUNT
+    M_SEND, M_PULL, M_ACK, M_COUNTS, M_SUBSCRIBE, M_PRESENCE, M_HEALTH, M_WATCH, M_GENERIC,
+    M_COUNT
 } gw_method;
 
 
@@ -136,6 +137,8 @@ struct gw_call {
     char why[192];
     /* Subscribe */
     struct gw_sub *sub;
+    /* Health/Watch */
+    struct gw_watch *watch;
     size_t charged;            /* reply budget held by resp (gw__respond) */
 };
 
@@ -160,6 +163,10 @@ struct gw_server {
     struct gw_subs *subs;     /* live streams (gw_sub.c) */
     atomic_llong reply_bytes; /* the reply budget in use (gw__budget_*) */
     atomic_llong untrimmed;   /* given back since the last malloc_trim */
+    /* readiness (gw_health.c) */
+    atomic_bool *shard_ok;    /* per shard: its last HealthOp answered OK */
+    struct gw_probe *probes;  /* per shard: the probe in flight (bus thread) */
+    struct gw_watches *watches; /* Watch streams */
 };
 
 /* ------------------------------------------------ replies (gw_server.c) */
@@ -324,6 +331,23 @@ void gw__ack(gw_call *c);
 void gw__counts(gw_call *c);
 void gw__presence(gw_call *c); /* gw_presence.c */
 void gw__health(gw_call *c);   /* gw_health.c */
+
+/* ------------------------------------------ readiness, Watch (gw_health.c) */
+
+void gw__watch(gw_call *c);
+int gw__health_new(gw_server *g);   /* 0, or -1 out of memory */
+void gw__health_free(gw_server *g); /* after the bus is destroyed */
+/* Bus thread: asks every shard whether it takes writes (a HealthOp); its
+ * answer, and a disconnect, update the status and the Watch streams. */
+void gw__health_tick(gw_server *g);
+void gw__health_disconnected(gw_server *g, int shard);
+/* The server is stopping: NOT_SERVING, then every Watch ends. */
+void gw__health_shutdown(gw_server *g);
+/* Completions of a Watch stream (CQ thread): a message sent; the call
+ * over (cancelled, deadline, or ended). */
+void gw__watch_sent(gw_call *c, bool ok);
+void gw__watch_closed(gw_call *c);
+void gw__watch_free(struct gw_watch *w); /* with the call; NULL-safe */
 
 /* ------------------------------------------------------ streams (gw_sub.c) */
 

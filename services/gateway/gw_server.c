@@ -22,7 +22,7 @@
 static const char *const s_paths[M_GENERIC] = {
     "/imbox.v1.Inbox/Send", "/imbox.v1.Inbox/Pull", "/imbox.v1.Inbox/Ack",
     "/imbox.v1.Inbox/Counts", "/imbox.v1.Inbox/Subscribe", "/imbox.v1.Inbox/Presence",
-    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
 };
 
 /* ------------------------------------------------------- reply budget */
@@ -59,6 +59,15 @@ static void s_tick(void *arg)
         malloc_trim(0);
     }
     gw__subs_tick(arg);
+    gw__health_tick(g);
+}
+
+/* The bus's disconnect hook: the streams of the shard end, and the
+ * gateway is not ready until the shard answers a probe again. */
+static void s_disconnected(void *arg, int shard)
+{
+    gw__subs_disconnected(arg, shard);
+    gw__health_disconnected(arg, shard);
 }
 
 bool gw__budget_room(gw_server *g)
@@ -93,6 +102,7 @@ void gw__call_free(gw_call *c)
     free(c->receipts);
     free(c->online);
     gw__sub_free(c->sub);
+    gw__watch_free(c->watch);
     free(c);
 }
 
@@ -139,7 +149,7 @@ void gw__respond(gw_call *c, int status, const char *msg, uint8_t *body, size_t 
     ops[n].data.send_status_from_server.trailing_metadata = c->ntrailer ? &c->trailer : NULL;
     ops[n].data.send_status_from_server.status = (grpc_status_code)status;
     ops[n++].data.send_status_from_server.status_details = &c->status_details;
-    if (c->m != M_SUBSCRIBE) { /* a stream's is its own batch (s_on_new) */
+    if (c->m != M_SUBSCRIBE && c->m != M_WATCH) { /* a stream's is its own batch */
         ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
         ops[n++].data.recv_close_on_server.cancelled = &c->cancelled;
     }
@@ -268,8 +278,9 @@ static void s_on_new(gw_call *c)
     /* A unary call's receive-close rides in its answer's batch (one
      * completion per call, gw__respond); a stream learns of its end (cancel,
      * deadline) from a batch of its own, started now. */
-    atomic_store(&c->refs, c->m == M_SUBSCRIBE ? 2 : 1);
-    if (c->m == M_SUBSCRIBE) {
+    bool stream = c->m == M_SUBSCRIBE || c->m == M_WATCH;
+    atomic_store(&c->refs, stream ? 2 : 1);
+    if (stream) {
         grpc_op op;
         memset(&op, 0, sizeof op);
         op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
@@ -281,6 +292,10 @@ static void s_on_new(gw_call *c)
     }
     if (c->m == M_HEALTH) {
         gw__health(c);
+        return;
+    }
+    if (c->m == M_WATCH) {
+        gw__watch(c);
         return;
     }
     if (c->m == M_GENERIC) {
@@ -327,7 +342,7 @@ static void *s_main(void *arg)
             }
             /* Streams last: a stop does not wait for them to end (it
              * ends them), so they are not counted as active. */
-            if (c->m != M_SUBSCRIBE) {
+            if (c->m != M_SUBSCRIBE && c->m != M_WATCH) {
                 c->accepted = true;
                 atomic_fetch_add(&g->active, 1);
             }
@@ -338,6 +353,8 @@ static void *s_main(void *arg)
         case TAG_CLOSE:
             if (c->sub)
                 gw__sub_closed(c);
+            if (c->watch)
+                gw__watch_closed(c);
             gw__call_unref(c);
             break;
         case TAG_SEND:
@@ -345,7 +362,10 @@ static void *s_main(void *arg)
             break;
         case TAG_MD:
         case TAG_MSG:
-            gw__sub_sent(c, t->kind, ev.success != 0);
+            if (c->m == M_WATCH)
+                gw__watch_sent(c, ev.success != 0);
+            else
+                gw__sub_sent(c, t->kind, ev.success != 0);
             gw__call_unref(c);
             break;
         }
@@ -381,6 +401,7 @@ static void s_free(gw_server *g)
 {
     gw_bus_destroy(&g->bus);
     gw__subs_free(g);
+    gw__health_free(g);
     if (g->server)
         grpc_server_destroy(g->server);
     if (g->cq)
@@ -430,7 +451,8 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
     }
     g->shard_req = malloc(sizeof *g->shard_req);
     g->shard_reply = malloc(sizeof *g->shard_reply);
-    if (!g->shard_req || !g->shard_reply || c->nshards < 1 || gw__subs_new(g)) {
+    if (!g->shard_req || !g->shard_reply || c->nshards < 1 || gw__subs_new(g) ||
+        gw__health_new(g)) {
         snprintf(err, errlen, c->nshards < 1 ? "no shards" : "out of memory");
         s_free(g);
         return NULL;
@@ -448,7 +470,7 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
         .id = id, .id_len = sizeof id,
         .notice = gw__subs_notice,
         .tick = s_tick, .tick_ms = g->c.presence_lease_ms / 3,
-        .disconnected = gw__subs_disconnected,
+        .disconnected = s_disconnected,
         .arg = g,
     };
     g->bus = gw_bus_new(c->zctx, c->shards, c->local, c->nshards, &c->secret,
@@ -457,6 +479,7 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
         s_free(g);
         return NULL;
     }
+    gw__health_tick(g); /* ready as soon as the shards say so, not a tick later */
     /* SO_REUSEPORT off: a second server on a busy port must fail, not
      * share. Keepalive: a client whose network vanished (no FIN) is pinged
      * and dropped, so its streams end and it goes offline; pings go out
@@ -527,6 +550,7 @@ void gw_stop(gw_server **gp, int grace_ms)
     gw_server *g = *gp;
     atomic_store(&g->stopping, true);
     gw__subs_shutdown(g);
+    gw__health_shutdown(g);
     grpc_server_shutdown_and_notify(g->server, g->cq, &g->shutdown_tag);
     /* The shutdown tag comes when every call is done and every connection
      * closed; a client may keep an idle connection open for ever. So once

@@ -1,6 +1,7 @@
 /*
  * gw_server.h - the gateway: the public gRPC API (imbox.v1.Inbox and
- * grpc.health.v1.Health/Check) on the gRPC C core, in front of the shards.
+ * grpc.health.v1.Health: Check and Watch, gw_health.c) on the gRPC C core,
+ * in front of the shards.
  *
  * Request path. One completion-queue thread accepts calls (registered
  * methods, payload delivered with the call), authenticates the token,

@@ -865,7 +865,7 @@ static void s_handle(sh_service *sh, const uint8_t *ident, size_t ident_len, con
         goto out;
     }
     int ops = in->has_store + in->has_read + in->has_ack + in->has_counts + in->has_presence +
-              in->has_query;
+              in->has_query + in->has_health;
     if (ops != 1) {
         s_reply_error(sh, ident, ident_len, id, IM_INVALID_ARGUMENT,
                       "request must hold exactly one operation");
@@ -882,6 +882,12 @@ static void s_handle(sh_service *sh, const uint8_t *ident, size_t ident_len, con
         s_presence_op(sh, &in->presence, &on, &off, ident, ident_len, id);
     } else if (in->has_query) {
         s_presence_query(sh, &query, ident, ident_len, id);
+    } else if (in->has_health) {
+        if (st_writable(sh->st))
+            s_reply_error(sh, ident, ident_len, id, IM_OK, "");
+        else
+            s_reply_error(sh, ident, ident_len, id, IM_UNAVAILABLE,
+                          "the shard refuses writes (disk full or database closed)");
     } else if (s_owned(sh, in->counts.uid, ident, ident_len, id)) {
         s_counts_job(sh, in->counts.uid, ident, ident_len, id);
     }
@@ -1282,6 +1288,11 @@ static void s_local_run(void *obj)
     s_running = sh;
     s_turn_end(sh);
     s_running = NULL;
+}
+
+bool sh_writable(const sh_service *sh)
+{
+    return st_writable(sh->st);
 }
 
 const char *sh_endpoint(const sh_service *sh)

@@ -36,6 +36,7 @@
 #ifndef IMBOX_SH_SERVICE_H
 #define IMBOX_SH_SERVICE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -67,6 +68,11 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen);
 /* The bound endpoint with its port resolved (tcp://127.0.0.1:0 binds a
  * free port), owned by *s; NULL for a local shard. */
 const char *sh_endpoint(const sh_service *s);
+
+/* Whether the shard is ready: its engine open and taking writes
+ * (st_writable). Any thread, until sh_stop. A gateway asks the same
+ * through shard.proto's HealthOp. */
+bool sh_writable(const sh_service *s);
 
 /* A local shard's handle for its driver (im_local.h); {NULL} for a shard
  * with an endpoint. */

@@ -101,7 +101,7 @@ static bool s_decode(const uint8_t *b, size_t n, decoded *d)
 static bool s_only_store(const req_t *r)
 {
     return r->has_store && !r->has_read && !r->has_ack && !r->has_counts && !r->has_presence &&
-           !r->has_query;
+           !r->has_query && !r->has_health;
 }
 
 /* op (the hand reader's) says what d (pb_decode's) says. */

@@ -23,6 +23,8 @@ import struct
 import time
 import unittest
 
+import grpc
+
 import imbox_harness as h
 
 UNAVAILABLE = 14
@@ -155,7 +157,18 @@ class ClusterAuthTest(h.ImboxTestCase):
         procs = self.dep.procs + [proc]
         h.wait_listening(port, procs)
         ch = self.dep.channel(port)
-        h.wait_serving(ch, procs)
+        # It answers, and says NOT_SERVING: it reaches no shard (readiness,
+        # docs/PROTOCOL.md "Health").
+        deadline = time.monotonic() + h.READY_TIMEOUT_S
+        while True:
+            proc.check_alive()
+            try:
+                health = h.health_check(ch)
+                break
+            except grpc.RpcError as e:
+                self.assertLess(time.monotonic(), deadline, 'no Health answer: %s' % e)
+                time.sleep(0.05)
+        self.assertEqual(health, b'\x08\x02')
         secret = h.read_secret(other_dir)
         u = h.uid('alien')
         c = h.Client(ch, h.make_token(secret, u, int(time.time()) + 3600), u)
@@ -178,6 +191,7 @@ class ClusterAuthTest(h.ImboxTestCase):
         self.assertEqual(len(lines), 1, lines)
         self.assertIn('refused', lines[0])
         proc.check_alive()
+        self.assertEqual(h.health_check(ch), b'\x08\x02')
         self.assert_gateway_still_served()
 
 
