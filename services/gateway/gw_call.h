@@ -12,6 +12,8 @@
  *   gw_sub.c      Subscribe (live streams), the presence leases, notices
  *   gw_presence.c Presence
  *   gw_health.c   grpc.health.v1.Health/Check
+ *   gw_reflect.c  grpc.reflection.v1alpha.ServerReflection (a bidirectional
+ *                 stream, no token): the build's descriptor set
  *   gw_tokens.c   the cache of verified tokens (gw_tokens.h; gw__auth's)
  *   gw_tls.c      the listening port's credentials (TLS or plaintext)
  *
@@ -65,7 +67,8 @@
                                     bursts, each costs one small context */
 
 typedef enum {
-    M_SEND, M_PULL, M_ACK, M_COUNTS, M_SUBSCRIBE, M_PRESENCE, M_HEALTH, M_GENERIC, M_COUNT
+    M_SEND, M_PULL, M_ACK, M_COUNTS, M_SUBSCRIBE, M_PRESENCE, M_HEALTH, M_REFLECT, M_GENERIC,
+    M_COUNT
 } gw_method;
 
 
@@ -137,6 +140,8 @@ struct gw_call {
     /* Subscribe */
     struct gw_sub *sub;
     size_t charged;            /* reply budget held by resp (gw__respond) */
+    /* ServerReflectionInfo: initial metadata sent */
+    bool reflect_md;
 };
 
 struct gw_server {
@@ -324,6 +329,13 @@ void gw__ack(gw_call *c);
 void gw__counts(gw_call *c);
 void gw__presence(gw_call *c); /* gw_presence.c */
 void gw__health(gw_call *c);   /* gw_health.c */
+
+/* gw_reflect.c: a reflection stream (M_REFLECT) starts with its first
+ * request in c->payload, holding one reference besides its receive-close;
+ * each of its TAG_MSG completions goes to gw__reflect_next (CQ thread),
+ * after which the caller drops that batch's reference. */
+void gw__reflect(gw_call *c);
+void gw__reflect_next(gw_call *c, bool ok);
 
 /* ------------------------------------------------------ streams (gw_sub.c) */
 

@@ -23,6 +23,7 @@ static const char *const s_paths[M_GENERIC] = {
     "/imbox.v1.Inbox/Send", "/imbox.v1.Inbox/Pull", "/imbox.v1.Inbox/Ack",
     "/imbox.v1.Inbox/Counts", "/imbox.v1.Inbox/Subscribe", "/imbox.v1.Inbox/Presence",
     "/grpc.health.v1.Health/Check",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 };
 
 /* ------------------------------------------------------- reply budget */
@@ -268,8 +269,9 @@ static void s_on_new(gw_call *c)
     /* A unary call's receive-close rides in its answer's batch (one
      * completion per call, gw__respond); a stream learns of its end (cancel,
      * deadline) from a batch of its own, started now. */
-    atomic_store(&c->refs, c->m == M_SUBSCRIBE ? 2 : 1);
-    if (c->m == M_SUBSCRIBE) {
+    bool stream = c->m == M_SUBSCRIBE || c->m == M_REFLECT;
+    atomic_store(&c->refs, stream ? 2 : 1);
+    if (stream) {
         grpc_op op;
         memset(&op, 0, sizeof op);
         op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
@@ -281,6 +283,10 @@ static void s_on_new(gw_call *c)
     }
     if (c->m == M_HEALTH) {
         gw__health(c);
+        return;
+    }
+    if (c->m == M_REFLECT) { /* no token: it describes the public API */
+        gw__reflect(c);
         return;
     }
     if (c->m == M_GENERIC) {
@@ -327,7 +333,7 @@ static void *s_main(void *arg)
             }
             /* Streams last: a stop does not wait for them to end (it
              * ends them), so they are not counted as active. */
-            if (c->m != M_SUBSCRIBE) {
+            if (c->m != M_SUBSCRIBE && c->m != M_REFLECT) {
                 c->accepted = true;
                 atomic_fetch_add(&g->active, 1);
             }
@@ -345,7 +351,10 @@ static void *s_main(void *arg)
             break;
         case TAG_MD:
         case TAG_MSG:
-            gw__sub_sent(c, t->kind, ev.success != 0);
+            if (c->m == M_REFLECT)
+                gw__reflect_next(c, ev.success != 0);
+            else
+                gw__sub_sent(c, t->kind, ev.success != 0);
             gw__call_unref(c);
             break;
         }
