@@ -12,6 +12,8 @@
  *   gw_sub.c      Subscribe (live streams), the presence leases, notices
  *   gw_presence.c Presence
  *   gw_health.c   grpc.health.v1.Health, Check and Watch (readiness)
+ *   gw_reflect.c  grpc.reflection.v1alpha.ServerReflection (a bidirectional
+ *                 stream, no token): the build's descriptor set
  *   gw_tokens.c   the cache of verified tokens (gw_tokens.h; gw__auth's)
  *   gw_tls.c      the listening port's credentials (TLS or plaintext)
  *
@@ -65,7 +67,8 @@
                                     bursts, each costs one small context */
 
 typedef enum {
-    M_SEND, M_PULL, M_ACK, M_COUNTS, M_SUBSCRIBE, M_PRESENCE, M_HEALTH, M_WATCH, M_GENERIC,
+    M_SEND, M_PULL, M_ACK, M_COUNTS, M_SUBSCRIBE, M_PRESENCE, M_HEALTH, M_WATCH, M_REFLECT,
+    M_GENERIC,
     M_COUNT
 } gw_method;
 
@@ -140,6 +143,8 @@ struct gw_call {
     /* Health/Watch */
     struct gw_watch *watch;
     size_t charged;            /* reply budget held by resp (gw__respond) */
+    /* ServerReflectionInfo: initial metadata sent */
+    bool reflect_md;
 };
 
 struct gw_server {
@@ -348,6 +353,13 @@ void gw__health_shutdown(gw_server *g);
 void gw__watch_sent(gw_call *c, bool ok);
 void gw__watch_closed(gw_call *c);
 void gw__watch_free(struct gw_watch *w); /* with the call; NULL-safe */
+
+/* gw_reflect.c: a reflection stream (M_REFLECT) starts with its first
+ * request in c->payload, holding one reference besides its receive-close;
+ * each of its TAG_MSG completions goes to gw__reflect_next (CQ thread),
+ * after which the caller drops that batch's reference. */
+void gw__reflect(gw_call *c);
+void gw__reflect_next(gw_call *c, bool ok);
 
 /* ------------------------------------------------------ streams (gw_sub.c) */
 

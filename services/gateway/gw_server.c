@@ -23,6 +23,7 @@ static const char *const s_paths[M_GENERIC] = {
     "/imbox.v1.Inbox/Send", "/imbox.v1.Inbox/Pull", "/imbox.v1.Inbox/Ack",
     "/imbox.v1.Inbox/Counts", "/imbox.v1.Inbox/Subscribe", "/imbox.v1.Inbox/Presence",
     "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 };
 
 /* ------------------------------------------------------- reply budget */
@@ -278,7 +279,7 @@ static void s_on_new(gw_call *c)
     /* A unary call's receive-close rides in its answer's batch (one
      * completion per call, gw__respond); a stream learns of its end (cancel,
      * deadline) from a batch of its own, started now. */
-    bool stream = c->m == M_SUBSCRIBE || c->m == M_WATCH;
+    bool stream = c->m == M_SUBSCRIBE || c->m == M_WATCH || c->m == M_REFLECT;
     atomic_store(&c->refs, stream ? 2 : 1);
     if (stream) {
         grpc_op op;
@@ -296,6 +297,10 @@ static void s_on_new(gw_call *c)
     }
     if (c->m == M_WATCH) {
         gw__watch(c);
+        return;
+    }
+    if (c->m == M_REFLECT) { /* no token: it describes the public API */
+        gw__reflect(c);
         return;
     }
     if (c->m == M_GENERIC) {
@@ -342,7 +347,7 @@ static void *s_main(void *arg)
             }
             /* Streams last: a stop does not wait for them to end (it
              * ends them), so they are not counted as active. */
-            if (c->m != M_SUBSCRIBE && c->m != M_WATCH) {
+            if (c->m != M_SUBSCRIBE && c->m != M_WATCH && c->m != M_REFLECT) {
                 c->accepted = true;
                 atomic_fetch_add(&g->active, 1);
             }
@@ -364,6 +369,8 @@ static void *s_main(void *arg)
         case TAG_MSG:
             if (c->m == M_WATCH)
                 gw__watch_sent(c, ev.success != 0);
+            else if (c->m == M_REFLECT)
+                gw__reflect_next(c, ev.success != 0);
             else
                 gw__sub_sent(c, t->kind, ev.success != 0);
             gw__call_unref(c);
