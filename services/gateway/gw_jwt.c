@@ -62,7 +62,6 @@ struct gw_jwt {
     int64_t next_check_ms;    /* monotonic: no stat before then */
     char *uid_claim, *issuer, *audience;
     gw_tokens *cache;         /* NULL out of memory: every JWT is verified */
-    uint64_t reloads, refused_reloads;
 };
 
 bool gw_jwt_configured(const gw_jwt_config *c)
@@ -332,7 +331,6 @@ static int s_load_jwks(gw_jwt *j, char *err, size_t errlen)
     }
     s_keys_free(&j->keys);
     j->keys = keys;
-    j->reloads++;
     return 0;
 }
 
@@ -360,14 +358,12 @@ static void s_maybe_reload(gw_jwt *j)
         return;
     if (!sig.ok) {
         j->seen = sig; /* logged once, until the file is back */
-        j->refused_reloads++;
         fprintf(stderr, "imbox gateway: JWKS %s: %s; keeping the %d keys in use\n",
                 j->jwks_path, strerror(errno), j->keys.n);
         return;
     }
     char err[PATH_MAX + 256];
     if (s_load_jwks(j, err, sizeof err)) {
-        j->refused_reloads++;
         fprintf(stderr, "imbox gateway: JWKS refused, keeping the %d keys in use: %s\n",
                 j->keys.n, err);
         return;
@@ -668,10 +664,4 @@ int gw_jwt_verify(gw_jwt *j, const char *token, size_t len, int64_t now_unix_s,
     if (j->cache)
         gw_tokens_put(j->cache, (const char *)digest, sizeof digest, until, uid_out);
     return 0;
-}
-
-gw_jwt_stats gw_jwt_stats_of(const gw_jwt *j)
-{
-    gw_tokens_stats t = j->cache ? gw_tokens_stats_of(j->cache) : (gw_tokens_stats){0};
-    return (gw_jwt_stats){j->keys.n, j->reloads, j->refused_reloads, t.hits, t.misses};
 }

@@ -115,13 +115,4 @@ bool gw_jwt_is_jwt(const char *token, size_t len);
 int gw_jwt_verify(gw_jwt *j, const char *token, size_t len, int64_t now_unix_s,
                   char uid_out[IM_UID_MAX + 1], const char **why);
 
-typedef struct gw_jwt_stats {
-    int keys;                 /* keys in use from the JWKS */
-    uint64_t reloads;         /* JWKS files taken since start (the first too) */
-    uint64_t refused_reloads; /* JWKS files refused after start */
-    uint64_t hits, misses;    /* the cache's */
-} gw_jwt_stats;
-
-gw_jwt_stats gw_jwt_stats_of(const gw_jwt *j);
-
 #endif
