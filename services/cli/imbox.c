@@ -191,7 +191,14 @@ static void s_wait_signal(sigset_t set)
      "RESOURCE_EXHAUSTED", NULL},                                                   \
     {"max-metadata-bytes", "65536", "bytes of request headers per call", NULL},   \
     {"send-rate", "200", "Sends per second per sender (0: no limit)", NULL},       \
-    {"send-burst", "400", "Sends a sender may make at once above the rate", NULL}
+    {"send-burst", "400", "Sends a sender may make at once above the rate", NULL}, \
+    {"jwt-hs256-secret-file", "", "accept HS256 JWTs signed with this file's secret", \
+     NULL},                                                                        \
+    {"jwt-jwks-file", "", "accept RS256/ES256 JWTs signed by this JWKS's keys (re-read " \
+     "when it changes)", NULL},                                                     \
+    {"jwt-uid-claim", "sub", "the JWT claim that holds the uid", NULL},          \
+    {"jwt-issuer", "", "if set, a JWT's \"iss\" must be this", NULL},            \
+    {"jwt-audience", "", "if set, a JWT's \"aud\" must name this", NULL}
 
 /* The GATEWAY_FLAGS into a gateway's config (exits 2 on a bad value). */
 static void s_gateway_flags(const flag *flags, gw_config *gc)
@@ -214,6 +221,13 @@ static void s_gateway_flags(const flag *flags, gw_config *gc)
     gc->max_metadata = (int)s_int(flags, "max-metadata-bytes", 1024, 1 << 20);
     gc->send_rate = (unsigned)s_int(flags, "send-rate", 0, 1000000);
     gc->send_burst = (unsigned)s_int(flags, "send-burst", 1, 1000000);
+    gc->jwt = (gw_jwt_config){
+        .hs256_secret_file = s_get(flags, "jwt-hs256-secret-file"),
+        .jwks_file = s_get(flags, "jwt-jwks-file"),
+        .uid_claim = s_get(flags, "jwt-uid-claim"),
+        .issuer = s_get(flags, "jwt-issuer"),
+        .audience = s_get(flags, "jwt-audience"),
+    };
 }
 
 static void s_engine_options(const flag *flags, st_options *o)

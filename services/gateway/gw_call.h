@@ -15,6 +15,7 @@
  *   gw_reflect.c  grpc.reflection.v1alpha.ServerReflection (a bidirectional
  *                 stream, no token): the build's descriptor set
  *   gw_tokens.c   the cache of verified tokens (gw_tokens.h; gw__auth's)
+ *   gw_jwt.c      JWTs from the app's identity provider (gw_jwt.h; gw__auth's)
  *   gw_tls.c      the listening port's credentials (TLS or plaintext)
  *
  * Threads: a call is started and freed on the completion-queue thread; its
@@ -34,6 +35,7 @@
 
 #include "gw_bus.h"
 #include "gw_server.h"
+#include "gw_jwt.h"
 #include "gw_tokens.h"
 #include "im_wire.h"
 #include "imbox/internal/v1/shard.pb.h"
@@ -161,6 +163,8 @@ struct gw_server {
     /* scratch, owned by the CQ thread */
     imbox_internal_v1_ShardRequest *shard_req;
     gw_tokens *tokens;        /* verified tokens (gw__auth; made there) */
+    gw_jwt *jwt;              /* JWT verifier (gw__auth), or NULL when none
+                                 is configured; made by gw_start */
     struct gw_rate *rate;     /* Send rate limit (gw__send; made there) */
     /* scratch, owned by the bus thread (used only in bus callbacks) */
     imbox_internal_v1_ShardReply *shard_reply;

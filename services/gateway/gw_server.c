@@ -416,6 +416,7 @@ static void s_free(gw_server *g)
     free(g->shard_req);
     free(g->shard_reply);
     gw_tokens_free(g->tokens);
+    gw_jwt_free(&g->jwt);
     gw_rate_free(g->rate);
     free(g);
 }
@@ -461,6 +462,10 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
     if (!g->shard_req || !g->shard_reply || c->nshards < 1 || gw__subs_new(g) ||
         gw__health_new(g)) {
         snprintf(err, errlen, c->nshards < 1 ? "no shards" : "out of memory");
+        s_free(g);
+        return NULL;
+    }
+    if (gw_jwt_configured(&c->jwt) && !(g->jwt = gw_jwt_new(&c->jwt, err, errlen))) {
         s_free(g);
         return NULL;
     }

@@ -24,6 +24,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "gw_jwt.h"
 #include "im_auth.h"
 #include "im_local.h"
 
@@ -77,13 +78,16 @@ typedef struct gw_config {
                                   0 = no limit) */
     unsigned send_burst;       /* tokens a sender's bucket holds (0 = twice
                                   send_rate) */
+    gw_jwt_config jwt;         /* JWTs beside imbox tokens (gw_jwt.h);
+                                  zero = imbox tokens only */
 } gw_config;
 
 typedef struct gw_server gw_server;
 
 /* Binds and starts serving. NULL on failure with err (port in use, a
  * limit above its ceiling, a TLS file unreadable or not matching, plaintext
- * on a non-loopback address without insecure_plaintext). */
+ * on a non-loopback address without insecure_plaintext, a JWT secret file
+ * or JWKS refused). */
 gw_server *gw_start(const gw_config *c, char *err, size_t errlen);
 
 /* Graceful stop: refuses new calls, lets the calls in flight finish (those

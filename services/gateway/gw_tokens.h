@@ -30,6 +30,10 @@
  *
  * One cache serves one secret: gw_tokens_verify must always be given the
  * same secret.
+ *
+ * gw_jwt.h keeps a second cache of its own, for JWTs: it calls only
+ * gw_tokens_get and gw_tokens_put, with the SHA-256 of a JWT it has
+ * verified as the "token", and the JWT's exp plus its leeway as expiry.
  */
 #ifndef IMBOX_GW_TOKENS_H
 #define IMBOX_GW_TOKENS_H
