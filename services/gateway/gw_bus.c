@@ -42,7 +42,11 @@ typedef struct bus_req {
 
 struct gw_bus {
     void **dealers;
-    void **monitors;         /* PAIR per dealer, reading its DISCONNECTED events */
+    void **monitors;         /* PAIR per dealer, reading its DISCONNECTED events
+                                (and HANDSHAKE_SUCCEEDED, for gw_bus_up) */
+    atomic_uchar *up;        /* per shard: 1 connected (handshake done, not
+                                disconnected since) or local; bus thread
+                                writes, any thread reads (relaxed) */
     char **endpoints;
     int n;
     im_local_shard *local;   /* n entries; .obj NULL for a remote shard */
@@ -332,7 +336,10 @@ static void s_recv_events(gw_bus *b, int shard)
         if (n == 2 && zmq_msg_size(&parts[0]) == 6) /* u16 event, u32 value */
             memcpy(&event, zmq_msg_data(&parts[0]), 2);
         im_zmq_close(parts, n, 2);
+        if (event & ZMQ_EVENT_HANDSHAKE_SUCCEEDED)
+            atomic_store_explicit(&b->up[shard], 1, memory_order_relaxed);
         if (event & ZMQ_EVENT_DISCONNECTED) {
+            atomic_store_explicit(&b->up[shard], 0, memory_order_relaxed);
             s_recv_replies(b, shard);
             s_fail_shard(b, shard);
             if (b->hooks.disconnected)
@@ -471,6 +478,7 @@ static void s_free(gw_bus *b)
     }
     free(b->dealers);
     free(b->monitors);
+    free(b->up);
     free(b->endpoints);
     free(b->local);
     free(b->sinks);
@@ -489,7 +497,8 @@ static int s_monitor(gw_bus *b, void *zctx, int i)
     char ep[64];
     snprintf(ep, sizeof ep, "inproc://imbox-gwbus-%u-%d", atomic_fetch_add(&s_bus_seq, 1), i);
     int zero = 0;
-    if (zmq_socket_monitor(b->dealers[i], ep, ZMQ_EVENT_DISCONNECTED))
+    if (zmq_socket_monitor(b->dealers[i], ep,
+                           ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_SUCCEEDED))
         return -1;
     void *m = b->monitors[i] = zmq_socket(zctx, ZMQ_PAIR);
     if (!m || zmq_setsockopt(m, ZMQ_LINGER, &zero, sizeof zero) || zmq_connect(m, ep))
@@ -536,8 +545,9 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, const im_local_shard *loc
     b->sinks = calloc((size_t)n, sizeof *b->sinks);
     b->batch = calloc((size_t)n, sizeof *b->batch);
     b->btail = calloc((size_t)n, sizeof *b->btail);
+    b->up = calloc((size_t)n, sizeof *b->up);
     if (b->efd < 0 || !b->dealers || !b->monitors || !b->endpoints || !b->local ||
-        !b->sinks || !b->batch || !b->btail) {
+        !b->sinks || !b->batch || !b->btail || !b->up) {
         snprintf(err, errlen, "out of memory or eventfd");
         s_free(b);
         return NULL;
@@ -553,6 +563,7 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, const im_local_shard *loc
             im_local_sink sink = {s_local_reply, s_local_notice, s_local_wake, &b->sinks[i]};
             local[i].attach(local[i].obj, &sink);
             b->nlocal++;
+            atomic_store(&b->up[i], 1);
             if (!b->endpoints[i]) {
                 snprintf(err, errlen, "out of memory");
                 s_free(b);
@@ -606,4 +617,10 @@ void gw_bus_destroy(gw_bus **bp)
     pthread_join(b->thread, NULL);
     s_free(b);
     *bp = NULL;
+}
+
+int gw_bus_up(gw_bus *b, int shard)
+{
+    assert(shard >= 0 && shard < b->n);
+    return atomic_load_explicit(&b->up[shard], memory_order_relaxed);
 }

@@ -97,6 +97,11 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, const im_local_shard *loc
  * called; body is freed). */
 int gw_bus_send(gw_bus *b, int shard, uint8_t *body, size_t len, gw_bus_fn fn, void *arg);
 
+/* 1 when shard is reachable: a local shard, or a remote one whose CURVE
+ * handshake succeeded and whose connection has not dropped since (the
+ * socket monitor's events); 0 otherwise. Any thread: for metrics. */
+int gw_bus_up(gw_bus *b, int shard);
+
 /* Fails what is pending with UNAVAILABLE, stops the thread, frees *b. */
 void gw_bus_destroy(gw_bus **b);
 

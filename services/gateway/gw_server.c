@@ -70,6 +70,8 @@ bool gw__budget_room(gw_server *g)
 
 void gw__call_free(gw_call *c)
 {
+    if (c->t0_us && c->m == M_SUBSCRIBE)
+        atomic_fetch_sub_explicit(&c->g->stats.streams, 1, memory_order_relaxed);
     if (c->accepted)
         atomic_fetch_sub(&c->g->active, 1);
     if (c->call)
@@ -124,6 +126,7 @@ void gw__respond(gw_call *c, int status, const char *msg, uint8_t *body, size_t 
                   "retry later";
         }
     }
+    gw__stat_call(c, status);
     ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[n++].data.send_initial_metadata.count = 0;
     if (body) {
@@ -333,6 +336,7 @@ static void *s_main(void *arg)
             }
             if (!atomic_load(&g->stopping))
                 s_arm(g, c->m);
+            gw__stat_start(c);
             s_on_new(c);
             break;
         case TAG_CLOSE:

@@ -278,6 +278,7 @@ static void s_end(gw_sub *s, int code, const char *msg)
     if (s->status_sent)
         return;
     s->status_sent = true;
+    gw__stat_call(c, code);
     grpc_op ops[2];
     memset(ops, 0, sizeof ops);
     size_t n = 0;

@@ -1328,3 +1328,13 @@ void sh_stop(sh_service **sp)
     s_free(sh);
     *sp = NULL;
 }
+
+int sh_index(const sh_service *s)
+{
+    return s->c.index;
+}
+
+st_shard *sh_engine(sh_service *s)
+{
+    return s->st;
+}

@@ -72,6 +72,11 @@ const char *sh_endpoint(const sh_service *s);
  * with an endpoint. */
 im_local_shard sh_local(sh_service *s);
 
+/* For metrics (sh_metrics.h): the shard's index, and its engine (valid
+ * until sh_stop; for st_stats_get and st_property only). */
+int sh_index(const sh_service *s);
+st_shard *sh_engine(sh_service *s);
+
 /* Stops the expiry sweeper, waiting for a sweep in progress. A local
  * shard's sweep needs its driver running: call this before stopping the
  * driver. Idempotent; sh_stop does it too. */
