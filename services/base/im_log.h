@@ -25,6 +25,7 @@
 #define IMBOX_IM_LOG_H
 
 #include <stdbool.h>
+#include <stdio.h>
 
 #define IM_LOG_LINE 1024
 
@@ -40,6 +41,14 @@ bool im_log_on(im_log_level lv);
 /* Writes one line (see the top); kv may be NULL. */
 void im_log(im_log_level lv, const char *src, const char *kv, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* im_log with kv "key=idx" (a shard's index, say). */
+#define IM_LOG_IDX(lv, src, key, idx, ...)                                  \
+    do {                                                                    \
+        char im_kv_[48];                                                    \
+        snprintf(im_kv_, sizeof im_kv_, "%s=%d", (key), (int)(idx));        \
+        im_log((lv), (src), im_kv_, __VA_ARGS__);                           \
+    } while (0)
 
 /* The line im_log would write, into buf (NUL-terminated, without the
  * newline; at most IM_LOG_LINE bytes with it), with ts_ms as its time:
