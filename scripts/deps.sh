@@ -4,7 +4,7 @@
 # machine finds nothing before it). Quiet when all is there.
 IMBOX_PACKAGES="build-essential cmake pkg-config libgrpc-dev nanopb libnanopb-dev
 protobuf-compiler protobuf-compiler-grpc librocksdb-dev libzmq3-dev libcunit1-dev
-libssl-dev python3-grpcio python3-protobuf libjwt-dev libjansson-dev"
+libssl-dev python3-grpcio python3-protobuf libjwt-dev libjansson-dev libmicrohttpd-dev"
 # What the tests need beyond the build (scripts/test installs them, with
 # Node.js and npm): TLS certificates, raw HTTP/2, network namespaces, the
 # fuzzers and valgrind.
@@ -12,7 +12,7 @@ IMBOX_TEST_PACKAGES="openssl python3-h2 iproute2 valgrind clang libclang-rt-14-d
 # What the binaries load at run time: the container image's runtime stage
 # installs exactly these (deploy/Dockerfile); tests/deploy checks that they
 # cover every library that build/bin/imbox and imboxctl need.
-IMBOX_RUNTIME_PACKAGES="libgrpc29 librocksdb7.8 libzmq5 libssl3 libjwt0 libjansson4"
+IMBOX_RUNTIME_PACKAGES="libgrpc29 librocksdb7.8 libzmq5 libssl3 libjwt0 libjansson4 libmicrohttpd12"
 
 # imbox_install_deps [--tests]: IMBOX_PACKAGES, and with --tests also
 # IMBOX_TEST_PACKAGES, Node.js and npm.

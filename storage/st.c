@@ -129,6 +129,8 @@
 
 #include <rocksdb/c.h>
 
+#include "im_log.h"
+
 #define ST_FORMAT "imbox-st-1"
 #define ST_REC_VERSION 1
 #define ST_KEY_MAX (1 + ST_UID_MAX + 1 + ST_UID_MAX + 1 + ST_MSGID_MAX + 8)
@@ -175,6 +177,8 @@ struct st_shard {
     pthread_t writer;    /* the writer thread, unless o.wake (inline) */
     struct s_writer *inl; /* inline mode: the writer state st_run uses */
     st_stats stats;
+    int64_t msg_delta;    /* stored minus deleted since open (under mu) */
+    int64_t msg_base;     /* messages at open, as the last sweep counted */
 
     /* DISK TROUBLE. The read side of dblock is held by every public read
      * while it uses db; the writer takes the write side to reopen it. db is
@@ -264,8 +268,8 @@ static int s_write_failed(st_shard *s, st_error *err, const char *what, char *re
 {
     int code = s_nospace(rerr) ? ST_ENOSPC : ST_EIO;
     if (!s->broken)
-        fprintf(stderr, "imbox storage %s: %s: %s; writes are refused until the database "
-                        "reopens\n", s->dir, what, rerr ? rerr : "unknown RocksDB error");
+        im_log(IM_LOG_ERROR, "storage", NULL, "%s: %s: %s; writes are refused until the "
+               "database reopens", s->dir, what, rerr ? rerr : "unknown RocksDB error");
     if (code == ST_ENOSPC)
         s_err(err, code, "%s", IM_TEXT_DISK_FULL);
     else
@@ -1146,6 +1150,7 @@ static int s_exec_ack(s_writer *w, st_req *r, int64_t now)
     r->deleted = n;
     pthread_mutex_lock(&s->mu);
     s->stats.deleted += n;
+    s->msg_delta -= (int64_t)n;
     if (r->type == ST_REQ_EXPIRE)
         s->stats.expired += n;
     else
@@ -1207,16 +1212,40 @@ static void s_batch_add(s_writer *w, st_req *r)
     }
 }
 
+const double st_batch_le[ST_BATCH_BUCKETS] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+const double st_commit_le_us[ST_COMMIT_BUCKETS] = {100, 250, 500, 1000, 2500, 5000,
+                                                   10000, 25000, 50000, 100000, 250000,
+                                                   1000000};
+
+/* The bucket of v among n ascending upper bounds (n: above them all). */
+static int s_bucket(const double *le, int n, double v)
+{
+    int i = 0;
+    while (i < n && v > le[i])
+        i++;
+    return i;
+}
+
+static int64_t s_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 /* Writes the open batch with one fsync, then completes its requests. */
 static void s_batch_commit(s_writer *w)
 {
     st_shard *s = w->s;
     if (!w->first)
         return;
+    int64_t us = 0;
     if (!w->rc && w->stored) {
         s_ov_flush(&w->ov, w->wb);
         char *rerr = NULL;
+        int64_t t0 = s_mono_us();
         rocksdb_write(s->db, s->wo_sync, w->wb, &rerr);
+        us = s_mono_us() - t0;
         if (rerr)
             w->rc = s_write_failed(s, &w->err, "commit", rerr);
     }
@@ -1225,10 +1254,15 @@ static void s_batch_commit(s_writer *w)
         s->stats.appends += w->stored;
         s->stats.duplicates += w->dups;
         s->stats.full += w->full;
+        s->msg_delta += (int64_t)w->stored;
         if (w->stored) {
             s->stats.commits++;
             if (w->puts > s->stats.max_batch)
                 s->stats.max_batch = w->puts;
+            s->stats.batch_hist[s_bucket(st_batch_le, ST_BATCH_BUCKETS, (double)w->puts)]++;
+            s->stats.batch_sum += w->puts;
+            s->stats.commit_us_hist[s_bucket(st_commit_le_us, ST_COMMIT_BUCKETS, (double)us)]++;
+            s->stats.commit_us_sum += (uint64_t)us;
         }
     }
     pthread_mutex_unlock(&s->mu);
@@ -1293,9 +1327,9 @@ static void s_recover(st_shard *s)
     if (s_open_db(s, &err) == ST_OK) {
         s->broken = false;
         atomic_store(&s->writable, true);
-        fprintf(stderr, "imbox storage %s: database reopened, writes resume\n", s->dir);
+        im_log(IM_LOG_INFO, "storage", NULL, "%s: database reopened, writes resume", s->dir);
     } else {
-        fprintf(stderr, "imbox storage %s: reopen failed: %s\n", s->dir, err.msg);
+        im_log(IM_LOG_ERROR, "storage", NULL, "%s: reopen failed: %s", s->dir, err.msg);
     }
     pthread_rwlock_unlock(&s->dblock);
 }
@@ -2013,6 +2047,13 @@ int st_expire(st_shard *s, uint64_t *purged, st_error *err)
     int rc = s_rd(s, err); /* held while waiting for the writer: DISK TROUBLE */
     if (rc)
         return rc;
+    /* The messages of the shard: the heads' counts as the iterator sees
+     * them, minus the writes counted before it opened (so within the
+     * writes of that instant). */
+    uint64_t heads = 0;
+    pthread_mutex_lock(&s->mu);
+    int64_t delta0 = s->msg_delta;
+    pthread_mutex_unlock(&s->mu);
     s_iter_open(s, &it, lo, 1, hi, 1, S_IT_TOTAL, NULL);
     for (; rocksdb_iter_valid(it.it) && !rc; rocksdb_iter_next(it.it)) {
         size_t kl, vl;
@@ -2027,6 +2068,7 @@ int st_expire(st_shard *s, uint64_t *purged, st_error *err)
         uid[kl - 2] = 0;
         st_inbox h;
         s_head_decode(v, &h);
+        heads += h.count;
         bool old = false;
         uint64_t n = 0;
         if (h.count && !(rc = s_oldest_expired(s, uid, &h, &old, err)) && old)
@@ -2037,6 +2079,12 @@ int st_expire(st_shard *s, uint64_t *purged, st_error *err)
     s_rd_end(s);
     if (!rc)
         rc = irc;
+    if (!rc) {
+        pthread_mutex_lock(&s->mu);
+        s->msg_base = (int64_t)heads - delta0;
+        s->stats.messages_known = true;
+        pthread_mutex_unlock(&s->mu);
+    }
     if (purged)
         *purged = total;
     if (!rc)
@@ -2084,7 +2132,20 @@ void st_stats_get(st_shard *s, st_stats *out)
     assert(s && out);
     pthread_mutex_lock(&s->mu);
     *out = s->stats;
+    int64_t m = s->msg_base + s->msg_delta;
+    out->messages = m > 0 ? (uint64_t)m : 0;
     pthread_mutex_unlock(&s->mu);
+}
+
+int st_property(st_shard *s, const char *name, uint64_t *out)
+{
+    assert(s && name && out);
+    *out = 0;
+    if (s_rd(s, NULL))
+        return -1;
+    int rc = s->db && rocksdb_property_int(s->db, name, out) == 0 ? 0 : -1;
+    s_rd_end(s);
+    return rc;
 }
 
 uint64_t st_debug_keys(st_shard *s, char table)

@@ -326,6 +326,11 @@ int st_flush(st_shard *s, st_error *err);
  */
 int st_checkpoint(st_shard *s, const char *dir, st_error *err);
 
+#define ST_BATCH_BUCKETS 11  /* puts per commit: 1, 2, 4 .. 1024 */
+#define ST_COMMIT_BUCKETS 12 /* commit time: 100 us .. 1 s */
+extern const double st_batch_le[ST_BATCH_BUCKETS];
+extern const double st_commit_le_us[ST_COMMIT_BUCKETS];
+
 typedef struct st_stats {
     uint64_t appends;      /* puts stored (duplicates excluded) */
     uint64_t duplicates;   /* puts answered from the dedup index */
@@ -335,9 +340,29 @@ typedef struct st_stats {
     uint64_t acks;         /* ack requests executed */
     uint64_t deleted;      /* messages deleted by acks and expiry */
     uint64_t expired;      /* of which by expiry */
+    /* For metrics. batch_hist[i]: commits of at most st_batch_le[i] puts
+     * (not cumulative; [ST_BATCH_BUCKETS]: more), batch_sum their puts;
+     * commit_us_hist likewise for the microseconds the synced
+     * rocksdb_write of a commit took (st_commit_le_us), commit_us_sum. */
+    uint64_t batch_hist[ST_BATCH_BUCKETS + 1];
+    uint64_t batch_sum;
+    uint64_t commit_us_hist[ST_COMMIT_BUCKETS + 1];
+    uint64_t commit_us_sum;
+    /* Messages stored in the shard now (acked and expired ones gone):
+     * counted from the inbox heads by each expiry sweep (st_expire) and
+     * kept up to date by the writes since; messages_known is false until
+     * the first sweep. */
+    bool messages_known;
+    uint64_t messages;
 } st_stats;
 
 void st_stats_get(st_shard *s, st_stats *out);
+
+/* RocksDB's integer property `name` (rocksdb_property_int: e.g.
+ * "rocksdb.cur-size-all-mem-tables") into *out; 0, or -1 when RocksDB
+ * has no such property or the database is closed (DISK TROUBLE). Any
+ * thread: a read. */
+int st_property(st_shard *s, const char *name, uint64_t *out);
 
 /*
  * Whether the shard takes writes now: its database is open and not broken

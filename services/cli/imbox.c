@@ -32,9 +32,13 @@
 
 #include "bk_admin.h"
 #include "bk_backup.h"
+#include "gw_metrics.h"
 #include "gw_server.h"
 #include "im_auth.h"
+#include "im_log.h"
+#include "im_metrics.h"
 #include "sh_health.h"
+#include "sh_metrics.h"
 #include "sh_service.h"
 #include "st.h"
 
@@ -164,7 +168,61 @@ static void s_wait_signal(sigset_t set)
 {
     int sig = 0;
     sigwait(&set, &sig);
-    fprintf(stderr, "imbox: %s received, stopping\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    im_log(IM_LOG_INFO, "imbox", NULL, "%s received, stopping",
+           sig == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+/* The observability flags of every server command (im_log.h,
+ * im_metrics.h). */
+#define OBS_FLAGS                                                                    \
+    {"log-level", "info", "least level logged: debug, info, warn, error", NULL},     \
+    {"metrics-listen", "", "Prometheus endpoint HOST:PORT (GET /metrics; empty: off)", \
+     NULL},                                                                          \
+    {"metrics-token-file", "", "bearer token scrapes must send (required off loopback)", \
+     NULL}
+
+/* Applies --log-level, or exits 2. */
+static void s_log_level(const flag *flags)
+{
+    if (im_log_set_level(s_get(flags, "log-level"))) {
+        fprintf(stderr, "imbox: --log-level: '%s' is not debug, info, warn or error\n",
+                s_get(flags, "log-level"));
+        exit(2);
+    }
+}
+
+/* What one process exports: its gateway (or NULL) and its shards. */
+typedef struct s_exported {
+    gw_server *gw;
+    sh_service **shards;
+    int nshards;
+} s_exported;
+
+static void s_render(void *arg, im_mtext *t)
+{
+    s_exported *e = arg;
+    if (e->gw)
+        gw_metrics_render(e->gw, t);
+    if (e->nshards)
+        sh_metrics_render(e->shards, e->nshards, t);
+}
+
+/* Starts the metrics endpoint if --metrics-listen is set: 0 (*m NULL when
+ * off), or 1 after printing why it cannot start. */
+static int s_metrics(const flag *flags, const char *cmd, s_exported *e, im_metrics **m)
+{
+    *m = NULL;
+    const char *listen = s_get(flags, "metrics-listen");
+    if (!*listen)
+        return 0;
+    char err[512];
+    if (!(*m = im_metrics_start(listen, s_get(flags, "metrics-token-file"), s_render, e, err,
+                                sizeof err))) {
+        fprintf(stderr, "imbox %s: %s\n", cmd, err);
+        return 1;
+    }
+    im_log(IM_LOG_INFO, "metrics", NULL, "serving GET /metrics on %s", listen);
+    return 0;
 }
 
 #define ENGINE_FLAGS                                                                 \
@@ -270,11 +328,13 @@ static int cmd_serve(int argc, char **argv)
         {"shards", "1", "number of shards in this process", NULL},
         ENGINE_FLAGS,
         GATEWAY_FLAGS,
+        OBS_FLAGS,
         {0},
     };
     int rc = s_parse("serve", flags, argc, argv);
     if (rc)
         return rc;
+    s_log_level(flags);
     int S = (int)s_int(flags, "shards", 1, 64);
     const char *dir = s_get(flags, "data-dir");
     gw_config gc = {.listen = s_get(flags, "listen"), .nshards = S};
@@ -329,11 +389,16 @@ static int cmd_serve(int argc, char **argv)
             rc = 1;
         }
     }
+    s_exported ex = {gw, shards, S};
+    im_metrics *metrics = NULL;
+    if (!rc)
+        rc = s_metrics(flags, "serve", &ex, &metrics);
     if (!rc) {
-        fprintf(stderr, "imbox: serving imbox.v1.Inbox on %s (%d shards, data in %s)\n",
-                s_get(flags, "listen"), S, dir);
+        im_log(IM_LOG_INFO, "imbox", NULL, "serving imbox.v1.Inbox on %s (%d shards, data in %s)",
+               s_get(flags, "listen"), S, dir);
         s_wait_signal(sigs);
     }
+    im_metrics_stop(&metrics);
     bk_admin_stop(&adm); /* a backup in progress finishes first */
     for (int i = 0; i < S; i++) /* a sweep needs the bus thread: first */
         sh_quiesce(shards[i]);
@@ -364,11 +429,13 @@ static int cmd_shard(int argc, char **argv)
         {"health-listen", "", "HOST:PORT of a plaintext grpc.health.v1 port (readiness "
                               "probes; no data, no token), empty = none", NULL},
         ENGINE_FLAGS,
+        OBS_FLAGS,
         {0},
     };
     int rc = s_parse("shard", flags, argc, argv);
     if (rc)
         return rc;
+    s_log_level(flags);
     int count = (int)s_int(flags, "count", 1, IMBOX_MAX_SHARDS);
     int index = (int)s_int(flags, "index", 0, count - 1);
     sigset_t sigs = s_block_signals();
@@ -408,11 +475,17 @@ static int cmd_shard(int argc, char **argv)
             zmq_ctx_term(c.zctx);
             return 1;
         }
-        fprintf(stderr, "imbox: shard health (grpc.health.v1) on %s\n", health_listen);
+        im_log(IM_LOG_INFO, "imbox", NULL, "shard health (grpc.health.v1) on %s", health_listen);
     }
-    fprintf(stderr, "imbox: shard %d of %d on %s (data in %s)\n", index, count, c.endpoint,
-            c.dir);
-    s_wait_signal(sigs);
+    s_exported ex = {NULL, &sh, 1};
+    im_metrics *metrics = NULL;
+    rc = s_metrics(flags, "shard", &ex, &metrics);
+    if (!rc) {
+        im_log(IM_LOG_INFO, "imbox", NULL, "shard %d of %d on %s (data in %s)", index, count,
+               c.endpoint, c.dir);
+        s_wait_signal(sigs);
+    }
+    im_metrics_stop(&metrics);
     if (health) {
         sh_health_stop(&health);
         grpc_shutdown();
@@ -420,7 +493,7 @@ static int cmd_shard(int argc, char **argv)
     bk_admin_stop(&adm);
     sh_stop(&sh);
     zmq_ctx_term(c.zctx);
-    return 0;
+    return rc;
 }
 
 static int cmd_gateway(int argc, char **argv)
@@ -434,11 +507,13 @@ static int cmd_gateway(int argc, char **argv)
         {"shard-timeout-ms", "5000", "UNAVAILABLE when a shard has not answered by then",
          NULL},
         GATEWAY_FLAGS,
+        OBS_FLAGS,
         {0},
     };
     int rc = s_parse("gateway", flags, argc, argv);
     if (rc)
         return rc;
+    s_log_level(flags);
     int timeout = (int)s_int(flags, "shard-timeout-ms", 1, 600000);
     char *list = strdup(s_get(flags, "shards"));
     char *eps[IMBOX_MAX_SHARDS];
@@ -473,8 +548,15 @@ static int cmd_gateway(int argc, char **argv)
         fprintf(stderr, "imbox gateway: %s\n", err);
         rc = 1;
     } else {
-        fprintf(stderr, "imbox: gateway on %s in front of %d shards\n", gc.listen, S);
-        s_wait_signal(sigs);
+        s_exported ex = {gw, NULL, 0};
+        im_metrics *metrics = NULL;
+        rc = s_metrics(flags, "gateway", &ex, &metrics);
+        if (!rc) {
+            im_log(IM_LOG_INFO, "imbox", NULL, "gateway on %s in front of %d shards", gc.listen,
+                   S);
+            s_wait_signal(sigs);
+        }
+        im_metrics_stop(&metrics);
         gw_stop(&gw, IMBOX_GRACE_MS);
     }
     zmq_ctx_term(gc.zctx);

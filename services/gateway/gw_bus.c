@@ -16,6 +16,7 @@
 #include <zmq.h>
 
 #include "im_local.h"
+#include "im_log.h"
 #include "im_wire.h"
 #include "im_zmq.h"
 
@@ -200,7 +201,7 @@ static void s_send_queued(gw_bus *b)
 {
     uint64_t v;
     if (read(b->efd, &v, sizeof v) < 0 && errno != EAGAIN)
-        fprintf(stderr, "imbox gateway: eventfd: %s\n", strerror(errno));
+        im_log(IM_LOG_ERROR, "gateway", NULL, "eventfd: %s", strerror(errno));
     pthread_mutex_lock(&b->mu);
     bus_req *r = b->queue;
     b->queue = b->qtail = NULL;
@@ -247,7 +248,7 @@ static void s_recv_replies(gw_bus *b, int shard)
     while ((n = im_zmq_recv(b->dealers[shard], parts, max)) > 0) {
         bool ok = im_zmq_batch_ok(parts, 0, n, max);
         if (!ok)
-            fprintf(stderr, "imbox gateway: malformed reply from shard %d dropped\n", shard);
+            im_log(IM_LOG_WARN, "gateway", NULL, "malformed reply from shard %d dropped", shard);
         for (int i = 0; ok && i < n; i += 2) {
             uint64_t id;
             memcpy(&id, zmq_msg_data(&parts[i]), 8);
@@ -288,7 +289,7 @@ static void s_wake(gw_bus *b)
 {
     uint64_t one = 1;
     if (write(b->efd, &one, sizeof one) < 0)
-        fprintf(stderr, "imbox gateway: eventfd write: %s\n", strerror(errno));
+        im_log(IM_LOG_ERROR, "gateway", NULL, "eventfd write: %s", strerror(errno));
 }
 
 /* A local shard's sweeper queued a write (any thread). */
@@ -364,7 +365,7 @@ static void *s_main(void *arg)
     int n = 2 * b->n + 1; /* eventfd, dealers, monitors */
     zmq_pollitem_t *items = calloc((size_t)n, sizeof *items);
     if (!items) {
-        fprintf(stderr, "imbox gateway: out of memory in the bus thread\n");
+        im_log(IM_LOG_ERROR, "gateway", NULL, "out of memory in the bus thread");
         abort();
     }
     items[0].fd = b->efd;
@@ -392,7 +393,7 @@ static void *s_main(void *arg)
         if (b->nlocal && (wait < 0 || wait > BUS_LOCAL_RUN_MS))
             wait = BUS_LOCAL_RUN_MS;
         if (zmq_poll(items, n, wait) < 0 && errno != EINTR) {
-            fprintf(stderr, "imbox gateway: bus poll: %s\n", zmq_strerror(errno));
+            im_log(IM_LOG_ERROR, "gateway", NULL, "bus poll: %s", zmq_strerror(errno));
             break;
         }
         /* Disconnects before sends, which narrows the race told in gw_bus.h:
@@ -564,6 +565,7 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, const im_local_shard *loc
             local[i].attach(local[i].obj, &sink);
             atomic_store(&b->up[i], true);
             b->nlocal++;
+            atomic_store(&b->up[i], 1);
             if (!b->endpoints[i]) {
                 snprintf(err, errlen, "out of memory");
                 s_free(b);

@@ -17,6 +17,7 @@
  *   gw_tokens.c   the cache of verified tokens (gw_tokens.h; gw__auth's)
  *   gw_jwt.c      JWTs from the app's identity provider (gw_jwt.h; gw__auth's)
  *   gw_tls.c      the listening port's credentials (TLS or plaintext)
+ *   gw_metrics.c  the counters' exposition (gw_metrics.h)
  *
  * Threads: a call is started and freed on the completion-queue thread; its
  * reply may be sent from the bus thread (gw_bus.h), exactly once per call.
@@ -74,6 +75,21 @@ typedef enum {
     M_COUNT
 } gw_method;
 
+
+/* Counters for the metrics endpoint (gw_metrics.c), written by the thread
+ * that answers a call (CQ or bus thread) with relaxed atomic adds: no lock
+ * and no allocation on any call's path. */
+#define GW_CODES 17   /* gRPC status codes 0..16 */
+#define GW_LAT_N 14   /* latency buckets, gw_lat_le_us */
+extern const double gw_lat_le_us[GW_LAT_N];
+typedef struct gw_stats {
+    atomic_uint_least64_t calls[M_COUNT][GW_CODES]; /* by method, status */
+    atomic_uint_least64_t lat[M_COUNT][GW_LAT_N + 1]; /* unary calls */
+    atomic_uint_least64_t lat_us[M_COUNT];          /* their sum */
+    atomic_uint_least64_t receipts[GW_CODES];       /* Send receipts by code */
+    atomic_uint_least64_t duplicates;               /* of code 0: duplicates */
+    atomic_llong streams;                           /* live Subscribe calls */
+} gw_stats;
 
 /* TAG_SEND: the final batch (status; a unary call's receive-close rides in it);
  * TAG_CLOSE: a stream's receive-close; TAG_MD, TAG_MSG: a stream's initial
@@ -147,6 +163,7 @@ struct gw_call {
     size_t charged;            /* reply budget held by resp (gw__respond) */
     /* ServerReflectionInfo: initial metadata sent */
     bool reflect_md;
+    int64_t t0_us;             /* accepted (monotonic): latency metric */
 };
 
 struct gw_server {
@@ -176,7 +193,15 @@ struct gw_server {
     atomic_bool *shard_ok;    /* per shard: its last HealthOp answered OK */
     struct gw_probe *probes;  /* per shard: the probe in flight (bus thread) */
     struct gw_watches *watches; /* Watch streams */
+    gw_stats stats;           /* the metrics endpoint's (gw_metrics.c) */
 };
+
+/* ------------------------------------------------ metrics (gw_metrics.c) */
+
+/* Marks call c accepted (CQ thread): its start time, a live stream. */
+void gw__stat_start(gw_call *c);
+/* Counts call c answered with status (once per call, by whoever answers). */
+void gw__stat_call(gw_call *c, int status);
 
 /* ------------------------------------------------ replies (gw_server.c) */
 

@@ -74,6 +74,14 @@ static void s_part_done(gw_call *c)
 {
     if (atomic_fetch_sub(&c->parts_left, 1) != 1)
         return;
+    uint64_t dups = 0;
+    for (int i = 0; i < c->nrecv; i++) { /* codes are 0..16 (s_on_store) */
+        unsigned code = (unsigned)c->receipts[i].code % GW_CODES;
+        atomic_fetch_add_explicit(&c->g->stats.receipts[code], 1, memory_order_relaxed);
+        dups += !code && c->receipts[i].duplicate;
+    }
+    if (dups)
+        atomic_fetch_add_explicit(&c->g->stats.duplicates, dups, memory_order_relaxed);
     uint8_t *body;
     size_t len;
     if (gw__send_response(c, &body, &len)) {

@@ -17,6 +17,7 @@
 
 #include "gw_call.h"
 #include "gw_rate.h"
+#include "im_log.h"
 #include "im_store_reply.h"
 
 static const char *const s_paths[M_GENERIC] = {
@@ -80,6 +81,8 @@ bool gw__budget_room(gw_server *g)
 
 void gw__call_free(gw_call *c)
 {
+    if (c->t0_us && c->m == M_SUBSCRIBE)
+        atomic_fetch_sub_explicit(&c->g->stats.streams, 1, memory_order_relaxed);
     if (c->accepted)
         atomic_fetch_sub(&c->g->active, 1);
     if (c->call)
@@ -135,6 +138,7 @@ void gw__respond(gw_call *c, int status, const char *msg, uint8_t *body, size_t 
                   "retry later";
         }
     }
+    gw__stat_call(c, status);
     ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[n++].data.send_initial_metadata.count = 0;
     if (body) {
@@ -156,7 +160,7 @@ void gw__respond(gw_call *c, int status, const char *msg, uint8_t *body, size_t 
     }
     grpc_call_error e = grpc_call_start_batch(c->call, ops, (size_t)n, &c->t_send, NULL);
     if (e != GRPC_CALL_OK) {
-        fprintf(stderr, "imbox gateway: start_batch(send) = %d: a bug\n", (int)e);
+        im_log(IM_LOG_ERROR, "gateway", NULL, "start_batch(send) = %d: a bug", (int)e);
         abort();
     }
 }
@@ -247,7 +251,7 @@ static void s_arm(gw_server *g, gw_method m)
 {
     gw_call *c = calloc(1, sizeof *c);
     if (!c) {
-        fprintf(stderr, "imbox gateway: out of memory arming a call\n");
+        im_log(IM_LOG_ERROR, "gateway", NULL, "out of memory arming a call");
         return;
     }
     c->g = g;
@@ -269,7 +273,7 @@ static void s_arm(gw_server *g, gw_method m)
                                                 &c->deadline, &c->md, &c->payload, g->cq,
                                                 g->cq, &c->t_new);
     if (e != GRPC_CALL_OK) {
-        fprintf(stderr, "imbox gateway: request_call = %d\n", (int)e);
+        im_log(IM_LOG_ERROR, "gateway", NULL, "request_call = %d", (int)e);
         gw__call_free(c);
     }
 }
@@ -287,7 +291,7 @@ static void s_on_new(gw_call *c)
         op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
         op.data.recv_close_on_server.cancelled = &c->cancelled;
         if (grpc_call_start_batch(c->call, &op, 1, &c->t_close, NULL) != GRPC_CALL_OK) {
-            fprintf(stderr, "imbox gateway: start_batch(close) failed: a bug\n");
+            im_log(IM_LOG_ERROR, "gateway", NULL, "start_batch(close) failed: a bug");
             abort();
         }
     }
@@ -353,6 +357,7 @@ static void *s_main(void *arg)
             }
             if (!atomic_load(&g->stopping))
                 s_arm(g, c->m);
+            gw__stat_start(c);
             s_on_new(c);
             break;
         case TAG_CLOSE:

@@ -62,6 +62,7 @@
 #include "gw_call.h"
 #include "im_auth.h"
 #include "im_hash.h"
+#include "im_log.h"
 
 typedef struct gw_uidset gw_uidset;
 
@@ -239,7 +240,7 @@ static void s_batch(gw_sub *s, grpc_op *ops, size_t n, gw_tag *t)
     atomic_fetch_add(&s->c->refs, 1);
     grpc_call_error e = grpc_call_start_batch(s->c->call, ops, n, t, NULL);
     if (e != GRPC_CALL_OK) {
-        fprintf(stderr, "imbox gateway: start_batch(stream) = %d: a bug\n", (int)e);
+        im_log(IM_LOG_ERROR, "gateway", NULL, "start_batch(stream) = %d: a bug", (int)e);
         abort();
     }
 }
@@ -278,6 +279,7 @@ static void s_end(gw_sub *s, int code, const char *msg)
     if (s->status_sent)
         return;
     s->status_sent = true;
+    gw__stat_call(c, code);
     grpc_op ops[2];
     memset(ops, 0, sizeof ops);
     size_t n = 0;
@@ -294,7 +296,7 @@ static void s_end(gw_sub *s, int code, const char *msg)
     /* The final status's reference was taken when the call began. */
     grpc_call_error e = grpc_call_start_batch(c->call, ops, n, &c->t_send, NULL);
     if (e != GRPC_CALL_OK) {
-        fprintf(stderr, "imbox gateway: start_batch(status) = %d: a bug\n", (int)e);
+        im_log(IM_LOG_ERROR, "gateway", NULL, "start_batch(status) = %d: a bug", (int)e);
         abort();
     }
 }
@@ -723,7 +725,7 @@ void gw__subs_notice(void *arg, int shard, const uint8_t *body, size_t len)
     pb_istream_t is = pb_istream_from_buffer(body, len);
     pthread_mutex_lock(&g->subs->mu);
     if (!pb_decode(&is, imbox_internal_v1_Notice_fields, &n))
-        fprintf(stderr, "imbox gateway: notice from shard %d does not decode: %s\n", shard,
-                PB_GET_ERROR(&is));
+        im_log(IM_LOG_WARN, "gateway", NULL, "notice from shard %d does not decode: %s", shard,
+               PB_GET_ERROR(&is));
     pthread_mutex_unlock(&g->subs->mu);
 }

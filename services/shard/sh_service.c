@@ -17,6 +17,7 @@
 
 #include "im_hash.h"
 #include "im_local.h"
+#include "im_log.h"
 #include "im_store_op.h"
 #include "im_store_reply.h"
 #include "im_wire.h"
@@ -210,8 +211,8 @@ static void s_out_flush(sh_service *sh)
                                  (i + 1 < x->n ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0)
                     break; /* cannot happen once a frame went */
         if (i < x->n && errno != EHOSTUNREACH)
-            fprintf(stderr, "imbox shard %d: replies lost: %s\n", sh->c.index,
-                    zmq_strerror(errno));
+            IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index,
+                       "replies lost: %s", zmq_strerror(errno));
         for (; i < x->n; i++)
             zmq_msg_close(&x->frames[i]);
         x->n = 0;
@@ -266,7 +267,7 @@ static void s_out_add(sh_service *sh, const uint8_t *ident, size_t ident_len,
         s_out_flush(sh);
     return;
 oom:
-    fprintf(stderr, "imbox shard %d: reply lost: out of memory\n", sh->c.index);
+    IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "reply lost: out of memory");
     free(body);
 }
 
@@ -291,7 +292,7 @@ static void s_reply_send(sh_service *sh, const uint8_t *ident, size_t ident_len,
     uint8_t *buf;
     size_t n;
     if (s_reply_encode(sh, &buf, &n)) {
-        fprintf(stderr, "imbox shard %d: reply does not encode\n", sh->c.index);
+        IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "reply does not encode");
         return;
     }
     if (sh->local) {
@@ -912,7 +913,7 @@ static int s_recv_msg(sh_service *sh)
         return 0;
     bool ok = zmq_msg_size(&parts[0]) <= SH_IDENT_MAX && im_zmq_batch_ok(parts, 1, n, max);
     if (!ok)
-        fprintf(stderr, "imbox shard %d: dropped a message of %d frames\n", sh->c.index, n);
+        IM_LOG_IDX(IM_LOG_WARN, "shard", "shard", sh->c.index, "dropped a message of %d frames", n);
     for (int i = 1; ok && i < n; i += 2)
         s_handle(sh, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]),
                  zmq_msg_data(&parts[i]), zmq_msg_data(&parts[i + 1]),
@@ -926,10 +927,10 @@ static void s_sweep(sh_service *sh)
     uint64_t purged = 0;
     st_error err;
     if (st_expire(sh->st, &purged, &err))
-        fprintf(stderr, "imbox shard %d: expiry sweep: %s\n", sh->c.index, err.msg);
+        IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "expiry sweep: %s", err.msg);
     else if (purged)
-        fprintf(stderr, "imbox shard %d: purged %llu expired messages\n", sh->c.index,
-                (unsigned long long)purged);
+        IM_LOG_IDX(IM_LOG_INFO, "shard", "shard", sh->c.index,
+                   "purged %llu expired messages", (unsigned long long)purged);
 }
 
 /* The sweeper thread: st_expire() every period until sh_stop. */
@@ -978,7 +979,8 @@ static void s_kick(sh_service *sh, int fd)
 {
     uint64_t one = 1;
     if (write(fd, &one, sizeof one) < 0)
-        fprintf(stderr, "imbox shard %d: eventfd write: %s\n", sh->c.index, strerror(errno));
+        IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index,
+                   "eventfd write: %s", strerror(errno));
 }
 
 static void s_commit_kick(sh_service *sh)
@@ -1028,13 +1030,14 @@ static void *s_main(void *arg)
          * the lapsed ones (a dead gateway's users go offline). */
         long wait = sh->held ? SH_EXPIRE_EVERY_MS : -1;
         if (zmq_poll(items, 4, wait) < 0 && errno != EINTR) {
-            fprintf(stderr, "imbox shard %d: poll: %s\n", sh->c.index, zmq_strerror(errno));
+            IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index,
+                       "poll: %s", zmq_strerror(errno));
             break;
         }
         uint64_t v; /* a wake-up: the committer finished a round, or sh_stop */
         if ((items[1].revents & ZMQ_POLLIN) && read(sh->efd, &v, sizeof v) < 0 &&
             errno != EAGAIN)
-            fprintf(stderr, "imbox shard %d: eventfd: %s\n", sh->c.index, strerror(errno));
+            IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "eventfd: %s", strerror(errno));
         if ((items[2].revents | items[3].revents) & ZMQ_POLLIN) /* handshakes wait */
             sh_zap_serve(sh->zap, SH_ZAP_BURST);
         for (int i = 0, k; i < SH_RECV_BURST && (k = s_recv_msg(sh)) != 0; i += k > 0 ? k : 1)
@@ -1095,7 +1098,7 @@ static void *s_commit_main(void *arg)
     for (;;) {
         uint64_t v;
         if (read(sh->commit_efd, &v, sizeof v) < 0 && errno != EINTR) {
-            fprintf(stderr, "imbox shard %d: eventfd: %s\n", sh->c.index, strerror(errno));
+            IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "eventfd: %s", strerror(errno));
             break;
         }
         if (atomic_load(&sh->commit_stop))
@@ -1344,3 +1347,9 @@ void sh_stop(sh_service **sp)
     s_free(sh);
     *sp = NULL;
 }
+
+int sh_index(const sh_service *s)
+{
+    return s->c.index;
+}
+

@@ -78,9 +78,11 @@ bool sh_writable(const sh_service *s);
  * with an endpoint. */
 im_local_shard sh_local(sh_service *s);
 
-/* The shard's engine, owned by *s until sh_stop(), for what the engine
- * allows from any thread besides the service's own work (st_checkpoint:
- * the admin socket's backups, bk_admin.h). */
+/* The shard's index, and its engine, owned by *s until sh_stop(), for what
+ * the engine allows from any thread besides the service's own work
+ * (st_checkpoint: the admin socket's backups, bk_admin.h; st_stats_get and
+ * st_property: metrics, sh_metrics.h). */
+int sh_index(const sh_service *s);
 st_shard *sh_engine(sh_service *s);
 
 /* Stops the expiry sweeper, waiting for a sweep in progress. A local

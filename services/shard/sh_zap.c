@@ -12,6 +12,7 @@
 #include <openssl/crypto.h>
 #include <zmq.h>
 
+#include "im_log.h"
 #include "im_zmq.h"
 
 #define S_FRAMES_MAX 8      /* 6 + one credential frame, and one more to see
@@ -81,10 +82,10 @@ static void s_log(sh_zap *z, const char *why, zmq_msg_t *addr)
     int64_t now = s_mono_ms();
     if (now < z->next_log_ms)
         return;
-    fprintf(stderr, "imbox shard %d: refused %llu unauthenticated peer(s) in the last %d s "
-                    "(last on %s: %s)\n",
-            z->index, (unsigned long long)z->refused, SH_ZAP_LOG_EVERY_MS / 1000,
-            z->last_addr[0] ? z->last_addr : "?", z->last_why);
+    IM_LOG_IDX(IM_LOG_WARN, "shard", "shard", z->index,
+               "refused %llu unauthenticated peer(s) in the last %d s (last on %s: %s)",
+               (unsigned long long)z->refused, SH_ZAP_LOG_EVERY_MS / 1000,
+               z->last_addr[0] ? z->last_addr : "?", z->last_why);
     z->refused = 0;
     z->next_log_ms = now + SH_ZAP_LOG_EVERY_MS;
 }
@@ -136,7 +137,7 @@ static bool s_serve_one(sh_zap *z)
               zmq_send(z->rep, user, strlen(user), ZMQ_SNDMORE) >= 0 &&
               zmq_send(z->rep, "", 0, 0) >= 0;
     if (!ok)
-        fprintf(stderr, "imbox shard %d: ZAP reply: %s\n", z->index, zmq_strerror(errno));
+        IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", z->index, "ZAP reply: %s", zmq_strerror(errno));
     im_zmq_close(f, n, S_FRAMES_MAX);
     return true;
 }
