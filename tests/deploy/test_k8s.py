@@ -84,7 +84,9 @@ def validate(rendered):
 
 def env_file():
     out = {}
-    for line in open(os.path.join(K8S, 'base', 'imbox.env')):
+    with open(os.path.join(K8S, 'base', 'imbox.env')) as f:
+        lines = f.read().splitlines()
+    for line in lines:
         line = line.strip()
         if line and not line.startswith('#'):
             k, v = line.split('=', 1)
@@ -167,6 +169,8 @@ def invariants(objs):
         for p in probes:
             if p.get('grpc', {}).get('port') != port:
                 bad.append('%s probe %s, want grpc port %d' % (role, p, port))
+        if spec.get('enableServiceLinks') is not False:
+            bad.append('%s: service links on (IMBOX_* variables of Services)' % role)
         if not spec.get('terminationGracePeriodSeconds'):
             bad.append('%s has no terminationGracePeriodSeconds' % role)
         r = c.get('resources', {})
@@ -245,9 +249,11 @@ class K8sTest(unittest.TestCase):
                 shutil.copytree(K8S, os.path.join(t, 'k8s'), ignore=shutil.ignore_patterns(
                     'node_modules'))
                 path = os.path.join(t, 'k8s', f)
-                text = open(path).read()
+                with open(path) as fh:
+                    text = fh.read()
                 self.assertIn(old, text)
-                open(path, 'w').write(text.replace(old, new, 1))
+                with open(path, 'w') as fh:
+                    fh.write(text.replace(old, new, 1))
                 objs, err = validate(render(kubectl, os.path.join(t, 'k8s', 'base')))
                 self.assertTrue(err or invariants(objs), 'a broken copy passed: %s' % what)
 
