@@ -7,8 +7,10 @@ protobuf-compiler protobuf-compiler-grpc librocksdb-dev libzmq3-dev libcunit1-de
 libssl-dev python3-grpcio python3-protobuf libjwt-dev libjansson-dev libmicrohttpd-dev"
 # What the tests need beyond the build (scripts/test installs them, with
 # Node.js and npm): TLS certificates, raw HTTP/2, network namespaces, the
-# fuzzers and valgrind.
-IMBOX_TEST_PACKAGES="openssl python3-h2 iproute2 valgrind clang libclang-rt-14-dev"
+# fuzzers and valgrind, yamllint for deploy/k8s. (tests/deploy/test_k8s.py also
+# fetches Debian's kubernetes-client with `apt-get download`, unpacked in the
+# build tree, not installed: its /usr/bin/kubectl collides with other kubectls.)
+IMBOX_TEST_PACKAGES="openssl python3-h2 iproute2 valgrind clang libclang-rt-14-dev yamllint"
 # What the binaries load at run time: the container image's runtime stage
 # installs exactly these (deploy/Dockerfile); tests/deploy checks that they
 # cover every library that build/bin/imbox and imboxctl need.
