@@ -1,8 +1,15 @@
 /*
  * gw_health.c - grpc.health.v1.Health, Check and Watch (see gw_call.h),
- * for "" and "imbox.v1.Inbox", which share one status: SERVING only when
- * the gateway is not stopping and reaches every shard, NOT_SERVING
- * otherwise.
+ * two services with two meanings:
+ *   "imbox.v1.Inbox"  SERVING only when the gateway is not stopping and
+ *                     reaches every shard: the whole API works;
+ *   ""                SERVING while this gateway is not stopping, whatever
+ *                     the shards: the gateway itself can take calls. This
+ *                     is what a load balancer's readiness asks (Kubernetes'
+ *                     probes ask ""): with one shard down, the other
+ *                     shards' users must still reach every gateway, so a
+ *                     shard's outage must not take all of them out.
+ * NOT_SERVING otherwise.
  *
  * Reaching shard i takes both:
  *   - gw_bus_up: its DEALER completed a CURVE handshake and has not
@@ -44,6 +51,7 @@ typedef struct gw_watch {
     gw_call *c;
     struct gw_watch *next, *prev;
     bool unknown;          /* asked for a service not served: SERVICE_UNKNOWN */
+    int service;           /* else: which one (S_GATEWAY, S_INBOX) */
     int sent;              /* the status last sent (0: none yet) */
     bool sending;          /* a message batch in flight */
     bool listed;           /* in the registry */
@@ -62,11 +70,15 @@ typedef struct gw_probe { /* a shard's probe: its callback's argument */
     atomic_bool pending;   /* a probe in flight */
 } gw_probe;
 
-/* The status of the served names now: any thread. */
-static int s_status(gw_server *g)
+enum { S_GATEWAY, S_INBOX }; /* index in s_names */
+
+/* The status of served name k now: any thread. */
+static int s_status(gw_server *g, int k)
 {
     if (atomic_load(&g->stopping) || !g->shard_ok)
         return IM_HEALTH_NOT_SERVING;
+    if (k == S_GATEWAY)
+        return IM_HEALTH_SERVING;
     for (int i = 0; i < g->c.nshards; i++)
         if (!atomic_load(&g->shard_ok[i]) || (g->bus && !gw_bus_up(g->bus, i)))
             return IM_HEALTH_NOT_SERVING;
@@ -105,17 +117,16 @@ void gw__health(gw_call *c)
         gw__respond(c, IM_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
         return;
     }
-    im_health_response(s_status(c->g), body);
+    im_health_response(s_status(c->g, k), body);
     gw__respond(c, IM_OK, NULL, body, 2);
 }
 
 /* ------------------------------------------------------------- Watch */
 
 /* Sends w its status if it changed and nothing is in flight; under mu. */
-static void s_pump(gw_watch *w, int status)
+static void s_pump(gw_watch *w)
 {
-    if (w->unknown)
-        status = IM_HEALTH_SERVICE_UNKNOWN;
+    int status = w->unknown ? IM_HEALTH_SERVICE_UNKNOWN : s_status(w->c->g, w->service);
     if (w->sending || w->status_sent || w->sent == status)
         return;
     gw_call *c = w->c;
@@ -198,6 +209,7 @@ void gw__watch(gw_call *c)
     }
     w->c = c;
     w->unknown = k == IM_HEALTH_UNKNOWN;
+    w->service = w->unknown ? 0 : k;
     c->watch = w;
     gw_watches *r = c->g->watches;
     pthread_mutex_lock(&r->mu);
@@ -209,7 +221,7 @@ void gw__watch(gw_call *c)
             r->head->prev = w;
         r->head = w;
         w->listed = true;
-        s_pump(w, s_status(c->g));
+        s_pump(w);
     }
     pthread_mutex_unlock(&r->mu);
 }
@@ -223,7 +235,7 @@ void gw__watch_sent(gw_call *c, bool ok)
     w->out = NULL;
     w->sending = false;
     if (ok && w->listed)
-        s_pump(w, s_status(c->g));
+        s_pump(w);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -257,9 +269,8 @@ static void s_changed(gw_server *g)
 {
     gw_watches *r = g->watches;
     pthread_mutex_lock(&r->mu);
-    int status = s_status(g);
     for (gw_watch *w = r->head; w; w = w->next)
-        s_pump(w, status);
+        s_pump(w);
     pthread_mutex_unlock(&r->mu);
 }
 

@@ -408,12 +408,15 @@ def cli_token(data_dir, u, ttl=86400):
     return lines[-1]
 
 
-def health_check(channel, timeout=1.0):
-    """Raw grpc.health.v1.Health/Check without a token: the response bytes."""
+def health_check(channel, timeout=1.0, service=b''):
+    """Raw grpc.health.v1.Health/Check without a token: the response bytes.
+    service b'' asks about the gateway itself, b'imbox.v1.Inbox' whether it
+    reaches every shard (docs/PROTOCOL.md "Health")."""
     call = channel.unary_unary('/grpc.health.v1.Health/Check',
                                request_serializer=_identity,
                                response_deserializer=_identity)
-    return call(b'', timeout=timeout)
+    req = field_len(1, service) if service else b''
+    return call(req, timeout=timeout)
 
 
 def wait_serving(channel, procs, bound_s=READY_TIMEOUT_S):

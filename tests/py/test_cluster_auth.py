@@ -28,6 +28,7 @@ import grpc
 import imbox_harness as h
 
 UNAVAILABLE = 14
+INBOX = b'imbox.v1.Inbox'  # its Health status: every shard reached
 RAW_BOUND_S = 10.0      # the shard closes a refused peer well before this
 
 
@@ -157,13 +158,13 @@ class ClusterAuthTest(h.ImboxTestCase):
         procs = self.dep.procs + [proc]
         h.wait_listening(port, procs)
         ch = self.dep.channel(port)
-        # It answers, and says NOT_SERVING: it reaches no shard (readiness,
-        # docs/PROTOCOL.md "Health").
+        # It answers: the gateway itself is SERVING, imbox.v1.Inbox is
+        # NOT_SERVING: it reaches no shard (docs/PROTOCOL.md "Health").
         deadline = time.monotonic() + h.READY_TIMEOUT_S
         while True:
             proc.check_alive()
             try:
-                health = h.health_check(ch)
+                health = h.health_check(ch, service=INBOX)
                 break
             except grpc.RpcError as e:
                 self.assertLess(time.monotonic(), deadline, 'no Health answer: %s' % e)
@@ -191,7 +192,8 @@ class ClusterAuthTest(h.ImboxTestCase):
         self.assertEqual(len(lines), 1, lines)
         self.assertIn('refused', lines[0])
         proc.check_alive()
-        self.assertEqual(h.health_check(ch), b'\x08\x02')
+        self.assertEqual(h.health_check(ch, service=INBOX), b'\x08\x02')
+        self.assertEqual(h.health_check(ch), b'\x08\x01')
         self.assert_gateway_still_served()
 
 

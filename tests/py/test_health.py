@@ -1,6 +1,7 @@
 """Readiness (docs/PROTOCOL.md "Health"): grpc.health.v1.Health Check and
-Watch on the gateway (SERVING only when every shard is reached and says it
-can write, NOT_SERVING while stopping) and on a shard's --health-listen
+Watch on the gateway (imbox.v1.Inbox: SERVING only when every shard is
+reached and says it can write; "": the gateway itself; both NOT_SERVING
+while stopping) and on a shard's --health-listen
 port. Requests and responses are raw bytes: HealthCheckRequest is field 1
 (string service), HealthCheckResponse field 1 (varint status: 1 SERVING,
 2 NOT_SERVING, 3 SERVICE_UNKNOWN).
@@ -70,13 +71,16 @@ class Watch:
         self.t.join(timeout=BOUND_S)
 
 
-def poll_check(test, channel, want, bound_s=BOUND_S):
+INBOX = b'imbox.v1.Inbox'  # SERVING when every shard is reached; "": the gateway
+
+
+def poll_check(test, channel, want, bound_s=BOUND_S, service=INBOX):
     """Bounded poll of Check until it answers want; returns the seconds."""
     t0 = time.monotonic()
     last = None
     while True:
         try:
-            last = check(channel)
+            last = check(channel, service)
             if last == want:
                 return time.monotonic() - t0
         except grpc.RpcError as e:
@@ -129,14 +133,19 @@ class ClusterHealthTest(h.ImboxTestCase):
         unknown.expect(SERVICE_UNKNOWN)
         unknown.cancel()
 
-        w = Watch(ch)
+        w = Watch(ch, INBOX)
         w.expect(SERVING)
+        gw = Watch(ch)  # "": the gateway itself, whatever the shards
+        gw.expect(SERVING)
         c.kill9_shard(0)
         t_down = poll_check(self, ch, NOT_SERVING)
         w.expect(NOT_SERVING)
+        # The other shard's users still need this gateway: "" stays SERVING.
+        self.assertEqual(check(ch), SERVING)
         c.restart_shard(0)
         t_up = poll_check(self, ch, SERVING)
         w.expect(SERVING)
+        self.assertEqual(check(ch), SERVING)
         print('\nhealth: NOT_SERVING %.2f s after kill -9 of a shard, SERVING %.2f s '
               'after its restart' % (t_down, t_up))
 
@@ -144,15 +153,16 @@ class ClusterHealthTest(h.ImboxTestCase):
         # stream, and exit 0.
         rc = c.gw_proc.terminate()
         self.assertEqual(rc, 0, c.logs())
-        seen = []
-        while True:
-            kind, v = w.next()
-            seen.append((kind, v))
-            if kind == 'end':
-                break
-            self.assertEqual(v, NOT_SERVING, seen)
-        self.assertIn(seen[-1][1], (grpc.StatusCode.UNAVAILABLE,
-                                    grpc.StatusCode.CANCELLED), seen)
+        for stream in (w, gw):
+            seen = []
+            while True:
+                kind, v = stream.next()
+                seen.append((kind, v))
+                if kind == 'end':
+                    break
+                self.assertEqual(v, NOT_SERVING, seen)
+            self.assertIn(seen[-1][1], (grpc.StatusCode.UNAVAILABLE,
+                                        grpc.StatusCode.CANCELLED), seen)
 
 
 class ServeHealthTest(h.ImboxTestCase):
