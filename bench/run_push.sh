@@ -12,7 +12,8 @@
 # (also on failure or Ctrl-C). Needs build/ (scripts/test builds it).
 #   bench/run_push.sh
 # Knobs (environment): PUSH_RATES ("1000 10000"), PUSH_SECONDS (10),
-# PUSH_SUBSCRIBERS (100, latency mode), PUSH_IDLE (10000; 0 skips the idle
+# PUSH_SUBSCRIBERS (100, latency mode), PUSH_ACK_MS (100: how often an idle
+# subscriber acks what it got), PUSH_IDLE (10000; 0 skips the idle
 # run), PUSH_JSON (set: JSON lines instead of key=value).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -23,6 +24,7 @@ done
 rates=${PUSH_RATES:-1000 10000}
 secs=${PUSH_SECONDS:-10}
 subs=${PUSH_SUBSCRIBERS:-100}
+ack_ms=${PUSH_ACK_MS:-100}
 idle=${PUSH_IDLE:-10000}
 json=()
 [ -n "${PUSH_JSON:-}" ] && json=(--json)
@@ -93,7 +95,8 @@ rc=0
 for r in $rates; do
     echo "# latency: $r pushes/s for $secs s, $subs subscribers (send on gateway 1, subscribe on gateway 2)"
     "$bin/push_bench" --mode latency --send-addr "$gw1" --sub-addr "$gw2" --data-dir "$data/gw" \
-        --subscribers "$subs" --rate "$r" --seconds "$secs" --server-pids "$all_pids" \
+        --subscribers "$subs" --rate "$r" --seconds "$secs" --ack-ms "$ack_ms" \
+        --server-pids "$all_pids" \
         "${json[@]}" || rc=1
 done
 if [ "$idle" != 0 ]; then
