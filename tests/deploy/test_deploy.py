@@ -18,11 +18,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+sys.path.insert(0, os.path.join(ROOT, 'tests', 'support'))
+from imbox_npm import npm_ci  # noqa: E402
 BIN = os.path.dirname(os.environ.get('IMBOX_BIN', os.path.join(ROOT, 'build', 'bin', 'imbox')))
 LINT_DIR = os.environ.get('IMBOX_LINT_DIR', os.path.join(ROOT, 'build', 'deploy-lint'))
 DOCKERFILE = os.path.join(ROOT, 'deploy', 'Dockerfile')
@@ -33,21 +36,6 @@ def deps_var(name):
     out = subprocess.run(['bash', '-c', '. scripts/deps.sh && echo "$%s"' % name],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return out.split()
-
-
-def npm_ci(src, dest):
-    """Installs src's pinned packages into dest (once per lock change)."""
-    lock = os.path.join(src, 'package-lock.json')
-    stamp = os.path.join(dest, 'node_modules', '.package-lock.json')
-    if os.path.exists(stamp) and os.path.getmtime(stamp) >= os.path.getmtime(lock):
-        return
-    os.makedirs(dest, exist_ok=True)
-    for f in ('package.json', 'package-lock.json'):
-        shutil.copy(os.path.join(src, f), dest)
-    p = subprocess.run(['npm', 'ci', '--no-audit', '--no-fund', '--ignore-scripts'],
-                       cwd=dest, capture_output=True, text=True, timeout=300)
-    if p.returncode:
-        raise AssertionError('npm ci failed in %s:\n%s%s' % (dest, p.stdout, p.stderr))
 
 
 class DockerfileTest(unittest.TestCase):

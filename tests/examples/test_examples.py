@@ -11,7 +11,6 @@ into IMBOX_NODE_DIR (under the build tree, not the source tree); node then
 finds them through NODE_PATH.
 """
 import os
-import shutil
 import subprocess
 import sys
 import unittest
@@ -19,6 +18,8 @@ import unittest
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(_HERE, '..', 'py'))
 import imbox_harness as h  # noqa: E402
+sys.path.insert(0, os.path.join(_HERE, '..', 'support'))
+from imbox_npm import npm_ci  # noqa: E402
 
 ROOT = os.path.normpath(os.path.join(_HERE, '..', '..'))
 STEPS = 8  # lines "ok   ..." each example prints when all is well
@@ -51,19 +52,9 @@ class ExamplesTest(unittest.TestCase):
                          env, 'bob-py')
 
     def test_node(self):
-        node, npm = shutil.which('node'), shutil.which('npm')
-        self.assertTrue(node and npm, 'node and npm are needed (scripts/deps.sh installs them)')
         dest = os.environ.get('IMBOX_NODE_DIR', os.path.join(ROOT, 'build', 'examples-node'))
         src = os.path.join(ROOT, 'examples', 'node')
-        lock = os.path.join(src, 'package-lock.json')
-        stamp = os.path.join(dest, 'node_modules', '.package-lock.json')
-        if not os.path.exists(stamp) or os.path.getmtime(stamp) < os.path.getmtime(lock):
-            os.makedirs(dest, exist_ok=True)
-            for f in ('package.json', 'package-lock.json'):
-                shutil.copy(os.path.join(src, f), dest)
-            p = subprocess.run([npm, 'ci', '--no-audit', '--no-fund', '--ignore-scripts'],
-                               cwd=dest, capture_output=True, text=True, timeout=300)
-            self.assertEqual(p.returncode, 0, 'npm ci failed:\n' + p.stdout + p.stderr)
+        node = npm_ci(src, dest)
         env = dict(os.environ, NODE_PATH=os.path.join(dest, 'node_modules'))
         self.run_example([node, os.path.join(src, 'imbox_example.js')], env, 'bob-js')
 

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -25,28 +26,16 @@ import imbox_harness as h
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 _HERE = os.path.dirname(os.path.abspath(__file__))
 NODE_SRC = os.path.join(_HERE, 'jwt')
+sys.path.insert(0, os.path.join(_HERE, '..', 'support'))
+import imbox_npm  # noqa: E402
 NODE_DIR = os.environ.get('IMBOX_JWT_NODE_DIR', os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(h.IMBOX_BIN))), 'jwt-node'))
 LEEWAY_S = 30  # GW_JWT_LEEWAY_S
 
 
 def npm_ci():
-    """jsonwebtoken as pinned, into NODE_DIR (again only when the lock is
-    newer than the install)."""
-    node, npm = shutil.which('node'), shutil.which('npm')
-    if not (node and npm):
-        raise AssertionError('node and npm are needed (scripts/deps.sh installs them)')
-    lock = os.path.join(NODE_SRC, 'package-lock.json')
-    stamp = os.path.join(NODE_DIR, 'node_modules', '.package-lock.json')
-    if not os.path.exists(stamp) or os.path.getmtime(stamp) < os.path.getmtime(lock):
-        os.makedirs(NODE_DIR, exist_ok=True)
-        for f in ('package.json', 'package-lock.json'):
-            shutil.copy(os.path.join(NODE_SRC, f), NODE_DIR)
-        p = subprocess.run([npm, 'ci', '--no-audit', '--no-fund', '--ignore-scripts'],
-                           cwd=NODE_DIR, capture_output=True, text=True, timeout=300)
-        if p.returncode:
-            raise AssertionError('npm ci failed:\n' + p.stdout + p.stderr)
-    return node
+    """jsonwebtoken as pinned, into NODE_DIR: the path of node."""
+    return imbox_npm.npm_ci(NODE_SRC, NODE_DIR)
 
 
 def mint(node, jobs):
