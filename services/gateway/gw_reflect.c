@@ -606,8 +606,11 @@ void gw__reflect_next(gw_call *c, bool ok)
         grpc_byte_buffer_destroy(c->resp);
         c->resp = NULL;
     }
-    if (!ok)
-        return; /* the call is over: cancelled, its deadline, the server stopping */
+    /* Over (cancelled, its deadline), or the server is stopping: then no
+     * new batch, as the completion queue may already be shut down (gRPC
+     * asserts); the stop cancels the call, whose receive-close frees it. */
+    if (!ok || atomic_load(&c->g->stopping))
+        return;
     atomic_fetch_add(&c->refs, 1);
     s_handle(c);
 }
