@@ -58,7 +58,7 @@ bool im_utf8_valid(const char *p, size_t n)
     return true;
 }
 
-static int s_fail(char *msg, size_t cap, const char *fmt, ...)
+int im_fail(char *msg, size_t cap, const char *fmt, ...)
 {
     if (msg && cap) {
         va_list ap;
@@ -72,20 +72,20 @@ static int s_fail(char *msg, size_t cap, const char *fmt, ...)
 int im_uid_check(const char *uid, const char *field, char *msg, size_t cap)
 {
     if (!uid)
-        return s_fail(msg, cap, "%s: missing", field);
+        return im_fail(msg, cap, "%s: missing", field);
     size_t n = strnlen(uid, IM_UID_MAX + 1);
     if (n == 0)
-        return s_fail(msg, cap, "%s: empty (1..%d bytes)", field, IM_UID_MAX);
+        return im_fail(msg, cap, "%s: empty (1..%d bytes)", field, IM_UID_MAX);
     if (n > IM_UID_MAX)
-        return s_fail(msg, cap, "%s: longer than %d bytes", field, IM_UID_MAX);
+        return im_fail(msg, cap, "%s: longer than %d bytes", field, IM_UID_MAX);
     const uint8_t *p = (const uint8_t *)uid;
     for (size_t i = 0; i < n;) {
         uint32_t cp;
         size_t len = s_utf8_seq(p + i, n - i, &cp);
         if (len == 0)
-            return s_fail(msg, cap, "%s: not valid UTF-8 (byte %zu)", field, i);
+            return im_fail(msg, cap, "%s: not valid UTF-8 (byte %zu)", field, i);
         if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F))
-            return s_fail(msg, cap, "%s: control character at byte %zu", field, i);
+            return im_fail(msg, cap, "%s: control character at byte %zu", field, i);
         i += len;
     }
     return 0;

@@ -49,6 +49,11 @@ enum {
 /* The receipt text for a per-receiver code ("" for IM_OK); static. */
 const char *im_receipt_text(int code);
 
+/* Writes the printf-style message into msg (cap bytes, cut to fit; msg may
+ * be NULL or cap 0: nothing written) and returns -1: the error return of
+ * every function that reports why into a caller's buffer. */
+int im_fail(char *msg, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Whether p[0..n) is valid UTF-8 (no overlongs, surrogates, or > U+10FFFF). */
 bool im_utf8_valid(const char *p, size_t n);
 

@@ -15,7 +15,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -125,20 +124,6 @@ int im_b64url_decode(const char *in, size_t n, uint8_t *out, size_t cap,
 
 /* =============================================================== secret */
 
-static int s_fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int s_fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 /* fsync of a directory, so that entries created or renamed in it persist. */
 static int s_fsync_dir(const char *dir)
 {
@@ -160,7 +145,7 @@ static int s_mkdirs(const char *dir, char *err, size_t errlen)
     char path[PATH_MAX];
     size_t n = strlen(dir);
     if (n == 0 || n >= sizeof path)
-        return s_fail(err, errlen, "data dir \"%s\": empty or too long", dir);
+        return im_fail(err, errlen, "data dir \"%s\": empty or too long", dir);
     memcpy(path, dir, n + 1);
     for (size_t i = 1; i <= n; i++) {
         if (path[i] != '/' && path[i] != '\0')
@@ -183,10 +168,10 @@ static int s_mkdirs(const char *dir, char *err, size_t errlen)
                 *slash = '/';
             }
             if (rc != 0)
-                return s_fail(err, errlen, "fsync of the parent of %s: %s", path,
+                return im_fail(err, errlen, "fsync of the parent of %s: %s", path,
                               strerror(errno));
         } else if (errno != EEXIST) {
-            return s_fail(err, errlen, "mkdir %s: %s", path, strerror(errno));
+            return im_fail(err, errlen, "mkdir %s: %s", path, strerror(errno));
         }
         path[i] = c;
     }
@@ -213,7 +198,7 @@ static int s_secret_read(const char *path, im_secret *out, char *err, size_t err
     if (fd < 0) {
         if (errno == ENOENT)
             return 1;
-        return s_fail(err, errlen, "%s: %s", path, strerror(errno));
+        return im_fail(err, errlen, "%s: %s", path, strerror(errno));
     }
     /* One byte more than a valid file, to see that there is more. */
     char buf[2 * sizeof out->key + 2];
@@ -226,7 +211,7 @@ static int s_secret_read(const char *path, im_secret *out, char *err, size_t err
             int e = errno;
             close(fd);
             OPENSSL_cleanse(buf, sizeof buf);
-            return s_fail(err, errlen, "%s: read: %s", path, strerror(e));
+            return im_fail(err, errlen, "%s: read: %s", path, strerror(e));
         }
         if (r == 0)
             break;
@@ -244,7 +229,7 @@ static int s_secret_read(const char *path, im_secret *out, char *err, size_t err
     OPENSSL_cleanse(buf, sizeof buf);
     if (!ok) {
         OPENSSL_cleanse(out, sizeof *out);
-        return s_fail(err, errlen,
+        return im_fail(err, errlen,
                       "%s: malformed (want 64 lowercase hex digits and a newline); "
                       "fix or remove it (removing it invalidates every token and cursor)",
                       path);
@@ -292,7 +277,7 @@ static int s_secret_create(const char *dir, const char *path, im_secret *out,
     im_secret fresh;
     uint8_t nonce[8];
     if (s_random(fresh.key, sizeof fresh.key) != 0 || s_random(nonce, sizeof nonce) != 0)
-        return s_fail(err, errlen, "getrandom: %s", strerror(errno));
+        return im_fail(err, errlen, "getrandom: %s", strerror(errno));
 
     /* A name no other process uses: pid plus random bytes. */
     char tmp[PATH_MAX];
@@ -300,7 +285,7 @@ static int s_secret_create(const char *dir, const char *path, im_secret *out,
                      dir, IM_SECRET_FILE, (long)getpid(), nonce[0], nonce[1],
                      nonce[2], nonce[3], nonce[4], nonce[5], nonce[6], nonce[7]);
     if (n < 0 || (size_t)n >= sizeof tmp)
-        return s_fail(err, errlen, "data dir \"%s\": path too long", dir);
+        return im_fail(err, errlen, "data dir \"%s\": path too long", dir);
 
     char text[2 * sizeof fresh.key + 1];
     static const char hex[] = "0123456789abcdef";
@@ -313,7 +298,7 @@ static int s_secret_create(const char *dir, const char *path, im_secret *out,
     int rc = -1;
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
-        s_fail(err, errlen, "%s: create: %s", tmp, strerror(errno));
+        im_fail(err, errlen, "%s: create: %s", tmp, strerror(errno));
         goto out;
     }
     /* The mode must not depend on the umask of whoever ran first. */
@@ -322,13 +307,13 @@ static int s_secret_create(const char *dir, const char *path, im_secret *out,
         int e = errno;
         close(fd);
         unlink(tmp);
-        s_fail(err, errlen, "%s: write: %s", tmp, strerror(e));
+        im_fail(err, errlen, "%s: write: %s", tmp, strerror(e));
         goto out;
     }
     if (close(fd) != 0) {
         int e = errno;
         unlink(tmp);
-        s_fail(err, errlen, "%s: close: %s", tmp, strerror(e));
+        im_fail(err, errlen, "%s: close: %s", tmp, strerror(e));
         goto out;
     }
     /* link(2), unlike rename(2), never replaces: the first creator wins and
@@ -340,12 +325,12 @@ static int s_secret_create(const char *dir, const char *path, im_secret *out,
             rc = 1;
             goto out;
         }
-        s_fail(err, errlen, "%s: link: %s", path, strerror(e));
+        im_fail(err, errlen, "%s: link: %s", path, strerror(e));
         goto out;
     }
     unlink(tmp);
     if (s_fsync_dir(dir) != 0) {
-        s_fail(err, errlen, "%s: fsync: %s", dir, strerror(errno));
+        im_fail(err, errlen, "%s: fsync: %s", dir, strerror(errno));
         goto out;
     }
     *out = fresh;
@@ -366,11 +351,11 @@ int im_secret_load_or_create(const char *data_dir, im_secret *out, char *err,
         err[0] = '\0';
 
     if (data_dir[0] == '\0')
-        return s_fail(err, errlen, "data dir: empty");
+        return im_fail(err, errlen, "data dir: empty");
     char path[PATH_MAX];
     int n = snprintf(path, sizeof path, "%s/%s", data_dir, IM_SECRET_FILE);
     if (n < 0 || (size_t)n >= sizeof path)
-        return s_fail(err, errlen, "data dir \"%s\": path too long", data_dir);
+        return im_fail(err, errlen, "data dir \"%s\": path too long", data_dir);
 
     int rc = s_secret_read(path, out, err, errlen);
     if (rc <= 0)
@@ -383,7 +368,7 @@ int im_secret_load_or_create(const char *data_dir, im_secret *out, char *err,
     /* Lost the race: the winner's file was complete before it had a name. */
     rc = s_secret_read(path, out, err, errlen);
     if (rc == 1)
-        return s_fail(err, errlen, "%s: vanished while being created", path);
+        return im_fail(err, errlen, "%s: vanished while being created", path);
     return rc;
 }
 
@@ -395,10 +380,10 @@ int im_secret_load(const char *path, im_secret *out, char *err, size_t errlen)
     if (err && errlen > 0)
         err[0] = '\0';
     if (path[0] == '\0')
-        return s_fail(err, errlen, "secret file: empty path");
+        return im_fail(err, errlen, "secret file: empty path");
     int rc = s_secret_read(path, out, err, errlen);
     if (rc == 1)
-        return s_fail(err, errlen, "%s: no such file (it is never created here: give the "
+        return im_fail(err, errlen, "%s: no such file (it is never created here: give the "
                                    "cluster's auth.secret, as a gateway created it)", path);
     return rc;
 }

@@ -5,12 +5,12 @@
  * waits in the listen backlog).
  */
 #include "bk_admin.h"
+#include "im_base.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,17 +35,6 @@ struct bk_admin {
     int stop[2];      /* pipe: bk_admin_stop writes a byte */
     pthread_t thread;
 };
-
-static int s_fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* The address of `name` in the directory open as dirfd: through
  * /proc/self/fd, so that a data dir's path of any length fits sun_path. */
@@ -184,13 +173,13 @@ static int s_clear_stale(bk_admin *a, const char *name, char *err, size_t errlen
     if (fstatat(a->dirfd, name, &st, AT_SYMLINK_NOFOLLOW)) {
         if (errno == ENOENT)
             return 0;
-        return s_fail(err, errlen, "%s/%s: %s", a->data_dir, name, strerror(errno));
+        return im_fail(err, errlen, "%s/%s: %s", a->data_dir, name, strerror(errno));
     }
     if (!S_ISSOCK(st.st_mode))
-        return s_fail(err, errlen, "%s/%s exists and is not a socket: remove it", a->data_dir,
+        return im_fail(err, errlen, "%s/%s exists and is not a socket: remove it", a->data_dir,
                       name);
     if (unlinkat(a->dirfd, name, 0))
-        return s_fail(err, errlen, "%s/%s: %s", a->data_dir, name, strerror(errno));
+        return im_fail(err, errlen, "%s/%s: %s", a->data_dir, name, strerror(errno));
     return 0;
 }
 
@@ -198,7 +187,7 @@ bk_admin *bk_admin_start(const bk_admin_config *c, char *err, size_t errlen)
 {
     bk_admin *a = calloc(1, sizeof *a);
     if (!a) {
-        s_fail(err, errlen, "out of memory");
+        im_fail(err, errlen, "out of memory");
         return NULL;
     }
     a->c = *c;
@@ -207,7 +196,7 @@ bk_admin *bk_admin_start(const bk_admin_config *c, char *err, size_t errlen)
     a->secret_path = strdup(c->secret_path ? c->secret_path : "");
     a->shards = calloc((size_t)c->nshards, sizeof *a->shards);
     if (!a->data_dir || !a->secret_path || !a->shards) {
-        s_fail(err, errlen, "out of memory");
+        im_fail(err, errlen, "out of memory");
         s_free(a);
         return NULL;
     }
@@ -217,7 +206,7 @@ bk_admin *bk_admin_start(const bk_admin_config *c, char *err, size_t errlen)
     a->c.secret_path = a->secret_path;
     a->c.shards = a->shards;
     if ((a->dirfd = open(a->data_dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) {
-        s_fail(err, errlen, "admin socket: %s: %s", a->data_dir, strerror(errno));
+        im_fail(err, errlen, "admin socket: %s: %s", a->data_dir, strerror(errno));
         s_free(a);
         return NULL;
     }
@@ -262,7 +251,7 @@ bk_admin *bk_admin_start(const bk_admin_config *c, char *err, size_t errlen)
     if (!errno)
         return a;
 fail:
-    s_fail(err, errlen, "admin socket %s/%s: %s: %s", a->data_dir, BK_ADMIN_SOCK, what,
+    im_fail(err, errlen, "admin socket %s/%s: %s: %s", a->data_dir, BK_ADMIN_SOCK, what,
            strerror(errno));
     if (placed)
         unlinkat(a->dirfd, BK_ADMIN_SOCK, 0);
@@ -291,11 +280,11 @@ int bk_admin_call(const char *data_dir, const char *request, char *reply, size_t
 {
     int dirfd = open(data_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (dirfd < 0)
-        return s_fail(err, errlen, "%s: %s", data_dir, strerror(errno));
+        return im_fail(err, errlen, "%s: %s", data_dir, strerror(errno));
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         close(dirfd);
-        return s_fail(err, errlen, "socket: %s", strerror(errno));
+        return im_fail(err, errlen, "socket: %s", strerror(errno));
     }
     struct sockaddr_un addr;
     s_addr(dirfd, BK_ADMIN_SOCK, &addr);
@@ -304,7 +293,7 @@ int bk_admin_call(const char *data_dir, const char *request, char *reply, size_t
         if (errno == ENOENT || errno == ECONNREFUSED)
             rc = BK_ADMIN_NOBODY;
         else
-            rc = s_fail(err, errlen, "%s/%s: %s", data_dir, BK_ADMIN_SOCK, strerror(errno));
+            rc = im_fail(err, errlen, "%s/%s: %s", data_dir, BK_ADMIN_SOCK, strerror(errno));
     }
     close(dirfd);
     if (rc) {
@@ -328,7 +317,7 @@ int bk_admin_call(const char *data_dir, const char *request, char *reply, size_t
     reply[n] = 0;
     char *nl = strchr(reply, '\n');
     if (!nl)
-        return s_fail(err, errlen, "%s/%s: the server closed the connection without an "
+        return im_fail(err, errlen, "%s/%s: the server closed the connection without an "
                       "answer", data_dir, BK_ADMIN_SOCK);
     *nl = 0;
     return 0;

@@ -8,6 +8,7 @@
  * or a nested directory is not something this code wrote).
  */
 #include "bk_backup.h"
+#include "im_base.h"
 
 #include <assert.h>
 #include <dirent.h>
@@ -27,17 +28,6 @@
 #define BK_COPY_BUF (1u << 20) /* bytes per read/write of a restore's copy */
 #define BK_MANIFEST_MAX 4096   /* bytes of a manifest we read */
 #define BK_SECRET_MAX 4096     /* bytes of a secret file we copy */
-
-static int s_fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 /* Paths built here: a base of at most ST_DIR_MAX bytes (each entry point
  * checks) and a name of at most 255 (a directory entry) always fit. */
@@ -59,7 +49,7 @@ static int s_check_base(const char *what, const char *path, char *err, size_t er
 {
     size_t n = strlen(path);
     if (n == 0 || n > ST_DIR_MAX)
-        return s_fail(err, errlen, "%s: a path of %zu bytes, must be 1..%d", what, n,
+        return im_fail(err, errlen, "%s: a path of %zu bytes, must be 1..%d", what, n,
                       ST_DIR_MAX);
     return 0;
 }
@@ -93,11 +83,11 @@ static int s_fsync_path(const char *path, char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return s_fail(err, errlen, "%s: %s", path, strerror(errno));
+        return im_fail(err, errlen, "%s: %s", path, strerror(errno));
     int rc = fsync(fd);
     int e = errno;
     close(fd);
-    return rc ? s_fail(err, errlen, "fsync %s: %s", path, strerror(e)) : 0;
+    return rc ? im_fail(err, errlen, "fsync %s: %s", path, strerror(e)) : 0;
 }
 
 /* The directory holding path (a copy of its text before the last '/'),
@@ -151,7 +141,7 @@ static int s_sync_dir(const char *dir, bool strict, uint64_t *files, uint64_t *b
 {
     DIR *d = opendir(dir);
     if (!d)
-        return s_fail(err, errlen, "%s: %s", dir, strerror(errno));
+        return im_fail(err, errlen, "%s: %s", dir, strerror(errno));
     struct dirent *e;
     char path[BK_PATH_MAX];
     int rc = 0;
@@ -161,13 +151,13 @@ static int s_sync_dir(const char *dir, bool strict, uint64_t *files, uint64_t *b
         s_path(path, "%s/%s", dir, e->d_name);
         struct stat st;
         if (lstat(path, &st)) {
-            rc = s_fail(err, errlen, "%s: %s", path, strerror(errno));
+            rc = im_fail(err, errlen, "%s: %s", path, strerror(errno));
         } else if (S_ISREG(st.st_mode)) {
             rc = s_fsync_path(path, err, errlen);
             *files += 1;
             *bytes += (uint64_t)st.st_size;
         } else if (strict) {
-            rc = s_fail(err, errlen, "%s: not a regular file (a backup holds only files)",
+            rc = im_fail(err, errlen, "%s: not a regular file (a backup holds only files)",
                         path);
         }
     }
@@ -181,7 +171,7 @@ static int s_write_new(const char *path, const void *buf, size_t len, char *err,
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0)
-        return s_fail(err, errlen, "%s: %s", path, strerror(errno));
+        return im_fail(err, errlen, "%s: %s", path, strerror(errno));
     const char *p = buf;
     while (len) {
         ssize_t w = write(fd, p, len);
@@ -190,7 +180,7 @@ static int s_write_new(const char *path, const void *buf, size_t len, char *err,
         if (w <= 0) {
             int e = w < 0 ? errno : EIO;
             close(fd);
-            return s_fail(err, errlen, "write %s: %s", path, strerror(e));
+            return im_fail(err, errlen, "write %s: %s", path, strerror(e));
         }
         p += w;
         len -= (size_t)w;
@@ -198,7 +188,7 @@ static int s_write_new(const char *path, const void *buf, size_t len, char *err,
     if (fsync(fd)) {
         int e = errno;
         close(fd);
-        return s_fail(err, errlen, "fsync %s: %s", path, strerror(e));
+        return im_fail(err, errlen, "fsync %s: %s", path, strerror(e));
     }
     close(fd);
     return 0;
@@ -210,12 +200,12 @@ static int s_copy_file(const char *src, const char *dst, uint64_t *bytes, char *
 {
     int in = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (in < 0)
-        return s_fail(err, errlen, "%s: %s", src, strerror(errno));
+        return im_fail(err, errlen, "%s: %s", src, strerror(errno));
     int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (out < 0) {
         int e = errno;
         close(in);
-        return s_fail(err, errlen, "%s: %s", dst, strerror(e));
+        return im_fail(err, errlen, "%s: %s", dst, strerror(e));
     }
     int rc = 0;
     for (;;) {
@@ -223,7 +213,7 @@ static int s_copy_file(const char *src, const char *dst, uint64_t *bytes, char *
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            rc = s_fail(err, errlen, "read %s: %s", src, strerror(errno));
+            rc = im_fail(err, errlen, "read %s: %s", src, strerror(errno));
             break;
         }
         if (r == 0)
@@ -233,7 +223,7 @@ static int s_copy_file(const char *src, const char *dst, uint64_t *bytes, char *
             if (w < 0 && errno == EINTR)
                 continue;
             if (w <= 0) {
-                rc = s_fail(err, errlen, "write %s: %s", dst, strerror(w < 0 ? errno : EIO));
+                rc = im_fail(err, errlen, "write %s: %s", dst, strerror(w < 0 ? errno : EIO));
                 break;
             }
             off += w;
@@ -243,7 +233,7 @@ static int s_copy_file(const char *src, const char *dst, uint64_t *bytes, char *
         *bytes += (uint64_t)r;
     }
     if (!rc && fsync(out))
-        rc = s_fail(err, errlen, "fsync %s: %s", dst, strerror(errno));
+        rc = im_fail(err, errlen, "fsync %s: %s", dst, strerror(errno));
     close(in);
     close(out);
     return rc;
@@ -255,11 +245,11 @@ static int s_copy_dir(const char *src, const char *dst, bk_result *r, char *err,
 {
     char *buf = malloc(BK_COPY_BUF);
     if (!buf)
-        return s_fail(err, errlen, "out of memory");
+        return im_fail(err, errlen, "out of memory");
     DIR *d = opendir(src);
     if (!d) {
         free(buf);
-        return s_fail(err, errlen, "%s: %s", src, strerror(errno));
+        return im_fail(err, errlen, "%s: %s", src, strerror(errno));
     }
     struct dirent *e;
     char from[BK_PATH_MAX], to[BK_PATH_MAX];
@@ -271,9 +261,9 @@ static int s_copy_dir(const char *src, const char *dst, bk_result *r, char *err,
         s_path(to, "%s/%s", dst, e->d_name);
         struct stat st;
         if (lstat(from, &st))
-            rc = s_fail(err, errlen, "%s: %s", from, strerror(errno));
+            rc = im_fail(err, errlen, "%s: %s", from, strerror(errno));
         else if (!S_ISREG(st.st_mode))
-            rc = s_fail(err, errlen, "%s: not a regular file (not a backup made by imbox)",
+            rc = im_fail(err, errlen, "%s: not a regular file (not a backup made by imbox)",
                         from);
         else if (!(rc = s_copy_file(from, to, &r->bytes, err, errlen, buf)))
             r->files++;
@@ -302,9 +292,9 @@ static int s_make_in(st_shard *const *shards, int n, bk_kind kind, int index, in
             s_path(path, "%s/shard", to);
         st_error e;
         if (st_checkpoint(shards[i], path, &e))
-            return s_fail(err, errlen, "shard %d: %s", kind == BK_SERVE ? i : index, e.msg);
+            return im_fail(err, errlen, "shard %d: %s", kind == BK_SERVE ? i : index, e.msg);
         if (chmod(path, 0700)) /* RocksDB made it 0755; `to` is 0700 anyway */
-            return s_fail(err, errlen, "chmod %s: %s", path, strerror(errno));
+            return im_fail(err, errlen, "chmod %s: %s", path, strerror(errno));
         if (s_sync_dir(path, false, &r->files, &r->bytes, err, errlen))
             return -1;
     }
@@ -312,12 +302,12 @@ static int s_make_in(st_shard *const *shards, int n, bk_kind kind, int index, in
         char buf[BK_SECRET_MAX];
         int fd = open(secret_path, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
-            return s_fail(err, errlen, "%s: %s", secret_path, strerror(errno));
+            return im_fail(err, errlen, "%s: %s", secret_path, strerror(errno));
         ssize_t len = read(fd, buf, sizeof buf);
         int e = errno;
         close(fd);
         if (len <= 0 || (size_t)len == sizeof buf)
-            return s_fail(err, errlen, "%s: %s", secret_path,
+            return im_fail(err, errlen, "%s: %s", secret_path,
                           len < 0 ? strerror(e) : "empty or too long for a secret file");
         s_path(path, "%s/auth.secret", to);
         int rc = s_write_new(path, buf, (size_t)len, err, errlen);
@@ -344,7 +334,7 @@ static int s_make_in(st_shard *const *shards, int n, bk_kind kind, int index, in
     if (s_write_new(tmp, man, (size_t)mlen, err, errlen))
         return -1;
     if (rename(tmp, path))
-        return s_fail(err, errlen, "rename %s: %s", tmp, strerror(errno));
+        return im_fail(err, errlen, "rename %s: %s", tmp, strerror(errno));
     r->files++;
     r->bytes += (uint64_t)mlen;
     char parent[BK_PATH_MAX];
@@ -361,15 +351,15 @@ int bk_make(st_shard *const *shards, int n, bk_kind kind, int index, int count,
     double t0 = s_now_s();
     bk_result r = {.kind = kind, .shards = n, .index = index, .count = count};
     if (!bk_kind_name(kind) || n < 1 || n > BK_MAX_SHARDS || (kind == BK_SHARD && n != 1))
-        return s_fail(err, errlen, "bad backup request (%d databases of kind %d)", n, kind);
+        return im_fail(err, errlen, "bad backup request (%d databases of kind %d)", n, kind);
     if (to[0] != '/')
-        return s_fail(err, errlen, "%s: the backup's directory must be an absolute path", to);
+        return im_fail(err, errlen, "%s: the backup's directory must be an absolute path", to);
     if (s_check_base("the backup's directory", to, err, errlen))
         return -1;
     if (mkdir(to, 0700)) {
         if (errno == EEXIST)
-            return s_fail(err, errlen, "%s exists: a backup goes into a new directory", to);
-        return s_fail(err, errlen, "%s: %s", to, strerror(errno));
+            return im_fail(err, errlen, "%s exists: a backup goes into a new directory", to);
+        return im_fail(err, errlen, "%s: %s", to, strerror(errno));
     }
     if (s_make_in(shards, n, kind, index, count, secret_path, to, &r, err, errlen)) {
         s_rmtree(to);
@@ -401,7 +391,7 @@ int bk_offline(const char *data_dir, const char *to, bk_result *out, char *err, 
                 break;
         }
         if (n == 0)
-            return s_fail(err, errlen, "%s holds no imbox data (neither a database nor "
+            return im_fail(err, errlen, "%s holds no imbox data (neither a database nor "
                           "shard-0/ with one)", data_dir);
     }
     int rc = 0;
@@ -413,11 +403,11 @@ int bk_offline(const char *data_dir, const char *to, bk_result *out, char *err, 
         st_error e;
         if (st_open(path, NULL, &shards[i], &e)) {
             if (strstr(e.msg, "lock"))
-                rc = s_fail(err, errlen, "%s is in use by a process that does not answer on "
+                rc = im_fail(err, errlen, "%s is in use by a process that does not answer on "
                             "%s/admin.sock (a server starting or stopping? try again): %s",
                             path, data_dir, e.msg);
             else
-                rc = s_fail(err, errlen, "%s", e.msg);
+                rc = im_fail(err, errlen, "%s", e.msg);
         }
     }
     if (!rc) {
@@ -438,7 +428,7 @@ static int s_read_manifest(const char *from, bk_result *r, char *err, size_t err
     s_path(path, "%s/%s", from, BK_MANIFEST);
     FILE *f = fopen(path, "re");
     if (!f)
-        return s_fail(err, errlen, "%s: %s (not a complete imbox backup)", path,
+        return im_fail(err, errlen, "%s: %s (not a complete imbox backup)", path,
                       strerror(errno));
     char line[256];
     int lineno = 0, rc = 0;
@@ -449,7 +439,7 @@ static int s_read_manifest(const char *from, bk_result *r, char *err, size_t err
         line[strcspn(line, "\n")] = 0;
         if (lineno++ == 0) {
             if (strcmp(line, BK_FORMAT))
-                rc = s_fail(err, errlen, "%s: not an imbox backup of a format this imbox "
+                rc = im_fail(err, errlen, "%s: not an imbox backup of a format this imbox "
                             "reads (first line '%.40s', expected '%s')", path, line, BK_FORMAT);
             continue;
         }
@@ -471,13 +461,13 @@ static int s_read_manifest(const char *from, bk_result *r, char *err, size_t err
     if (rc)
         return rc;
     if (lineno == 0)
-        return s_fail(err, errlen, "%s: empty", path);
+        return im_fail(err, errlen, "%s: empty", path);
     if (!r->kind)
-        return s_fail(err, errlen, "%s: no valid kind line", path);
+        return im_fail(err, errlen, "%s: no valid kind line", path);
     if (r->kind == BK_SHARD)
         r->shards = 1;
     if (r->shards < 1 || r->shards > BK_MAX_SHARDS)
-        return s_fail(err, errlen, "%s: shards %d out of 1..%d", path, r->shards,
+        return im_fail(err, errlen, "%s: shards %d out of 1..%d", path, r->shards,
                       BK_MAX_SHARDS);
     return 0;
 }
@@ -487,12 +477,12 @@ static int s_check_empty(const char *path, char *err, size_t errlen)
 {
     DIR *d = opendir(path);
     if (!d)
-        return s_fail(err, errlen, "%s: %s", path, strerror(errno));
+        return im_fail(err, errlen, "%s: %s", path, strerror(errno));
     struct dirent *e;
     int rc = 0;
     while ((e = readdir(d)))
         if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            rc = s_fail(err, errlen, "%s is not empty (it holds %.64s): a restore goes into "
+            rc = im_fail(err, errlen, "%s is not empty (it holds %.64s): a restore goes into "
                         "an empty or missing directory", path, e->d_name);
             break;
         }
@@ -509,11 +499,11 @@ static int s_mkdirs(const char *path, char *err, size_t errlen)
         if (*s == '/') {
             *s = 0;
             if (mkdir(p, 0700) && errno != EEXIST)
-                return s_fail(err, errlen, "%s: %s", p, strerror(errno));
+                return im_fail(err, errlen, "%s: %s", p, strerror(errno));
             *s = '/';
         }
     if (mkdir(p, 0700) && errno != EEXIST)
-        return s_fail(err, errlen, "%s: %s", p, strerror(errno));
+        return im_fail(err, errlen, "%s: %s", p, strerror(errno));
     return 0;
 }
 
@@ -529,7 +519,7 @@ static int s_restore_in(const char *from, const char *data_dir, bk_result *r, ch
         s_path(src, "%s/shard-%d", from, i);
         s_path(dst, "%s/shard-%d", data_dir, i);
         if (mkdir(dst, 0700))
-            return s_fail(err, errlen, "%s: %s", dst, strerror(errno));
+            return im_fail(err, errlen, "%s: %s", dst, strerror(errno));
         if (s_copy_dir(src, dst, r, err, errlen))
             return -1;
     }
@@ -538,7 +528,7 @@ static int s_restore_in(const char *from, const char *data_dir, bk_result *r, ch
      * the next restore refuses as not empty: empty it and restore again. */
     char *buf = malloc(BK_COPY_BUF);
     if (!buf)
-        return s_fail(err, errlen, "out of memory");
+        return im_fail(err, errlen, "out of memory");
     s_path(src, "%s/auth.secret", from);
     s_path(dst, "%s/auth.secret", data_dir);
     int rc = s_copy_file(src, dst, &r->bytes, err, errlen, buf);
@@ -560,7 +550,7 @@ int bk_restore(const char *from, const char *data_dir, bk_kind kind, bk_result *
     if (s_read_manifest(from, &r, err, errlen))
         return -1;
     if (kind && r.kind != kind)
-        return s_fail(err, errlen, "%s is a backup of an `imbox %s`, not of an `imbox %s`",
+        return im_fail(err, errlen, "%s is a backup of an `imbox %s`, not of an `imbox %s`",
                       from, bk_kind_name(r.kind), bk_kind_name(kind));
     kind = r.kind;
     char path[BK_PATH_MAX];
@@ -570,16 +560,16 @@ int bk_restore(const char *from, const char *data_dir, bk_kind kind, bk_result *
         else
             s_path(path, "%s/shard/CURRENT", from);
         if (!s_exists(path))
-            return s_fail(err, errlen, "%s: missing: the backup is damaged", path);
+            return im_fail(err, errlen, "%s: missing: the backup is damaged", path);
     }
     s_path(path, "%s/auth.secret", from);
     if (kind == BK_SERVE && !s_exists(path))
-        return s_fail(err, errlen, "%s: missing: the backup is damaged", path);
+        return im_fail(err, errlen, "%s: missing: the backup is damaged", path);
     struct stat st;
     bool created = false;
     if (lstat(data_dir, &st) == 0) {
         if (!S_ISDIR(st.st_mode))
-            return s_fail(err, errlen, "%s exists and is not a directory", data_dir);
+            return im_fail(err, errlen, "%s exists and is not a directory", data_dir);
         if (s_check_empty(data_dir, err, errlen))
             return -1;
     } else if (errno == ENOENT) {
@@ -587,7 +577,7 @@ int bk_restore(const char *from, const char *data_dir, bk_kind kind, bk_result *
             return -1;
         created = true;
     } else {
-        return s_fail(err, errlen, "%s: %s", data_dir, strerror(errno));
+        return im_fail(err, errlen, "%s: %s", data_dir, strerror(errno));
     }
     int rc = s_restore_in(from, data_dir, &r, err, errlen);
     if (!rc) {

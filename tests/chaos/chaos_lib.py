@@ -196,30 +196,11 @@ class Cluster:
     def wait_shard(self, i, g, bound_s=READY_BOUND_S):
         """Bounded poll: a Send through gateway g to a uid of shard i until
         its receipt is code 0 (same msg_id on every attempt)."""
-        c = self.client('chaos-probe', g)
-        msg_id = h.new_msg_id('probe')
-        deadline = time.monotonic() + bound_s
-        last = None
-        while True:
-            for p in self.procs():
-                p.check_alive()
-            try:
-                r = c.send(msg_id, [self._probe_uids[i]], timeout=6)
-                code = r.receipts[0].code
-                if code == 0:
-                    return
-                last = 'receipt %d %s' % (code, r.receipts[0].error)
-                if code != UNAVAILABLE:
-                    raise AssertionError('shard %d probe via gateway %d: %s' % (i, g, last))
-            except grpc.RpcError as e:
-                last = '%s %s' % (e.code(), e.details())
-                if e.code() not in (grpc.StatusCode.UNAVAILABLE,
-                                    grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise
-            if time.monotonic() > deadline:
-                raise AssertionError('shard %d not served by gateway %d after %.0f s (%s)\n%s' % (
-                    i, g, bound_s, last, self.logs()))
-            time.sleep(0.05)
+        h.send_until_stored(self.client('chaos-probe', g), h.new_msg_id('probe'),
+                            self._probe_uids[i],
+                            lambda: [p.check_alive() for p in self.procs()], bound_s,
+                            'shard %d via gateway %d' % (i, g), self.logs, timeout=6,
+                            pause=0.05)
 
     def wait_gateway(self, g, bound_s=READY_BOUND_S):
         """Gateway g listens, is SERVING and reaches every shard."""

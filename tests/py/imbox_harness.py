@@ -716,32 +716,42 @@ class ImboxCluster(_Deployment):
         every attempt, so a retry never stores twice. Returns the number of
         attempts."""
         probe_uid = uids_on_shard('probe%d' % i, i, self.nshards, 1)[0]
-        msg_id = new_msg_id('probe')
-        c = self.probe_client(gateway)
-        deadline = time.monotonic() + bound_s
-        attempts = 0
-        last = None
-        while True:
-            for p in self.procs:
-                p.check_alive()
-            attempts += 1
-            try:
-                r = c.send(msg_id, [probe_uid], timeout=10)
-                rc = r.receipts[0]
-                if rc.code == 0:
-                    return attempts
-                last = 'receipt code %d %r' % (rc.code, rc.error)
-                if rc.code != grpc.StatusCode.UNAVAILABLE.value[0]:
-                    raise AssertionError('shard %d probe: %s' % (i, last))
-            except grpc.RpcError as e:
-                last = '%s %s' % (e.code(), e.details())
-                if e.code() not in (grpc.StatusCode.UNAVAILABLE,
-                                    grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise
-            if time.monotonic() > deadline:
-                raise AssertionError('shard %d not ready after %.0f s (%s):\n%s' % (
-                    i, bound_s, last, self.logs()))
-            time.sleep(0.1)
+        return send_until_stored(self.probe_client(gateway), new_msg_id('probe'), probe_uid,
+                                 lambda: [p.check_alive() for p in self.procs], bound_s,
+                                 'shard %d' % i, self.logs)
+
+
+def send_until_stored(client, msg_id, uid, check_alive, bound_s, what, logs,
+                      timeout=10, pause=0.1):
+    """Bounded poll: a Send of msg_id to uid until its receipt is code 0;
+    UNAVAILABLE (a receipt's code, or the call's, or a deadline) means not
+    yet, anything else fails. The same msg_id on every attempt, so a retry
+    never stores twice. check_alive() runs before each attempt (it raises
+    when a process died); logs() goes into the failure. Returns the number
+    of attempts."""
+    deadline = time.monotonic() + bound_s
+    attempts = 0
+    last = None
+    while True:
+        check_alive()
+        attempts += 1
+        try:
+            r = client.send(msg_id, [uid], timeout=timeout)
+            rc = r.receipts[0]
+            if rc.code == 0:
+                return attempts
+            last = 'receipt code %d %r' % (rc.code, rc.error)
+            if rc.code != grpc.StatusCode.UNAVAILABLE.value[0]:
+                raise AssertionError('%s probe: %s' % (what, last))
+        except grpc.RpcError as e:
+            last = '%s %s' % (e.code(), e.details())
+            if e.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError('%s not ready after %.0f s (%s):\n%s' % (
+                what, bound_s, last, logs()))
+        time.sleep(pause)
 
 
 # -------------------------------------------------------------------- client
