@@ -592,12 +592,17 @@ class LiveServeTest(LiveTestCase):
                 lines.append(raw.decode('utf-8', 'replace').rstrip('\n'))
                 if sum(' w1-' in x for x in lines) == 2:
                     got.set()
-        threading.Thread(target=read, daemon=True).start()
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
         h.wait_presence(a, b_uid, True, ONLINE_BOUND_S)
         sent += self.send_seq(a, b_uid, 'w1', 2, online=True)    # live
         self.assertTrue(got.wait(DELIVERY_BOUND_S), 'watch showed: %r' % lines)
         os.killpg(w.pid, signal.SIGTERM)
         self.assertEqual(w.wait(timeout=10), 0, 'watch exit status; output %r' % lines)
+        # The process is gone, but its last lines may still be in the pipe:
+        # the reader ends at EOF (it missed the summary line once in CI).
+        reader.join(10)
+        self.assertFalse(reader.is_alive(), 'watch output not closed: %r' % lines)
         shown = [x for x in lines if x.startswith('[')]
         self.assertEqual([x.split()[2].rstrip(':') for x in shown], [m.msg_id for m in sent])
         self.assertTrue(all(x.split()[1] == a_uid for x in shown), shown)
