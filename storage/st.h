@@ -340,6 +340,8 @@ typedef struct st_stats {
     uint64_t acks;         /* ack requests executed */
     uint64_t deleted;      /* messages deleted by acks and expiry */
     uint64_t expired;      /* of which by expiry */
+    uint64_t row_hits;     /* 'I'/'C' reads the writer's row cache answered */
+    uint64_t row_misses;   /* ... and those it read from RocksDB */
     /* For metrics. batch_hist[i]: commits of at most st_batch_le[i] puts
      * (not cumulative; [ST_BATCH_BUCKETS]: more), batch_sum their puts;
      * commit_us_hist likewise for the microseconds the synced

@@ -2984,6 +2984,138 @@ out:
     fx_finish(&f);
 }
 
+/* 26. The writer's row cache ('I' and 'C' rows, ROW CACHE in st.c) never
+ * disagrees with the database: a random mix of batched appends, whole-inbox
+ * and conversation acks (counters that reach 0 and come back) against a
+ * model, checked through st_counts and st_inbox_info after every step and
+ * again after each reopen (which starts with an empty cache); the cache
+ * must have answered most of the appends' reads. */
+#define RC_INBOXES 4
+#define RC_SENDERS 3
+typedef struct rc_model {
+    uint64_t high, floor;
+    int nalive;
+    struct { uint64_t seq; int sender; } alive[4096];
+    uint64_t cnt[RC_SENDERS];
+    int64_t last[RC_SENDERS];
+} rc_model;
+
+static uint32_t rc_rand(uint32_t *x)
+{
+    *x = *x * 1103515245u + 12345u;
+    return *x >> 8;
+}
+
+static bool rc_check(fx *f, const rc_model *m, const char *const *uids,
+                     const char *const *senders, int step)
+{
+    bool ok = true;
+    for (int i = 0; i < RC_INBOXES && ok; i++) {
+        st_inbox in = inbox(f, uids[i]);
+        ok = EXPECT_U64(in.high, m[i].high) && EXPECT_U64(in.count, m[i].nalive);
+        st_count *c = NULL;
+        size_t n = 0;
+        uint64_t total = 0;
+        st_error err;
+        ok = EXPECT_CODE(st_counts(f->s, uids[i], &c, &n, &total, &err), ST_OK) && ok;
+        ok = EXPECT_U64(total, m[i].nalive) && ok;
+        size_t want = 0;
+        for (int j = 0; j < RC_SENDERS; j++) {
+            if (!m[i].cnt[j])
+                continue;
+            want++;
+            bool seen = false;
+            for (size_t k = 0; k < n; k++) {
+                if (strcmp(c[k].sender, senders[j]) == 0) {
+                    seen = true;
+                    ok = EXPECT_U64(c[k].count, m[i].cnt[j]) && ok;
+                    ok = EXPECT_I64(c[k].last_send_time_ms, m[i].last[j]) && ok;
+                }
+            }
+            ok = EXPECT_TRUE(seen) && ok;
+        }
+        ok = EXPECT_U64(n, want) && ok;
+        free(c);
+    }
+    if (!ok)
+        record(HERE, false, "row cache: the model and the shard differ at step %d", step);
+    return ok;
+}
+
+static void test_row_cache_matches_database(void)
+{
+    static const char *const uids[RC_INBOXES] = {"r0", "r1", "r2", "r3"};
+    static const char *const senders[RC_SENDERS] = {"s0", "s1", "s2"};
+    fx f;
+    rc_model *m = calloc(RC_INBOXES, sizeof *m);
+    char ids[8][32];
+    uint32_t x = 12345;
+    int next_id = 0;
+    if (!EXPECT_TRUE(m != NULL) || !fx_start(&f, false))
+        goto out;
+    for (int step = 0; step < 1500; step++) {
+        set_now(&f, T0 + step);
+        uint32_t op = rc_rand(&x) % 10;
+        int i = (int)(rc_rand(&x) % RC_INBOXES);
+        rc_model *b = &m[i];
+        if (op < 6) { /* a batch of 1..8 puts */
+            st_put puts[8];
+            int np = 1 + (int)(rc_rand(&x) % 8);
+            int who[8], to[8];
+            for (int k = 0; k < np; k++) {
+                to[k] = (int)(rc_rand(&x) % RC_INBOXES);
+                who[k] = (int)(rc_rand(&x) % RC_SENDERS);
+                snprintf(ids[k], sizeof ids[k], "m%d", next_id++);
+                puts[k] = mkput(uids[to[k]], senders[who[k]], ids[k], 1, "x", 1);
+            }
+            if (!append_n(&f, puts, (size_t)np))
+                goto out;
+            for (int k = 0; k < np; k++) {
+                rc_model *t = &m[to[k]];
+                if (!EXPECT_CODE(puts[k].code, ST_OK) || !EXPECT_U64(puts[k].seq, t->high + 1) ||
+                    !EXPECT_TRUE(t->nalive < 4096))
+                    goto out;
+                t->high++;
+                t->alive[t->nalive].seq = t->high;
+                t->alive[t->nalive++].sender = who[k];
+                t->cnt[who[k]]++;
+                t->last[who[k]] = T0 + step;
+            }
+        } else if (b->high > b->floor) {
+            uint64_t upto = b->floor + 1 + rc_rand(&x) % (b->high - b->floor);
+            int snd = op < 8 ? -1 : (int)(rc_rand(&x) % RC_SENDERS); /* whole inbox, or one */
+            uint64_t want = 0;
+            int kept = 0;
+            for (int k = 0; k < b->nalive; k++) {
+                if (b->alive[k].seq <= upto && (snd < 0 || b->alive[k].sender == snd)) {
+                    want++;
+                    if (--b->cnt[b->alive[k].sender] == 0)
+                        b->last[b->alive[k].sender] = 0;
+                } else {
+                    b->alive[kept++] = b->alive[k];
+                }
+            }
+            b->nalive = kept;
+            if (snd < 0)
+                b->floor = upto;
+            if (!EXPECT_U64(ack_ok(&f, uids[i], snd < 0 ? NULL : senders[snd], upto), want))
+                goto out;
+        }
+        if (!rc_check(&f, m, uids, senders, step))
+            goto out;
+        if (step % 500 == 499) {
+            st_stats st; /* per open: the cache answered most reads */
+            st_stats_get(f.s, &st);
+            if (!EXPECT_TRUE(st.row_hits > 2 * st.row_misses) || !fx_reopen(&f) ||
+                !rc_check(&f, m, uids, senders, step))
+                goto out;
+        }
+    }
+out:
+    free(m);
+    fx_finish(&f);
+}
+
 /* ================================================================= runner */
 
 static const im_cunit_test tests[] = {
@@ -3012,6 +3144,7 @@ static const im_cunit_test tests[] = {
     {"reopen_after_many_small_acks", test_reopen_after_many_small_acks},
     {"old_conversation_ack_ranges", test_old_conversation_ack_ranges},
     {"inline_writes", test_inline_writes},
+    {"row_cache_matches_database", test_row_cache_matches_database},
 };
 
 int main(int argc, char **argv)
