@@ -412,10 +412,10 @@ void gw__send(gw_call *c)
     /* The hand reader first; what it declines goes the generic way, whose
      * answers stay the reference. Either way the same checks follow. */
     grpc_slice own = grpc_empty_slice();
-    const uint8_t *buf, *bytes = NULL; /* the content's (the payload's, when fast) */
-    size_t len;
-    bool fast = s_payload(c, &own, &buf, &len) &&
-                s_send_fast(buf, len, &mid, &u, &q.msg_type, &content, &bytes);
+    const uint8_t *req, *bytes = NULL; /* the content's (the payload's, when fast) */
+    size_t req_len;
+    bool fast = s_payload(c, &own, &req, &req_len) &&
+                s_send_fast(req, req_len, &mid, &u, &q.msg_type, &content, &bytes);
     if ((!fast && gw__decode(c, imbox_v1_SendRequest_fields, &q, "SendRequest")) ||
         s_send_check(c, &mid, &u, &content) || s_send_dups(c, &u) ||
         s_send_rate(c, u.n))
