@@ -6,8 +6,11 @@
 #include <string.h>
 #include <time.h>
 
+#include <grpc/byte_buffer_reader.h>
+
 #include "gw_call.h"
 #include "gw_rate.h"
+#include "gw_sendreq.h"
 #include "im_hash.h"
 
 _Static_assert(sizeof(((imbox_internal_v1_StoreOp *)0)->sender) > IM_UID_MAX &&
@@ -332,6 +335,64 @@ static int s_send_rate(gw_call *c, int nrecv)
     return -1;
 }
 
+/* The call's payload as one span: in place when gRPC holds it in one
+ * uncompressed slice (a usual request), else read into *own (the caller
+ * unrefs it). false when there is none or it is compressed: the generic
+ * path then answers as it always did. */
+static bool s_payload(gw_call *c, grpc_slice *own, const uint8_t **buf, size_t *len)
+{
+    grpc_byte_buffer *b = c->payload;
+    if (!b || b->type != GRPC_BB_RAW || b->data.raw.compression != GRPC_COMPRESS_NONE)
+        return false;
+    const grpc_slice_buffer *sb = &b->data.raw.slice_buffer;
+    if (sb->count == 0) {
+        *buf = NULL;
+        *len = 0;
+        return true;
+    }
+    if (sb->count == 1) { /* the bytes stay the payload's, c's until freed */
+        *buf = GRPC_SLICE_START_PTR(sb->slices[0]);
+        *len = GRPC_SLICE_LENGTH(sb->slices[0]);
+        return true;
+    }
+    grpc_byte_buffer_reader r;
+    if (!grpc_byte_buffer_reader_init(&r, b))
+        return false;
+    *own = grpc_byte_buffer_reader_readall(&r);
+    grpc_byte_buffer_reader_destroy(&r);
+    *buf = GRPC_SLICE_START_PTR(*own); /* *own's storage: an inlined slice's bytes */
+    *len = GRPC_SLICE_LENGTH(*own);
+    return true;
+}
+
+/* Decodes a SendRequest by gw_sendreq_read: exactly what gw__decode with
+ * gw__send's callbacks would put in *mid, *u, *msg_type and *content (its
+ * p left NULL: the content's bytes are *body, in buf). false when declined
+ * (nothing is changed: decode it with gw__decode). */
+static bool s_send_fast(const uint8_t *buf, size_t len, im_str_in *mid, gw_uids *u,
+                        int32_t *msg_type, im_bytes_in *content, const uint8_t **body)
+{
+    const gw_sendreq_limits lim = {.msg_id_max = mid->cap - 1, .uid_max = IM_UID_MAX,
+                                   .receivers_max = u->max, .content_max = content->max};
+    gw_sendreq q;
+    if (!gw_sendreq_read(buf, len, &lim, &q))
+        return false;
+    if (q.nreceivers) { /* one allocation of the exact size */
+        if (!(u->v = malloc((size_t)q.nreceivers * sizeof *u->v)))
+            return false; /* gw__decode's answer: out of memory, most likely */
+        gw_sendreq_receivers(&q, u->v[0], sizeof *u->v);
+    }
+    u->cap = u->n = u->total = q.nreceivers;
+    if (q.msg_id_len)
+        memcpy(mid->p, q.msg_id, q.msg_id_len);
+    mid->p[q.msg_id_len] = 0;
+    mid->n = q.msg_id_len;
+    *msg_type = q.msg_type;
+    content->n = q.content_len;
+    *body = q.content;
+    return true;
+}
+
 void gw__send(gw_call *c)
 {
     gw_server *g = c->g;
@@ -348,10 +409,19 @@ void gw__send(gw_call *c)
     q.receiver_uids.arg = &u;
     q.content.funcs.decode = im_pb_read_bytes;
     q.content.arg = &content;
-    if (gw__decode(c, imbox_v1_SendRequest_fields, &q, "SendRequest") ||
+    /* The hand reader first; what it declines goes the generic way, whose
+     * answers stay the reference. Either way the same checks follow. */
+    grpc_slice own = grpc_empty_slice();
+    const uint8_t *req, *bytes = NULL; /* the content's (the payload's, when fast) */
+    size_t req_len;
+    bool fast = s_payload(c, &own, &req, &req_len) &&
+                s_send_fast(req, req_len, &mid, &u, &q.msg_type, &content, &bytes);
+    if ((!fast && gw__decode(c, imbox_v1_SendRequest_fields, &q, "SendRequest")) ||
         s_send_check(c, &mid, &u, &content) || s_send_dups(c, &u) ||
         s_send_rate(c, u.n))
         goto out;
+    if (!fast)
+        bytes = content.p;
     c->nrecv = u.n;
     c->receivers = u.v;
     u.v = NULL;
@@ -362,10 +432,11 @@ void gw__send(gw_call *c)
         goto out;
     }
     /* Every part is built before any is sent: a reply may arrive (on the
-     * bus thread) before the next part goes. */
+     * bus thread) before the next part goes. gw__store_request copies the
+     * content: bytes (maybe the payload's, c's) are not needed after. */
     atomic_store(&c->parts_left, nparts);
     gw_store m = {.sender = c->uid, .msg_id = msg_id, .msg_type = q.msg_type,
-                  .content = content.p, .content_len = content.n};
+                  .content = bytes, .content_len = content.n};
     for (int i = 0; i < nparts; i++) {
         uint8_t *body;
         size_t len;
@@ -378,4 +449,5 @@ void gw__send(gw_call *c)
 out:
     free(u.v);
     free(content.p);
+    grpc_slice_unref(own);
 }

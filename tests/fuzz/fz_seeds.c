@@ -106,10 +106,12 @@ static void s_public(void)
     s.msg_type = 7;
     s.content = s_str(&b, "hello");
     s_write_pb("fuzz_send", "group", imbox_v1_SendRequest_fields, &s);
+    s_write_pb("fuzz_sendreq", "group", imbox_v1_SendRequest_fields, &s);
     static const char *const one[] = {"alice", NULL};
     s.receiver_uids = s_list(one);
     s.msg_type = -1;
     s_write_pb("fuzz_send", "one", imbox_v1_SendRequest_fields, &s);
+    s_write_pb("fuzz_sendreq", "one", imbox_v1_SendRequest_fields, &s);
 
     imbox_v1_PullRequest p = imbox_v1_PullRequest_init_zero;
     s_write_pb("fuzz_pull", "empty", imbox_v1_PullRequest_fields, &p);
