@@ -409,27 +409,6 @@ static void s_absl_quiet(void)
     }
 }
 
-/*
- * gRPC core runs a combiner's queued work on its "default executor" threads
- * whenever the thread that holds the combiner wants to return (the
- * completion-queue thread with an event in hand): under load that was 16%
- * of the server's instructions on an executor thread, each hand-off a
- * wake-up. With the executor's threads off (SetThreadingAll(false), the
- * mode gRPC's own tests use) that work runs on the thread already inside
- * the combiner. Measured, 7 alternated rounds of Send at 64 in flight
- * (docs/BENCHMARKS.md): median 17,723 -> 19,882 sends/s, 57.8 -> 52.1 us of
- * server CPU per Send; at 16 in flight context switches per Send 1.43 ->
- * 1.17. The gateway makes no outgoing gRPC channel, so no name resolution
- * (the executor's other user) is made to wait. Looked up at run time like
- * the switch above: another gRPC build only misses it.
- */
-static void s_grpc_no_executor(void)
-{
-    void *f = dlsym(RTLD_DEFAULT, "_ZN9grpc_core8Executor15SetThreadingAllEb");
-    if (f)
-        ((void (*)(bool))f)(false);
-}
-
 static void s_free(gw_server *g)
 {
     gw_bus_destroy(&g->bus);
@@ -456,7 +435,6 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
     }
     g->c = *c;
     s_absl_quiet();
-    s_grpc_no_executor();
     if (g->c.shard_timeout_ms <= 0)
         g->c.shard_timeout_ms = GW_SHARD_TIMEOUT_MS;
     if (g->c.keepalive_time_ms <= 0)
