@@ -14,18 +14,6 @@
 #define K_CONTENT 0x22
 #define K_RECEIVER 0x2A
 
-/* Reads a length and checks that many bytes follow; *at is their start. */
-static bool s_len(const uint8_t **p, const uint8_t *end, const uint8_t **at, size_t *n)
-{
-    uint64_t v;
-    if (!im_pb_read_varint_min(p, end, &v) || v > (uint64_t)(end - *p))
-        return false;
-    *at = *p;
-    *n = (size_t)v;
-    *p += v;
-    return true;
-}
-
 static bool s_has_nul(const uint8_t *p, size_t n)
 {
     return memchr(p, 0, n) != NULL;
@@ -38,7 +26,7 @@ bool im_store_op_read(const uint8_t *buf, size_t len, const im_store_op_limits *
     size_t n;
     memset(op, 0, sizeof *op);
     /* the store field alone, spanning the whole buffer */
-    if (len == 0 || *p++ != K_STORE || !s_len(&p, end, &at, &n) || p != end)
+    if (len == 0 || *p++ != K_STORE || !im_pb_read_span(&p, end, &at, &n) || p != end)
         return false;
     p = at;
     end = at + n;
@@ -56,7 +44,7 @@ bool im_store_op_read(const uint8_t *buf, size_t len, const im_store_op_limits *
             op->msg_type = (int32_t)(int64_t)v;
             continue;
         }
-        if (!s_len(&p, end, &at, &n))
+        if (!im_pb_read_span(&p, end, &at, &n))
             return false;
         switch (key) {
         case K_SENDER:

@@ -300,6 +300,18 @@ size_t im_pb_drop_groups(const uint8_t *buf, size_t len, uint8_t *out)
 }
 
 /* See im_wire.h. */
+bool im_pb_read_span(const uint8_t **p, const uint8_t *end, const uint8_t **at, size_t *n)
+{
+    uint64_t v;
+    if (!im_pb_read_varint_min(p, end, &v) || v > (uint64_t)(end - *p))
+        return false;
+    *at = *p;
+    *n = (size_t)v;
+    *p += v;
+    return true;
+}
+
+/* See im_wire.h. */
 bool im_pb_read_varint_min(const uint8_t **p, const uint8_t *end, uint64_t *v)
 {
     uint64_t x = 0;

@@ -142,6 +142,11 @@ static inline void im_pb_out_varint3(im_pb_out *o, uint32_t field, uint64_t v)
  * pb_decode, which is the reference). */
 bool im_pb_read_varint_min(const uint8_t **p, const uint8_t *end, uint64_t *v);
 
+/* Reads at *p a length in that minimal form and checks that many bytes
+ * follow before end: *at is their start, *n their count, *p moves past
+ * them. false as above. */
+bool im_pb_read_span(const uint8_t **p, const uint8_t *end, const uint8_t **at, size_t *n);
+
 /* Encode side of a bytes/string FT_CALLBACK field: set
  * cb.funcs.encode = im_pb_write_bytes, cb.arg = an im_bytes_out. */
 typedef struct im_bytes_out {

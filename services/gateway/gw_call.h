@@ -273,6 +273,12 @@ int gw__auth(gw_call *c);
 /* Decodes the call's payload into msg; answers INVALID_ARGUMENT on failure. */
 int gw__decode(gw_call *c, const pb_msgdesc_t *fields, void *msg, const char *name);
 
+/* gw__decode's work on bytes: unknown groups dropped (as protobuf skips
+ * them), then pb_decode. true, or false with *why (a static text) and *oom
+ * set when memory ran out. The reference of the hand readers' tests. */
+bool gw__decode_bytes(const pb_msgdesc_t *fields, void *msg, const uint8_t *buf, size_t len,
+                      const char **why, bool *oom);
+
 /* Checks a string field decoded by im_pb_read_str; answers on error. */
 int gw__str(gw_call *c, const im_str_in *in, const char *field, size_t max, bool utf8);
 
@@ -292,6 +298,12 @@ typedef struct gw_uids {
     bool oom;     /* v could not grow: gw__uids_check answers "out of memory" */
 } gw_uids;
 bool gw__read_uid(pb_istream_t *s, const pb_field_t *f, void **arg);
+
+/* How gw__send decodes a SendRequest the generic way: zeroes q and points
+ * its callbacks at mid (whose p and cap the caller sets), u (started with
+ * the 1000-receiver bound) and content (at most max_content bytes). */
+void gw__send_decoding(imbox_v1_SendRequest *q, im_str_in *mid, gw_uids *u,
+                       im_bytes_in *content, size_t max_content);
 
 /* Checks a decoded uid list: min..max of them, each by the uid rule.
  * Answers INVALID_ARGUMENT naming field[i] (and `noun` for the count), or

@@ -79,31 +79,46 @@ int gw__decode(gw_call *c, const pb_msgdesc_t *fields, void *msg, const char *na
     }
     grpc_slice s = grpc_byte_buffer_reader_readall(&r);
     grpc_byte_buffer_reader_destroy(&r);
-    const char *why = NULL;
-    const uint8_t *buf = GRPC_SLICE_START_PTR(s);
-    size_t len = GRPC_SLICE_LENGTH(s);
+    const char *why;
+    bool oom;
+    bool ok = gw__decode_bytes(fields, msg, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s), &why,
+                               &oom);
+    grpc_slice_unref(s);
+    if (oom) {
+        gw__respond_errf(c, IM_RESOURCE_EXHAUSTED, "%s: out of memory", name);
+        return -1;
+    }
+    if (!ok) {
+        gw__respond_errf(c, IM_INVALID_ARGUMENT, "%s does not decode: %s", name, why);
+        return -1;
+    }
+    return 0;
+}
+
+bool gw__decode_bytes(const pb_msgdesc_t *fields, void *msg, const uint8_t *buf, size_t len,
+                      const char **why, bool *oom)
+{
+    *why = NULL;
+    *oom = false;
     bool groups = false;
+    if (!im_pb_scan_wire(fields, buf, len, &groups, why))
+        return false;
     uint8_t *copy = NULL; /* the request without its unknown groups */
-    bool ok = im_pb_scan_wire(fields, buf, len, &groups, &why);
-    if (ok && groups) {
+    if (groups) {
         if (!(copy = malloc(len ? len : 1))) {
-            grpc_slice_unref(s);
-            gw__respond_errf(c, IM_RESOURCE_EXHAUSTED, "%s: out of memory", name);
-            return -1;
+            *oom = true;
+            *why = "out of memory";
+            return false;
         }
         len = im_pb_drop_groups(buf, len, copy);
         buf = copy;
     }
     pb_istream_t is = pb_istream_from_buffer(buf, len);
-    ok = ok && pb_decode(&is, fields, msg);
+    bool ok = pb_decode(&is, fields, msg);
+    if (!ok)
+        *why = PB_GET_ERROR(&is); /* nanopb's texts are literals */
     free(copy);
-    grpc_slice_unref(s);
-    if (!ok) {
-        gw__respond_errf(c, IM_INVALID_ARGUMENT, "%s does not decode: %s", name,
-                         why ? why : PB_GET_ERROR(&is));
-        return -1;
-    }
-    return 0;
+    return ok;
 }
 
 /* Checks a string field decoded by im_pb_read_str; answers on error. */

@@ -393,22 +393,30 @@ static bool s_send_fast(const uint8_t *buf, size_t len, im_str_in *mid, gw_uids 
     return true;
 }
 
+void gw__send_decoding(imbox_v1_SendRequest *q, im_str_in *mid, gw_uids *u,
+                       im_bytes_in *content, size_t max_content)
+{
+    memset(q, 0, sizeof *q);
+    *u = (gw_uids){.max = IM_RECEIVERS_MAX, .bad = -1};
+    *content = (im_bytes_in){.max = max_content};
+    q->msg_id.funcs.decode = im_pb_read_str;
+    q->msg_id.arg = mid;
+    q->receiver_uids.funcs.decode = gw__read_uid;
+    q->receiver_uids.arg = u;
+    q->content.funcs.decode = im_pb_read_bytes;
+    q->content.arg = content;
+}
+
 void gw__send(gw_call *c)
 {
     gw_server *g = c->g;
     imbox_v1_SendRequest q;
-    memset(&q, 0, sizeof q);
-    gw_uids u = {.max = IM_RECEIVERS_MAX, .bad = -1};
-    im_bytes_in content = {.max = g->c.limits.max_content};
+    gw_uids u;
+    im_bytes_in content;
     char msg_id[IM_MSGID_MAX + 1];
     im_str_in mid = {.p = msg_id, .cap = sizeof msg_id};
     msg_id[0] = 0;
-    q.msg_id.funcs.decode = im_pb_read_str;
-    q.msg_id.arg = &mid;
-    q.receiver_uids.funcs.decode = gw__read_uid;
-    q.receiver_uids.arg = &u;
-    q.content.funcs.decode = im_pb_read_bytes;
-    q.content.arg = &content;
+    gw__send_decoding(&q, &mid, &u, &content, g->c.limits.max_content);
     /* The hand reader first; what it declines goes the generic way, whose
      * answers stay the reference. Either way the same checks follow. */
     grpc_slice own = grpc_empty_slice();

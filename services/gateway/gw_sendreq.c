@@ -12,18 +12,6 @@
 #define K_MSG_TYPE 0x18  /* field 3, varint */
 #define K_CONTENT 0x22
 
-/* Reads a length and checks that many bytes follow; *at is their start. */
-static bool s_len(const uint8_t **p, const uint8_t *end, const uint8_t **at, size_t *n)
-{
-    uint64_t v;
-    if (!im_pb_read_varint_min(p, end, &v) || v > (uint64_t)(end - *p))
-        return false;
-    *at = *p;
-    *n = (size_t)v;
-    *p += v;
-    return true;
-}
-
 static bool s_has_nul(const uint8_t *p, size_t n)
 {
     return n && memchr(p, 0, n) != NULL;
@@ -60,7 +48,7 @@ bool gw_sendreq_read(const uint8_t *buf, size_t len, const gw_sendreq_limits *li
         last = key;
         switch (key) {
         case K_MSG_ID:
-            if (!s_len(&p, end, &at, &n) || n > lim->msg_id_max || s_has_nul(at, n))
+            if (!im_pb_read_span(&p, end, &at, &n) || n > lim->msg_id_max || s_has_nul(at, n))
                 return false;
             q->msg_id = at;
             q->msg_id_len = n;
@@ -85,7 +73,7 @@ bool gw_sendreq_read(const uint8_t *buf, size_t len, const gw_sendreq_limits *li
             break;
         }
         case K_CONTENT:
-            if (!s_len(&p, end, &at, &n) || n > lim->content_max)
+            if (!im_pb_read_span(&p, end, &at, &n) || n > lim->content_max)
                 return false;
             q->content = at;
             q->content_len = n;

@@ -45,27 +45,12 @@ static bool s_decode(const uint8_t *b, size_t n, decoded *d)
     free(d->u.v);
     free(d->content.p);
     memset(d, 0, sizeof *d);
-    d->u = (gw_uids){.max = IM_RECEIVERS_MAX, .bad = -1};
-    d->content.max = S_CONTENT_MAX;
     d->mid = (im_str_in){.p = d->msg_id, .cap = sizeof d->msg_id};
-    d->q.msg_id.funcs.decode = im_pb_read_str;
-    d->q.msg_id.arg = &d->mid;
-    d->q.receiver_uids.funcs.decode = gw__read_uid;
-    d->q.receiver_uids.arg = &d->u;
-    d->q.content.funcs.decode = im_pb_read_bytes;
-    d->q.content.arg = &d->content;
-    bool groups = false;
-    const char *why = NULL;
-    uint8_t *copy = NULL;
-    bool ok = im_pb_scan_wire(imbox_v1_SendRequest_fields, b, n, &groups, &why);
-    if (ok && groups) {
-        FZ_CHECK((copy = malloc(n ? n : 1)) != NULL);
-        n = im_pb_drop_groups(b, n, copy);
-        b = copy;
-    }
-    pb_istream_t is = pb_istream_from_buffer(b, n);
-    ok = ok && pb_decode(&is, imbox_v1_SendRequest_fields, &d->q);
-    free(copy);
+    gw__send_decoding(&d->q, &d->mid, &d->u, &d->content, S_CONTENT_MAX);
+    const char *why;
+    bool oom;
+    bool ok = gw__decode_bytes(imbox_v1_SendRequest_fields, &d->q, b, n, &why, &oom);
+    FZ_CHECK(!oom);
     return ok;
 }
 
