@@ -400,12 +400,22 @@ static size_t s_key_upper(uint8_t *dst, const uint8_t *k, size_t n)
 
 /* ---------------------------------------------------------------- records */
 
-static void s_head_decode(const uint8_t *v, st_inbox *h)
+/* Decodes a head; false when it cannot be one the writer wrote: its floor
+ * above its highest seq (reads start at floor + 1), or a highest seq with
+ * no successor (the next append's). */
+static bool s_head_decode(const uint8_t *v, st_inbox *h)
 {
     h->high = im_get64(v + 1);
     h->count = im_get64(v + 9);
     h->floor = im_get64(v + 17);
     h->last_time_ms = (int64_t)im_get64(v + 25);
+    return h->floor <= h->high && h->high < UINT64_MAX;
+}
+
+static int s_head_corrupt(st_error *err, const char *uid, const st_inbox *h)
+{
+    return s_err(err, ST_ECORRUPT, "inbox head of '%s': floor %llu, last seq %llu", uid,
+                 (unsigned long long)h->floor, (unsigned long long)h->high);
 }
 
 static void s_head_encode(uint8_t *v, const st_inbox *h)
@@ -574,8 +584,8 @@ static int s_get_head(st_shard *s, const rocksdb_readoptions_t *ro, const char *
     size_t kn = s_key_prefix(k, 'I', uid);
     memset(h, 0, sizeof *h);
     int rc = s_get_fixed(s, ro, k, kn, v, sizeof v, err);
-    if (rc == 1)
-        s_head_decode(v, h);
+    if (rc == 1 && !s_head_decode(v, h))
+        return s_head_corrupt(err, uid, h);
     return rc < 0 ? rc : ST_OK;
 }
 
@@ -972,8 +982,8 @@ static int s_apply_put(s_writer *w, st_put *p, int64_t now, st_error *err)
         }
     }
     st_inbox h = {0};
-    if (he->vn)
-        s_head_decode(he->val, &h);
+    if (he->vn && !s_head_decode(he->val, &h))
+        return s_head_corrupt(err, p->receiver, &h);
     if (h.count >= s->o.max_inbox) {
         p->code = ST_EFULL;
         p->error = IM_TEXT_INBOX_FULL;
@@ -2192,7 +2202,10 @@ int st_expire(st_shard *s, uint64_t *purged, st_error *err)
         memcpy(uid, kk + 1, kl - 2);
         uid[kl - 2] = 0;
         st_inbox h;
-        s_head_decode(v, &h);
+        if (!s_head_decode(v, &h)) {
+            rc = s_head_corrupt(err, uid, &h);
+            break;
+        }
         heads += h.count;
         bool old = false;
         uint64_t n = 0;

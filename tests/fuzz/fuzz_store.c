@@ -19,7 +19,12 @@
  * a page holds at most its limit, its seqs rise strictly above `after`,
  * each sender is a valid uid and each msg_id a valid msg_id; a page that
  * reports `more` is not empty. The database lives in a directory on
- * /dev/shm (fresh per process); each input first deletes every row.
+ * /dev/shm (fresh per process); each input first deletes every row by one
+ * range deletion, which the engine's reads ignore by design (RANGE
+ * TOMBSTONES atop st.c): rows of earlier inputs stay visible to them, as
+ * in a database damaged by a range deletion above an inbox's floor. That
+ * mix found a head whose floor was UINT64_MAX, so that a read started at
+ * floor + 1 = 0, below the cursor.
  */
 #include <rocksdb/c.h>
 #include <stdbool.h>

@@ -2233,6 +2233,34 @@ static void test_corrupt_record_reported(void)
         st_page_free(&pg);
     st_close(&f.s);
 
+    /* A head whose floor is above its last seq (floor + 1 wrapped to 0:
+     * found by fuzz_store, a page then went back below the cursor), and
+     * one whose last seq has no successor: corrupt, for reads and appends
+     * alike. "alice" has seqs 1..3 from above. */
+    static const uint8_t ikey[1 + 5 + 1] = {'I', 'a', 'l', 'i', 'c', 'e', 0};
+    static const uint64_t heads[2][2] = {{3, UINT64_MAX}, {UINT64_MAX, 0}}; /* high, floor */
+    for (int i = 0; i < 2; i++) {
+        uint8_t head[33] = {1};
+        for (int b = 0; b < 8; b++) {
+            head[1 + b] = (uint8_t)(heads[i][0] >> (56 - 8 * b));
+            head[17 + b] = (uint8_t)(heads[i][1] >> (56 - 8 * b));
+        }
+        head[16] = 3; /* count */
+        if (!raw_put(f.path, ikey, sizeof ikey, head, sizeof head) || !fx_open(&f))
+            goto out;
+        memset(&err, 0, sizeof err);
+        rc = st_read(f.s, "alice", NULL, 2, 10, 0, &pg, &err);
+        EXPECT_ERR(rc, err, ST_ECORRUPT);
+        if (rc == ST_OK)
+            st_page_free(&pg);
+        st_inbox in;
+        EXPECT_CODE(st_inbox_info(f.s, "alice", &in, &err), ST_ECORRUPT);
+        st_put put = mkput("alice", "bob", i ? "k5" : "k4", 1, "x", 1);
+        EXPECT_CODE(st_append(f.s, &put, 1, &err), ST_ECORRUPT);
+        EXPECT_TRUE(put.code != ST_OK);
+        st_close(&f.s);
+    }
+
     /* The format marker 'V' 0x00 of another format. */
     static const uint8_t vkey[2] = {'V', 0};
     if (!raw_put(f.path, vkey, sizeof vkey, "other-format", 12))
