@@ -33,15 +33,11 @@ bool im_store_op_read(const uint8_t *buf, size_t len, const im_store_op_limits *
     uint8_t last = 0; /* fields once each, ascending; receivers repeat */
     while (p < end) {
         uint8_t key = *p++;
-        if (key < last || (key == last && key != K_RECEIVER))
+        if (!im_pb_key_in_order(key, &last, K_RECEIVER))
             return false;
-        last = key;
         if (key == K_MSG_TYPE) {
-            uint64_t v;
-            if (!im_pb_read_varint_min(&p, end, &v) || (int64_t)v < INT32_MIN ||
-                (int64_t)v > INT32_MAX)
+            if (!im_pb_read_int32_min(&p, end, &op->msg_type))
                 return false;
-            op->msg_type = (int32_t)(int64_t)v;
             continue;
         }
         if (!im_pb_read_span(&p, end, &at, &n))

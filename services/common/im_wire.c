@@ -312,6 +312,16 @@ bool im_pb_read_span(const uint8_t **p, const uint8_t *end, const uint8_t **at, 
 }
 
 /* See im_wire.h. */
+bool im_pb_read_int32_min(const uint8_t **p, const uint8_t *end, int32_t *v)
+{
+    uint64_t x;
+    if (!im_pb_read_varint_min(p, end, &x) || (int64_t)x < INT32_MIN || (int64_t)x > INT32_MAX)
+        return false;
+    *v = (int32_t)(int64_t)x;
+    return true;
+}
+
+/* See im_wire.h. */
 bool im_pb_read_varint_min(const uint8_t **p, const uint8_t *end, uint64_t *v)
 {
     uint64_t x = 0;

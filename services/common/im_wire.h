@@ -147,6 +147,22 @@ bool im_pb_read_varint_min(const uint8_t **p, const uint8_t *end, uint64_t *v);
  * them. false as above. */
 bool im_pb_read_span(const uint8_t **p, const uint8_t *end, const uint8_t **at, size_t *n);
 
+/* Reads at *p an int32 field's value in the form an encoder writes: a
+ * minimal varint of the int32 sign-extended to 64 bits (nanopb truncates a
+ * wider one: declined). false as above. */
+bool im_pb_read_int32_min(const uint8_t **p, const uint8_t *end, int32_t *v);
+
+/* The hand readers' field order: one-byte keys ascending, each once,
+ * except `repeated`, whose entries come one after another. Checks key
+ * against the one before (*last, 0 at the start) and makes it *last. */
+static inline bool im_pb_key_in_order(uint8_t key, uint8_t *last, uint8_t repeated)
+{
+    if (key < *last || (key == *last && key != repeated))
+        return false;
+    *last = key;
+    return true;
+}
+
 /* Encode side of a bytes/string FT_CALLBACK field: set
  * cb.funcs.encode = im_pb_write_bytes, cb.arg = an im_bytes_out. */
 typedef struct im_bytes_out {

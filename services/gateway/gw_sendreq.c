@@ -43,9 +43,8 @@ bool gw_sendreq_read(const uint8_t *buf, size_t len, const gw_sendreq_limits *li
     uint8_t last = 0; /* fields once each, ascending; receivers repeat */
     while (p < end) {
         uint8_t key = *p++;
-        if (key < last || (key == last && key != K_RECEIVER))
+        if (!im_pb_key_in_order(key, &last, K_RECEIVER))
             return false;
-        last = key;
         switch (key) {
         case K_MSG_ID:
             if (!im_pb_read_span(&p, end, &at, &n) || n > lim->msg_id_max || s_has_nul(at, n))
@@ -62,16 +61,10 @@ bool gw_sendreq_read(const uint8_t *buf, size_t len, const gw_sendreq_limits *li
                 return false;
             q->nreceivers++;
             break;
-        case K_MSG_TYPE: {
-            /* nanopb casts a varint to int32 (truncating); an encoder
-             * writes an int32 sign-extended to 64 bits: only that form */
-            uint64_t v;
-            if (!im_pb_read_varint_min(&p, end, &v) || (int64_t)v < INT32_MIN ||
-                (int64_t)v > INT32_MAX)
+        case K_MSG_TYPE:
+            if (!im_pb_read_int32_min(&p, end, &q->msg_type))
                 return false;
-            q->msg_type = (int32_t)(int64_t)v;
             break;
-        }
         case K_CONTENT:
             if (!im_pb_read_span(&p, end, &at, &n) || n > lim->content_max)
                 return false;
