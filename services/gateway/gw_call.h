@@ -299,11 +299,19 @@ typedef struct gw_uids {
 } gw_uids;
 bool gw__read_uid(pb_istream_t *s, const pb_field_t *f, void **arg);
 
-/* How gw__send decodes a SendRequest the generic way: zeroes q and points
- * its callbacks at mid (whose p and cap the caller sets), u (started with
- * the 1000-receiver bound) and content (at most max_content bytes). */
-void gw__send_decoding(imbox_v1_SendRequest *q, im_str_in *mid, gw_uids *u,
-                       im_bytes_in *content, size_t max_content);
+/* A SendRequest as gw__send decodes it the generic way: nanopb's struct,
+ * whose callbacks fill the rest (the msg_id, the receivers up to 1000, the
+ * content up to max_content bytes). gw__send_in_init readies it, after
+ * which it must not move; gw__send_in_free frees what a decode allocated. */
+typedef struct gw_send_in {
+    imbox_v1_SendRequest q;
+    char msg_id[IM_MSGID_MAX + 1];
+    im_str_in mid;
+    gw_uids u;
+    im_bytes_in content;
+} gw_send_in;
+void gw__send_in_init(gw_send_in *in, size_t max_content);
+void gw__send_in_free(gw_send_in *in);
 
 /* Checks a decoded uid list: min..max of them, each by the uid rule.
  * Answers INVALID_ARGUMENT naming field[i] (and `noun` for the count), or

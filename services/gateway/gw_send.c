@@ -365,18 +365,19 @@ static bool s_payload(gw_call *c, grpc_slice *own, const uint8_t **buf, size_t *
     return true;
 }
 
-/* Decodes a SendRequest by gw_sendreq_read: exactly what gw__decode with
- * gw__send's callbacks would put in *mid, *u, *msg_type and *content (its
- * p left NULL: the content's bytes are *body, in buf). false when declined
- * (nothing is changed: decode it with gw__decode). */
-static bool s_send_fast(const uint8_t *buf, size_t len, im_str_in *mid, gw_uids *u,
-                        int32_t *msg_type, im_bytes_in *content, const uint8_t **body)
+/* Decodes a SendRequest by gw_sendreq_read: exactly what gw__decode would
+ * put in *in (its content.p left NULL: the content's bytes are *body, in
+ * buf). false when declined (nothing is changed: decode it with
+ * gw__decode). */
+static bool s_send_fast(const uint8_t *buf, size_t len, gw_send_in *in, const uint8_t **body)
 {
-    const gw_sendreq_limits lim = {.msg_id_max = mid->cap - 1, .uid_max = IM_UID_MAX,
-                                   .receivers_max = u->max, .content_max = content->max};
+    const gw_sendreq_limits lim = {.msg_id_max = in->mid.cap - 1, .uid_max = IM_UID_MAX,
+                                   .receivers_max = in->u.max,
+                                   .content_max = in->content.max};
     gw_sendreq q;
     if (!gw_sendreq_read(buf, len, &lim, &q))
         return false;
+    gw_uids *u = &in->u;
     if (q.nreceivers) { /* one allocation of the exact size */
         if (!(u->v = malloc((size_t)q.nreceivers * sizeof *u->v)))
             return false; /* gw__decode's answer: out of memory, most likely */
@@ -384,55 +385,57 @@ static bool s_send_fast(const uint8_t *buf, size_t len, im_str_in *mid, gw_uids 
     }
     u->cap = u->n = u->total = q.nreceivers;
     if (q.msg_id_len)
-        memcpy(mid->p, q.msg_id, q.msg_id_len);
-    mid->p[q.msg_id_len] = 0;
-    mid->n = q.msg_id_len;
-    *msg_type = q.msg_type;
-    content->n = q.content_len;
+        memcpy(in->msg_id, q.msg_id, q.msg_id_len);
+    in->msg_id[q.msg_id_len] = 0;
+    in->mid.n = q.msg_id_len;
+    in->q.msg_type = q.msg_type;
+    in->content.n = q.content_len;
     *body = q.content;
     return true;
 }
 
-void gw__send_decoding(imbox_v1_SendRequest *q, im_str_in *mid, gw_uids *u,
-                       im_bytes_in *content, size_t max_content)
+void gw__send_in_init(gw_send_in *in, size_t max_content)
 {
-    memset(q, 0, sizeof *q);
-    *u = (gw_uids){.max = IM_RECEIVERS_MAX, .bad = -1};
-    *content = (im_bytes_in){.max = max_content};
-    q->msg_id.funcs.decode = im_pb_read_str;
-    q->msg_id.arg = mid;
-    q->receiver_uids.funcs.decode = gw__read_uid;
-    q->receiver_uids.arg = u;
-    q->content.funcs.decode = im_pb_read_bytes;
-    q->content.arg = content;
+    memset(in, 0, sizeof *in);
+    in->mid = (im_str_in){.p = in->msg_id, .cap = sizeof in->msg_id};
+    in->u = (gw_uids){.max = IM_RECEIVERS_MAX, .bad = -1};
+    in->content = (im_bytes_in){.max = max_content};
+    in->q.msg_id.funcs.decode = im_pb_read_str;
+    in->q.msg_id.arg = &in->mid;
+    in->q.receiver_uids.funcs.decode = gw__read_uid;
+    in->q.receiver_uids.arg = &in->u;
+    in->q.content.funcs.decode = im_pb_read_bytes;
+    in->q.content.arg = &in->content;
+}
+
+void gw__send_in_free(gw_send_in *in)
+{
+    free(in->u.v);
+    in->u.v = NULL;
+    free(in->content.p);
+    in->content.p = NULL;
 }
 
 void gw__send(gw_call *c)
 {
     gw_server *g = c->g;
-    imbox_v1_SendRequest q;
-    gw_uids u;
-    im_bytes_in content;
-    char msg_id[IM_MSGID_MAX + 1];
-    im_str_in mid = {.p = msg_id, .cap = sizeof msg_id};
-    msg_id[0] = 0;
-    gw__send_decoding(&q, &mid, &u, &content, g->c.limits.max_content);
+    gw_send_in in;
+    gw__send_in_init(&in, g->c.limits.max_content);
     /* The hand reader first; what it declines goes the generic way, whose
      * answers stay the reference. Either way the same checks follow. */
     grpc_slice own = grpc_empty_slice();
     const uint8_t *req, *bytes = NULL; /* the content's (the payload's, when fast) */
     size_t req_len;
-    bool fast = s_payload(c, &own, &req, &req_len) &&
-                s_send_fast(req, req_len, &mid, &u, &q.msg_type, &content, &bytes);
-    if ((!fast && gw__decode(c, imbox_v1_SendRequest_fields, &q, "SendRequest")) ||
-        s_send_check(c, &mid, &u, &content) || s_send_dups(c, &u) ||
-        s_send_rate(c, u.n))
+    bool fast = s_payload(c, &own, &req, &req_len) && s_send_fast(req, req_len, &in, &bytes);
+    if ((!fast && gw__decode(c, imbox_v1_SendRequest_fields, &in.q, "SendRequest")) ||
+        s_send_check(c, &in.mid, &in.u, &in.content) || s_send_dups(c, &in.u) ||
+        s_send_rate(c, in.u.n))
         goto out;
     if (!fast)
-        bytes = content.p;
-    c->nrecv = u.n;
-    c->receivers = u.v;
-    u.v = NULL;
+        bytes = in.content.p;
+    c->nrecv = in.u.n;
+    c->receivers = in.u.v;
+    in.u.v = NULL;
     c->receipts = calloc((size_t)c->nrecv, sizeof *c->receipts);
     int nparts = c->receipts ? gw__split(c) : -1;
     if (nparts < 0) {
@@ -443,8 +446,8 @@ void gw__send(gw_call *c)
      * bus thread) before the next part goes. gw__store_request copies the
      * content: bytes (maybe the payload's, c's) are not needed after. */
     atomic_store(&c->parts_left, nparts);
-    gw_store m = {.sender = c->uid, .msg_id = msg_id, .msg_type = q.msg_type,
-                  .content = bytes, .content_len = content.n};
+    gw_store m = {.sender = c->uid, .msg_id = in.msg_id, .msg_type = in.q.msg_type,
+                  .content = bytes, .content_len = in.content.n};
     for (int i = 0; i < nparts; i++) {
         uint8_t *body;
         size_t len;
@@ -455,7 +458,6 @@ void gw__send(gw_call *c)
             gw__send_body(g, p->shard, body, len, s_on_store, p);
     }
 out:
-    free(u.v);
-    free(content.p);
+    gw__send_in_free(&in);
     grpc_slice_unref(own);
 }

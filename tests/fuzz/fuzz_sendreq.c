@@ -28,25 +28,14 @@ static const gw_sendreq_limits LIM = {
     .receivers_max = IM_RECEIVERS_MAX, .content_max = S_CONTENT_MAX,
 };
 
-typedef struct decoded {
-    imbox_v1_SendRequest q;
-    char msg_id[IM_MSGID_MAX + 1];
-    im_str_in mid;
-    gw_uids u;
-    im_bytes_in content;
-} decoded;
-
-static decoded s_d;
+static gw_send_in s_d;
 static char s_rows[IM_RECEIVERS_MAX][IM_UID_MAX + 1];
 
 /* gw__decode's steps with gw__send's callbacks; true when it decodes. */
-static bool s_decode(const uint8_t *b, size_t n, decoded *d)
+static bool s_decode(const uint8_t *b, size_t n, gw_send_in *d)
 {
-    free(d->u.v);
-    free(d->content.p);
-    memset(d, 0, sizeof *d);
-    d->mid = (im_str_in){.p = d->msg_id, .cap = sizeof d->msg_id};
-    gw__send_decoding(&d->q, &d->mid, &d->u, &d->content, S_CONTENT_MAX);
+    gw__send_in_free(d);
+    gw__send_in_init(d, S_CONTENT_MAX);
     const char *why;
     bool oom;
     bool ok = gw__decode_bytes(imbox_v1_SendRequest_fields, &d->q, b, n, &why, &oom);
@@ -55,14 +44,14 @@ static bool s_decode(const uint8_t *b, size_t n, decoded *d)
 }
 
 /* Nothing that the checks after decoding would flag beyond the fields. */
-static bool s_clean(const decoded *d)
+static bool s_clean(const gw_send_in *d)
 {
     return !d->mid.over && !d->mid.nul && d->u.bad < 0 && !d->u.oom && d->u.n == d->u.total &&
            !d->content.over;
 }
 
 /* q (the reader's, its receivers in s_rows) says what d says. */
-static void s_check_same(const gw_sendreq *q, const decoded *d)
+static void s_check_same(const gw_sendreq *q, const gw_send_in *d)
 {
     FZ_CHECK(s_clean(d));
     FZ_CHECK(q->msg_id_len == d->mid.n);
@@ -77,7 +66,7 @@ static void s_check_same(const gw_sendreq *q, const decoded *d)
 
 static bool s_write_uids(pb_ostream_t *s, const pb_field_t *f, void *const *arg)
 {
-    const decoded *d = *arg;
+    const gw_send_in *d = *arg;
     for (int i = 0; i < d->u.n; i++)
         if (!pb_encode_tag_for_field(s, f) ||
             !pb_encode_string(s, (const uint8_t *)d->u.v[i], strlen(d->u.v[i])))
@@ -87,7 +76,7 @@ static bool s_write_uids(pb_ostream_t *s, const pb_field_t *f, void *const *arg)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    decoded *d = &s_d;
+    gw_send_in *d = &s_d;
     gw_sendreq q;
     bool hand = gw_sendreq_read(data, size, &LIM, &q);
     if (hand)

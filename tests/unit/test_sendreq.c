@@ -77,28 +77,12 @@ static size_t s_encode(const spec *x, uint8_t **out)
 
 /* ------------------------------ the reference: gw__decode, by gw__send */
 
-typedef struct decoded {
-    imbox_v1_SendRequest q;
-    char msg_id[IM_MSGID_MAX + 1];
-    im_str_in mid;
-    gw_uids u;
-    im_bytes_in content;
-} decoded;
-
-static void s_clear(decoded *d)
-{
-    free(d->u.v);
-    free(d->content.p);
-    memset(d, 0, sizeof *d);
-}
-
 /* gw__decode's steps with gw__send's callbacks and limits; true when it
  * decodes. */
-static bool s_reference(const uint8_t *b, size_t n, decoded *d)
+static bool s_reference(const uint8_t *b, size_t n, gw_send_in *d)
 {
-    s_clear(d);
-    d->mid = (im_str_in){.p = d->msg_id, .cap = sizeof d->msg_id};
-    gw__send_decoding(&d->q, &d->mid, &d->u, &d->content, CONTENT_MAX);
+    gw__send_in_free(d);
+    gw__send_in_init(d, CONTENT_MAX);
     const char *why;
     bool oom;
     bool ok = gw__decode_bytes(imbox_v1_SendRequest_fields, &d->q, b, n, &why, &oom);
@@ -109,7 +93,7 @@ static bool s_reference(const uint8_t *b, size_t n, decoded *d)
 /* The reader's answer (q, its receivers in rows) is the reference's, and
  * the reference saw nothing that the checks after decoding would flag
  * unlike what the reader gives. */
-static bool s_same(const gw_sendreq *q, char (*rows)[IM_UID_MAX + 1], const decoded *d)
+static bool s_same(const gw_sendreq *q, char (*rows)[IM_UID_MAX + 1], const gw_send_in *d)
 {
     if (d->mid.n != q->msg_id_len || d->mid.over || d->mid.nul ||
         (q->msg_id_len && memcmp(d->msg_id, q->msg_id, q->msg_id_len) != 0) ||
@@ -127,7 +111,7 @@ static bool s_same(const gw_sendreq *q, char (*rows)[IM_UID_MAX + 1], const deco
 }
 
 static char (*s_rows)[IM_UID_MAX + 1];
-static decoded *s_ref;
+static gw_send_in *s_ref;
 
 /* Reads b with the reader; when it accepts, expects the reference to
  * agree. Returns whether the reader accepted. */
@@ -369,7 +353,7 @@ int main(int argc, char **argv)
                              : 1;
     free(s_rows);
     if (s_ref)
-        s_clear(s_ref);
+        gw__send_in_free(s_ref);
     free(s_ref);
     return rc;
 }
