@@ -2240,12 +2240,10 @@ static void test_corrupt_record_reported(void)
     static const uint8_t ikey[1 + 5 + 1] = {'I', 'a', 'l', 'i', 'c', 'e', 0};
     static const uint64_t heads[2][2] = {{3, UINT64_MAX}, {UINT64_MAX, 0}}; /* high, floor */
     for (int i = 0; i < 2; i++) {
-        uint8_t head[33] = {1};
-        for (int b = 0; b < 8; b++) {
-            head[1 + b] = (uint8_t)(heads[i][0] >> (56 - 8 * b));
-            head[17 + b] = (uint8_t)(heads[i][1] >> (56 - 8 * b));
-        }
-        head[16] = 3; /* count */
+        uint8_t head[33] = {1}; /* the format atop st.c */
+        im_put64(head + 1, heads[i][0]);
+        im_put64(head + 9, 3); /* count */
+        im_put64(head + 17, heads[i][1]);
         if (!raw_put(f.path, ikey, sizeof ikey, head, sizeof head) || !fx_open(&f))
             goto out;
         memset(&err, 0, sizeof err);
