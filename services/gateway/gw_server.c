@@ -158,12 +158,7 @@ void gw__respond(gw_call *c, int status, const char *msg, uint8_t *body, size_t 
         ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
         ops[n++].data.recv_close_on_server.cancelled = &c->cancelled;
     }
-    struct timespec xa, xb; clock_gettime(CLOCK_MONOTONIC, &xa);
     grpc_call_error e = grpc_call_start_batch(c->call, ops, (size_t)n, &c->t_send, NULL);
-    clock_gettime(CLOCK_MONOTONIC, &xb);
-    { long us = (xb.tv_sec - xa.tv_sec) * 1000000L + (xb.tv_nsec - xa.tv_nsec) / 1000;
-      static long mx, n1, n5, tot; tot++; if (us > mx) mx = us; if (us > 1000) n1++; if (us > 5000) n5++;
-      if (tot % 5000 == 0) fprintf(stderr, "XSB tot=%ld max=%ld >1ms=%ld >5ms=%ld\n", tot, mx, n1, n5); }
     if (e != GRPC_CALL_OK) {
         im_log(IM_LOG_ERROR, "gateway", NULL, "start_batch(send) = %d: a bug", (int)e);
         abort();
