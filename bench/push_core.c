@@ -50,16 +50,18 @@
  * streams open and no call running; Health/Check and Send latency is
  * measured on another channel before the streams and while they are open.
  *
- * How the generator stays out of the figures: one thread and one
- * completion queue drive every call asynchronously (no thread per
- * subscriber or per call, no blocking call); one channel per role; pacing
- * is open-loop from a schedule, and a late start shows up as send_lag_*
- * instead of lowering the offered load; the generator reports its own CPU
- * time per message (gen_cpu_us_per_msg) and its lag so that a saturated
- * generator is visible. The completion queue's timeout has 1 ms resolution
- * (gRPC rounds deadlines up to whole milliseconds), so at low rates a send
- * starts up to ~1 ms after its intended time: push_* includes that lag
- * (it is what the open-loop schedule promises), push_start_* does not.
+ * How the generator stays out of the figures: one completion queue and
+ * its thread take every completion (no thread per subscriber or per call,
+ * no blocking call); in the latency run a second thread only paces the
+ * Sends (it sleeps until each one is due with clock_nanosleep and starts
+ * it: gRPC's completion-queue wait rounds its deadline up to whole
+ * milliseconds, which made sends start up to ~1 ms late at 1,000/s); one
+ * channel per role; pacing is open-loop from a schedule, and a late start
+ * shows up as send_lag_* instead of lowering the offered load; the
+ * generator reports its own CPU time per message (gen_cpu_us_per_msg) and
+ * its lag so that a saturated generator is visible. push_* counts from the
+ * intended send time (what the open-loop schedule promises), push_start_*
+ * from the call's start.
  *
  * Output: key=value lines (or one JSON object with --json) on stdout;
  * notes and errors on stderr. Exit 0, 1 when a check failed or the server
@@ -69,6 +71,8 @@
 #include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -103,6 +107,7 @@
 #define PB_PRESENCE_EVERY_NS 200000000 /* Presence poll period while opening */
 #define PB_STALL_NS 3000000000LL     /* no new stream open for 3 s: stalled */
 #define PB_ESTABLISH_S 120.0         /* opening every stream: hard bound */
+#define PB_HELD_WAIT_NS 50000       /* a held send looks again after this */
 #define PB_DRAIN_S 15.0              /* after the last send: wait for the rest */
 #define PB_TEARDOWN_S 5.0            /* cancelled calls must complete by then */
 #define PB_MAX_CHANNELS 4096
@@ -331,7 +336,7 @@ typedef struct pb {
     size_t auth_len;
 
     int live_streams;
-    int inflight[M_COUNT];
+    _Atomic int inflight[M_COUNT]; /* Sends are started by the pacer thread */
     uint32_t online;
     uint32_t detected_limit;
     bool establishing;
@@ -340,7 +345,8 @@ typedef struct pb {
 
     /* latency run */
     s_msg *msgs;
-    uint64_t nmsgs, nsent;
+    uint64_t nmsgs;
+    _Atomic uint64_t nsent;   /* the pacer's; set before the Send starts */
     uint8_t *payload;
     uint64_t awaiting;        /* receipt OK, not delivered yet */
     uint64_t delivered, dup, unexpected, malformed, wrong_content, cursor_bad,
@@ -1101,6 +1107,9 @@ static int s_teardown(pb *b)
 
 /* ------------------------------------------------------- latency mode */
 
+/* Starts Send seq on the pacer thread. The message's fields and nsent are
+ * published before the call starts, so the main thread, which may see its
+ * delivery before this function returns, finds them. */
 static void s_send(pb *b, uint64_t seq, int64_t intended)
 {
     s_msg *m = &b->msgs[seq];
@@ -1112,10 +1121,65 @@ static void s_send(pb *b, uint64_t seq, int64_t intended)
     for (int i = 0; i < 8; i++, v >>= 8)
         b->payload[i] = (uint8_t)v;
     s_send_req r = {msg_id, b->subs[m->sub].uid, b->payload, b->content};
-    s_unary *u = s_unary_start(b, b->ch_send, M_SEND, b->auth, b->auth_len,
-                               s_encode(s_enc_send, &r), seq);
-    m->start_ns = u->start_ns;
-    b->nsent = seq + 1;
+    grpc_byte_buffer *req = s_encode(s_enc_send, &r);
+    m->start_ns = s_now();
+    atomic_store(&b->nsent, seq + 1);
+    s_unary_start(b, b->ch_send, M_SEND, b->auth, b->auth_len, req, seq);
+}
+
+/* The send schedule, on a thread of its own: seq n is due at t0 + n /
+ * rate, and the thread sleeps until then with clock_nanosleep (the main
+ * thread's completion-queue wait rounds up to whole milliseconds, which
+ * made sends start up to ~1 ms late at 1,000/s). At most --max-inflight
+ * Sends are outstanding: past that, a due send waits (its latency still
+ * counts from the schedule) and is counted in held. Sending stops at
+ * stop_ns; whatever is left is not_sent. */
+typedef struct s_pacer {
+    pb *b;
+    int64_t t0, stop_ns;
+    double period;
+    uint64_t target;
+    atomic_bool quit, done;
+    uint64_t held;
+    int inflight_max;
+} s_pacer;
+
+static void s_sleep_until(int64_t ns)
+{
+    struct timespec ts = {(time_t)(ns / 1000000000LL), (long)(ns % 1000000000LL)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
+}
+
+static void *s_pace(void *arg)
+{
+    s_pacer *p = arg;
+    pb *b = p->b;
+    uint64_t n = 0, held_seq = UINT64_MAX;
+    while (n < p->target && !atomic_load(&p->quit)) {
+        int64_t due = p->t0 + (int64_t)((double)n * p->period);
+        int64_t now = s_now();
+        if (due > now) {
+            s_sleep_until(due);
+            now = s_now();
+        }
+        if (now >= p->stop_ns)
+            break;
+        if (b->inflight[M_SEND] >= b->max_inflight) {
+            if (held_seq != n) {
+                held_seq = n;
+                p->held++;
+            }
+            s_sleep_until(now + PB_HELD_WAIT_NS);
+            continue;
+        }
+        s_send(b, n++, due);
+        int inflight = b->inflight[M_SEND];
+        if (inflight > p->inflight_max)
+            p->inflight_max = inflight;
+    }
+    atomic_store(&p->done, true);
+    return NULL;
 }
 
 typedef struct s_receipt_dec {
@@ -1202,45 +1266,31 @@ static int s_run_latency(pb *b)
         return 1;
     }
 
-    /* The send phase: open loop, seq n is due at t0 + n / rate. At most
-     * --max-inflight Sends are outstanding: past that, due sends wait (their
-     * latency still counts from the schedule) and the generator does not
-     * drown itself and the server in calls. Sending stops at 2 x --seconds
-     * + 5 s, whatever is left is not_sent. */
+    /* The send phase: open loop, paced by s_pace; this thread takes the
+     * completions and acks. Sending stops at 2 x --seconds + 5 s. */
     int64_t cpu0[PB_MAX_PIDS], gen0 = bc_self_cpu_ns();
     for (int i = 0; i < b->npids; i++)
         cpu0[i] = bc_proc_cpu_ns(b->pids[i]);
     double period = 1e9 / b->rate;
     int64_t t0 = s_now() + 1000000, next_scan = t0, drain_until = 0;
-    int64_t send_stop = t0 + (int64_t)((2 * b->seconds + 5) * 1e9);
-    uint64_t n = 0, target = b->nmsgs, held = 0, held_seq = UINT64_MAX;
-    int inflight_max = 0;
+    s_pacer pacer = {.b = b, .t0 = t0, .period = period, .target = b->nmsgs,
+                     .stop_ns = t0 + (int64_t)((2 * b->seconds + 5) * 1e9)};
+    atomic_init(&pacer.quit, false);
+    atomic_init(&pacer.done, false);
+    pthread_t pacer_thread;
+    if (pthread_create(&pacer_thread, NULL, s_pace, &pacer)) {
+        fprintf(stderr, "push: cannot start the pacer thread\n");
+        return 1;
+    }
     for (;;) {
         int64_t now = s_now();
-        if (n < target && now >= send_stop)
-            target = n;
-        bool capped = false;
-        while (n < target) {
-            int64_t due = t0 + (int64_t)((double)n * period);
-            if (due > now)
-                break;
-            if (b->inflight[M_SEND] >= b->max_inflight) {
-                capped = true;
-                if (held_seq != n) {
-                    held_seq = n;
-                    held++;
-                }
-                break;
-            }
-            s_send(b, n++, due);
-            if (b->inflight[M_SEND] > inflight_max)
-                inflight_max = b->inflight[M_SEND];
-        }
         if (now >= next_scan) {
             s_ack_scan(b, now, false);
             next_scan = now + PB_ACK_SCAN_NS;
         }
-        if (n == target) {
+        if (b->fatal)
+            atomic_store(&pacer.quit, true);
+        if (atomic_load(&pacer.done)) {
             if (!drain_until)
                 drain_until = now + (int64_t)(PB_DRAIN_S * 1e9);
             /* Done when nothing is owed, or nothing can come any more. */
@@ -1249,15 +1299,13 @@ static int s_run_latency(pb *b)
                 break;
         }
         int64_t wake = next_scan;
-        if (n < target && !capped) {
-            int64_t due = t0 + (int64_t)((double)n * period);
-            if (due < wake)
-                wake = due;
-        } else if (n == target && drain_until < wake) {
+        if (drain_until && drain_until < wake)
             wake = drain_until;
-        }
         s_pump(b, wake);
     }
+    pthread_join(pacer_thread, NULL);
+    uint64_t held = pacer.held;
+    int inflight_max = pacer.inflight_max;
     int64_t t_end = s_now(), gen1 = bc_self_cpu_ns();
     int64_t cpu_total = 0;
     bool cpu_ok = b->npids > 0;
