@@ -74,7 +74,8 @@ static int s_timeout_ms = S_DEFAULT_TIMEOUT_S * 1000;
 
 static const char s_usage_text[] =
     "usage: imboxctl [--addr HOST:PORT] [--token TOKEN] [--timeout SECONDS]\n"
-    "                COMMAND [ARGS]\n"
+    "                [--tls] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]\n"
+    "                [--tls-server-name NAME] COMMAND [ARGS]\n"
     "\n"
     "The command-line client of imbox (imbox serve or imbox gateway).\n"
     "\n"
@@ -82,6 +83,16 @@ static const char s_usage_text[] =
     "  --token TOKEN      your token, from `imbox token --uid U` (env\n"
     "                     IMBOX_TOKEN); required\n"
     "  --timeout SECONDS  deadline of each call (default 30)\n"
+    "  --tls              connect over TLS, verifying the server's certificate\n"
+    "                     with gRPC's default roots (default: plaintext)\n"
+    "  --tls-ca FILE      PEM CA certificates that sign the server's (implies\n"
+    "                     --tls)\n"
+    "  --tls-cert FILE, --tls-key FILE\n"
+    "                     PEM client certificate and its key, for a server\n"
+    "                     that requires one (--tls-client-ca; implies --tls)\n"
+    "  --tls-server-name NAME\n"
+    "                     the name the server's certificate must carry, when\n"
+    "                     it is not --addr's host (implies --tls)\n"
     "  --help             this text\n"
     "\n"
     "commands:\n"
@@ -993,12 +1004,44 @@ static int s_cmd_presence(rpc_client *c, int argc, char **argv)
 
 /* ------------------------------------------------------------------ main */
 
+#define S_PEM_MAX (1u << 20) /* a PEM file larger than this is not a certificate */
+
+/* Reads the PEM file given to `flag` into *out (malloc'ed, NUL-terminated).
+ * Returns 0, or 2 after saying why on stderr. */
+static int s_read_pem(const char *flag, const char *path, char **out)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return s_usage_error("%s %s: %s", flag, path, strerror(errno));
+    char *buf = malloc(S_PEM_MAX + 1);
+    size_t n = buf ? fread(buf, 1, S_PEM_MAX + 1, f) : 0;
+    bool bad = !buf || ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return s_usage_error("%s %s: cannot read it", flag, path);
+    }
+    if (n > S_PEM_MAX || n == 0 || memchr(buf, 0, n) || !strstr(buf, "-----BEGIN ")) {
+        free(buf);
+        return s_usage_error("%s %s: not a PEM file (no \"-----BEGIN \" line, or "
+                             "empty, binary or over %u bytes)", flag, path, S_PEM_MAX);
+    }
+    buf[n] = '\0';
+    *out = buf;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"addr", required_argument, NULL, 'a'},
         {"token", required_argument, NULL, 't'},
         {"timeout", required_argument, NULL, 'T'},
+        {"tls", no_argument, NULL, 'S'},
+        {"tls-ca", required_argument, NULL, 'C'},
+        {"tls-cert", required_argument, NULL, 'c'},
+        {"tls-key", required_argument, NULL, 'k'},
+        {"tls-server-name", required_argument, NULL, 'n'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1006,6 +1049,8 @@ int main(int argc, char **argv)
     const char *token = getenv("IMBOX_TOKEN");
     if (!addr || !*addr)
         addr = S_DEFAULT_ADDR;
+    bool tls = false;
+    const char *tls_ca = NULL, *tls_cert = NULL, *tls_key = NULL, *tls_name = NULL;
     int ch;
     /* "+": stop at the command; its own flags are parsed by the command. */
     while ((ch = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
@@ -1026,6 +1071,27 @@ int main(int argc, char **argv)
             s_timeout_ms = (int)s * 1000;
             break;
         }
+        case 'S':
+            tls = true;
+            break;
+        case 'C':
+            tls_ca = optarg;
+            tls = true;
+            break;
+        case 'c':
+            tls_cert = optarg;
+            tls = true;
+            break;
+        case 'k':
+            tls_key = optarg;
+            tls = true;
+            break;
+        case 'n':
+            if (!*optarg)
+                return s_usage_error("--tls-server-name: empty");
+            tls_name = optarg;
+            tls = true;
+            break;
         case 'h':
             fputs(s_usage_text, stdout);
             return 0;
@@ -1033,6 +1099,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (!tls_cert != !tls_key)
+        return s_usage_error("--tls-cert and --tls-key go together");
     if (optind >= argc)
         return s_usage_error("a COMMAND is required (send, pull, watch, "
                              "presence, counts, ack)");
@@ -1068,7 +1136,19 @@ int main(int argc, char **argv)
         return s_usage_error("a token is required: --token T or IMBOX_TOKEN "
                              "(get one with `imbox token --uid U`)");
 
-    rpc_client *c = rpc_client_new(addr, token);
+    char *ca_pem = NULL, *cert_pem = NULL, *key_pem = NULL;
+    if ((tls_ca && s_read_pem("--tls-ca", tls_ca, &ca_pem)) ||
+        (tls_cert && s_read_pem("--tls-cert", tls_cert, &cert_pem)) ||
+        (tls_key && s_read_pem("--tls-key", tls_key, &key_pem))) {
+        free(ca_pem);
+        free(cert_pem);
+        return 2;
+    }
+    rpc_tls t = {ca_pem, cert_pem, key_pem, tls_name};
+    rpc_client *c = rpc_client_new_tls(addr, token, tls ? &t : NULL);
+    free(ca_pem);
+    free(cert_pem);
+    free(key_pem);
     if (!c)
         return s_usage_error("cannot use this token or address (is the "
                              "token one line of printable characters?)");

@@ -128,7 +128,14 @@ static grpc_status_code s_fail(rpc_error *err, grpc_status_code code,
 
 rpc_client *rpc_client_new(const char *addr, const char *token)
 {
+    return rpc_client_new_tls(addr, token, NULL);
+}
+
+rpc_client *rpc_client_new_tls(const char *addr, const char *token, const rpc_tls *tls)
+{
     assert(addr);
+    if (tls && !tls->cert_pem != !tls->key_pem)
+        return NULL;
     pthread_once(&s_init_once, s_grpc_init);
 
     rpc_client *c = calloc(1, sizeof *c);
@@ -150,7 +157,7 @@ rpc_client *rpc_client_new(const char *addr, const char *token)
         }
     }
 
-    grpc_arg args[7];
+    grpc_arg args[8];
     memset(args, 0, sizeof args);
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -180,9 +187,27 @@ rpc_client *rpc_client_new(const char *addr, const char *token)
     args[6].type = GRPC_ARG_INTEGER;
     args[6].key = GRPC_ARG_KEEPALIVE_TIMEOUT_MS;
     args[6].value.integer = S_KEEPALIVE_TIMEOUT_MS;
-    grpc_channel_args ca = {sizeof args / sizeof args[0], args};
+    grpc_channel_args ca = {7, args};
+    if (tls && tls->server_name) {
+        args[7].type = GRPC_ARG_STRING;
+        args[7].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+        args[7].value.string = (char *)tls->server_name;
+        ca.num_args = 8;
+    }
 
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel_credentials *creds;
+    if (tls) {
+        grpc_ssl_pem_key_cert_pair pair = {tls->key_pem, tls->cert_pem};
+        creds = grpc_ssl_credentials_create(tls->ca_pem, tls->cert_pem ? &pair : NULL, NULL,
+                                            NULL);
+    } else {
+        creds = grpc_insecure_credentials_create();
+    }
+    if (!creds) {
+        free(c->auth);
+        free(c);
+        return NULL;
+    }
     c->channel = grpc_channel_create(addr, creds, &ca);
     grpc_channel_credentials_release(creds);
     if (!c->channel) {

@@ -74,7 +74,7 @@ const char *rpc_code_name(int code);
 
 /*
  * Makes a client for the server at `addr` ("host:port", any gRPC target)
- * with an insecure (plaintext) channel. `token` may be NULL (no metadata);
+ * with a plaintext channel (rpc_client_new_tls for TLS). `token` may be NULL (no metadata);
  * it is copied. Returns NULL when out of memory or when the token holds
  * bytes that are not legal in a metadata value. The channel connects lazily:
  * an unreachable server shows up as UNAVAILABLE on the first call.
@@ -84,6 +84,23 @@ const char *rpc_code_name(int code);
  * waiting for ever.
  */
 rpc_client *rpc_client_new(const char *addr, const char *token);
+
+/* Transport security of a client: TLS, the server's certificate verified
+ * (chain and name), optionally with a client certificate (mutual TLS).
+ * The strings are PEM text (not file names), copied by gRPC. */
+typedef struct rpc_tls {
+    const char *ca_pem;      /* CA certificates that must sign the server's;
+                                NULL: gRPC's default roots */
+    const char *cert_pem;    /* client certificate chain, or NULL */
+    const char *key_pem;     /* its private key: both or neither */
+    const char *server_name; /* the name the server's certificate must carry,
+                                instead of addr's host; NULL: addr's host */
+} rpc_tls;
+
+/* As rpc_client_new, over TLS when `tls` is not NULL. Also NULL when only
+ * one of cert_pem and key_pem is given. A certificate that does not verify
+ * shows up as UNAVAILABLE on the first call, as an unreachable server. */
+rpc_client *rpc_client_new_tls(const char *addr, const char *token, const rpc_tls *tls);
 
 /* Destroys the client (its channel) and sets *c to NULL; NULL or *c == NULL
  * is a no-op. */

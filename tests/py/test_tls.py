@@ -172,6 +172,69 @@ class TlsTest(h.ImboxTestCase):
         self.assertRefused(h.open_channel(dep.port))
         dep.proc.check_alive()
 
+    def ctl(self, dep, uid, *args):
+        """Runs imboxctl as uid against dep: (exit status, stdout, stderr)."""
+        ctl = os.path.join(os.path.dirname(h.IMBOX_BIN), 'imboxctl')
+        home = tempfile.mkdtemp(prefix='imbox-ctl-')
+        self.addCleanup(shutil.rmtree, home, True)
+        env = dict(os.environ, HOME=home, IMBOX_ADDR='127.0.0.1:%d' % dep.port,
+                   IMBOX_TOKEN=dep.fast_token(uid))
+        r = subprocess.run([ctl, '--timeout', '10'] + list(args), env=env,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=60)
+        return r.returncode, r.stdout.decode('utf-8', 'replace'), \
+            r.stderr.decode('utf-8', 'replace')
+
+    def ctl_send(self, dep, tls, want_rc=0):
+        """imboxctl send with the flags tls; checks the exit status, and
+        on success that the receiver's Pull (Python, over TLS) has it."""
+        a, b = h.uid('A'), h.uid('B')
+        mid = h.new_msg_id('ctl')
+        rc, out, err = self.ctl(dep, a, *tls, 'send', '--to', b, '--id', mid, 'over', 'tls')
+        self.assertEqual(rc, want_rc, out + err)
+        if want_rc:
+            self.assertIn('UNAVAILABLE', err)
+            return
+        self.assertEqual(out.strip(), '%s stored' % b)
+        return b, mid
+
+    def test_imboxctl_over_tls(self):
+        dep = self.deployment(TlsServer(self.pki, self.tls_args()))
+        ca = ['--tls-ca', self.pem('ca.pem')]
+        b, mid = self.ctl_send(dep, ca)
+        rc, out, err = self.ctl(dep, b, *ca, 'pull')
+        self.assertEqual(rc, 0, err)
+        self.assertIn('%s: over tls' % mid, out)
+        # The name checked is --tls-server-name's when given.
+        self.ctl_send(dep, ca + ['--tls-server-name', 'localhost'])
+        self.ctl_send(dep, ca + ['--tls-server-name', 'elsewhere.example'], want_rc=1)
+        # Plaintext, or trusting another CA (or gRPC's default roots): refused.
+        self.ctl_send(dep, [], want_rc=1)
+        self.ctl_send(dep, ['--tls-ca', self.pem('otherca.pem')], want_rc=1)
+        self.ctl_send(dep, ['--tls'], want_rc=1)
+        # Usage errors (exit 2), before any call.
+        for args, want in (
+                (['--tls-cert', self.pem('client.pem')], 'go together'),
+                (['--tls-key', self.pem('client.key')], 'go together'),
+                (['--tls-ca', self.pem('nope.pem')], 'No such file'),
+                (['--tls-ca', self.pem('ca.srl')], 'not a PEM file'),
+                (['--tls-server-name', ''], 'empty')):
+            with self.subTest(args=args):
+                rc, out, err = self.ctl(dep, 'u', *args, 'counts')
+                self.assertEqual(rc, 2, out + err)
+                self.assertIn(want, err)
+        dep.proc.check_alive()
+
+    def test_imboxctl_mutual_tls(self):
+        dep = self.deployment(TlsServer(self.pki, self.tls_args(client_ca=True)))
+        ca = ['--tls-ca', self.pem('ca.pem')]
+        self.ctl_send(dep, ca + ['--tls-cert', self.pem('client.pem'),
+                                 '--tls-key', self.pem('client.key')])
+        self.ctl_send(dep, ca, want_rc=1)
+        self.ctl_send(dep, ca + ['--tls-cert', self.pem('rogue.pem'),
+                                 '--tls-key', self.pem('rogue.key')], want_rc=1)
+        dep.proc.check_alive()
+
     def start_fails(self, args, *want):
         """`imbox serve ARGS` exits non-zero at once, its message naming
         each of want."""
