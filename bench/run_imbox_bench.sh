@@ -8,12 +8,17 @@
 # to stdout (so --json stays one object), the fsync rates to stderr.
 #   bench/run_imbox_bench.sh --workload send --inflight 64 --seconds 5
 #   bench/run_imbox_bench.sh --workload drain --receivers 100 --backlog 1000
+# IMBOX_SERVE_BIN: the `imbox` binary to serve (default build/bin/imbox),
+# for alternated rounds of two builds in one run, e.g.
+#   for r in 1 2 3; do for b in /tmp/before build/bin; do
+#     IMBOX_SERVE_BIN=$b/imbox bench/run_imbox_bench.sh --workload send; done; done
 # Exit: imbox-bench's (0 ok, 1 a check failed or no server, 2 usage).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/build/bin"
-for b in imbox imbox-bench fsync_rate; do
-    [ -x "$bin/$b" ] || { echo "run_imbox_bench.sh: $bin/$b is missing: build first" >&2; exit 1; }
+serve="${IMBOX_SERVE_BIN:-$bin/imbox}"
+for b in "$serve" "$bin/imbox-bench" "$bin/fsync_rate"; do
+    [ -x "$b" ] || { echo "run_imbox_bench.sh: $b is missing: build first" >&2; exit 1; }
 done
 data=$(mktemp -d ./bench-imbox-XXXXXX)
 data=$(cd "$data" && pwd)
@@ -25,7 +30,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin/imbox" serve --listen "127.0.0.1:$port" --data-dir "$data/d" --send-rate 0 2>"$data/serve.log" &
+"$serve" serve --listen "127.0.0.1:$port" --data-dir "$data/d" --send-rate 0 2>"$data/serve.log" &
 pid=$!
 ready=
 for _ in $(seq 100); do  # readiness: the port accepts (bounded: 10 s)

@@ -68,6 +68,10 @@ int im_uid_check(const char *uid, const char *field, char *msg, size_t cap);
 /* The same rule for p[0..n), not NUL-terminated (a stored record's sender). */
 bool im_uid_valid(const char *p, size_t n);
 
+/* Copies src into dst[cap] (cap >= 1), cut at cap - 1 bytes: snprintf's
+ * "%s" without the formatting, for the copies on a request's path. */
+void im_copy_str(char *dst, size_t cap, const char *src);
+
 /* Big-endian 64-bit integers (keys sort numerically; wire formats). */
 void im_put64(uint8_t *p, uint64_t v);
 uint64_t im_get64(const uint8_t *p);

@@ -5,8 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Makes room for n more bytes. */
-static int s_reserve(im_buf *b, size_t n)
+int im_buf_reserve(im_buf *b, size_t n)
 {
     if (b->n + n <= b->cap)
         return 0;
@@ -23,7 +22,7 @@ static int s_reserve(im_buf *b, size_t n)
 
 int im_buf_append(im_buf *b, const void *p, size_t n)
 {
-    if (s_reserve(b, n))
+    if (im_buf_reserve(b, n))
         return -1;
     if (n)
         memcpy(b->p + b->n, p, n);
@@ -46,13 +45,30 @@ int im_pb_append_submsg(im_buf *b, uint32_t tag, const pb_msgdesc_t *fields, con
     pb_ostream_t hs = pb_ostream_from_buffer(head, sizeof head);
     if (!pb_encode_tag(&hs, PB_WT_STRING, tag) || !pb_encode_varint(&hs, size))
         return -1;
-    if (im_buf_append(b, head, hs.bytes_written) || s_reserve(b, size))
+    if (im_buf_append(b, head, hs.bytes_written) || im_buf_reserve(b, size))
         return -1;
     size_t at = b->n;
     pb_ostream_t s = pb_ostream_from_buffer(b->p + at, size);
     if (!pb_encode(&s, fields, msg) || s.bytes_written != size)
         return -1;
     b->n = at + size;
+    return 0;
+}
+
+int im_pb_append_encoded(uint8_t **buf, size_t *len, const pb_msgdesc_t *fields,
+                         const void *msg)
+{
+    size_t size;
+    if (!pb_get_encoded_size(&size, fields, msg))
+        return -1;
+    uint8_t *p = realloc(*buf, *len + size + 1); /* + 1: never realloc(NULL, 0) */
+    if (!p)
+        return -1;
+    *buf = p;
+    pb_ostream_t s = pb_ostream_from_buffer(p + *len, size);
+    if (!pb_encode(&s, fields, msg) || s.bytes_written != size)
+        return -1;
+    *len += size;
     return 0;
 }
 

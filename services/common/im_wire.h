@@ -27,6 +27,7 @@ typedef struct im_buf {
 } im_buf;
 
 int im_buf_append(im_buf *b, const void *p, size_t n); /* 0 or -1 (ENOMEM) */
+int im_buf_reserve(im_buf *b, size_t n); /* room for n more bytes: 0 or -1 */
 void im_buf_free(im_buf *b);
 
 /*
@@ -44,6 +45,16 @@ int im_pb_append_submsg(im_buf *b, uint32_t tag, const pb_msgdesc_t *fields, con
  * so its callbacks run three times: they must give the same bytes each time.
  */
 #define IM_PB_ONE_PASS 2048
+
+/*
+ * Appends msg's encoding to *buf (malloc'ed, *len bytes; NULL and 0 for
+ * none), grown with realloc: pre-encoded repeated-field entries followed
+ * by the rest of a message, in one buffer without copying the entries.
+ * Returns 0 (*buf and *len updated), or -1 with *buf still the caller's
+ * (maybe moved, its first *len bytes intact).
+ */
+int im_pb_append_encoded(uint8_t **buf, size_t *len, const pb_msgdesc_t *fields,
+                         const void *msg);
 int im_pb_encode(const pb_msgdesc_t *fields, const void *msg, const uint8_t *prefix,
                  size_t prefix_len, uint8_t **out, size_t *len);
 

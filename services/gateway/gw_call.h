@@ -219,10 +219,10 @@ void gw__respond(gw_call *c, int status, const char *msg, uint8_t *body, size_t 
 void gw__respond_errf(gw_call *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Encodes msg (with a pre-encoded prefix of repeated-field entries) and
- * answers OK. */
+/* Encodes msg after `entries` (pre-encoded repeated-field entries,
+ * malloc'ed, taken; NULL and 0 for none) and answers OK. */
 void gw__respond_pb(gw_call *c, const pb_msgdesc_t *fields, const void *msg,
-                    const uint8_t *prefix, size_t prefix_len);
+                    uint8_t *entries, size_t entries_len);
 
 /* Decodes a shard reply into the bus thread's scratch (g->shard_reply),
  * with its entries into *entries when not NULL (max set by the caller;

@@ -37,7 +37,6 @@ static void s_on_pull(void *arg, int status, const char *why, const uint8_t *rep
     }
     resp.more = r->more;
     gw__respond_pb(c, imbox_v1_PullResponse_fields, &resp, entries.p, entries.n);
-    free(entries.p);
 }
 
 /* A request's cursor, decoded by callback, then parsed. */
@@ -81,7 +80,7 @@ void gw__pull(gw_call *c)
     memset(sr, 0, sizeof *sr);
     sr->has_read = true;
     imbox_internal_v1_ReadOp *op = &sr->read;
-    snprintf(op->uid, sizeof op->uid, "%s", c->uid);
+    im_copy_str(op->uid, sizeof op->uid, c->uid);
     memcpy(op->sender, sender, sizeof sender);
     op->ack_upto = seq;
     op->limit = q.page_size ? q.page_size
@@ -122,8 +121,8 @@ void gw__ack(gw_call *c)
     imbox_internal_v1_ShardRequest *sr = c->g->shard_req;
     memset(sr, 0, sizeof *sr);
     sr->has_ack = true;
-    snprintf(sr->ack.uid, sizeof sr->ack.uid, "%s", c->uid);
-    snprintf(sr->ack.sender, sizeof sr->ack.sender, "%s", scope);
+    im_copy_str(sr->ack.uid, sizeof sr->ack.uid, c->uid);
+    im_copy_str(sr->ack.sender, sizeof sr->ack.sender, scope);
     sr->ack.upto = seq;
     gw__to_shard(c, im_shard_of(c->uid, c->g->c.nshards), s_on_ack, c);
 }
@@ -137,7 +136,6 @@ static void s_on_counts(void *arg, int status, const char *why, const uint8_t *r
         return;
     imbox_v1_CountsResponse resp = {.total = c->g->shard_reply->total};
     gw__respond_pb(c, imbox_v1_CountsResponse_fields, &resp, entries.p, entries.n);
-    free(entries.p);
 }
 
 void gw__counts(gw_call *c)
@@ -148,7 +146,7 @@ void gw__counts(gw_call *c)
     imbox_internal_v1_ShardRequest *sr = c->g->shard_req;
     memset(sr, 0, sizeof *sr);
     sr->has_counts = true;
-    snprintf(sr->counts.uid, sizeof sr->counts.uid, "%s", c->uid);
+    im_copy_str(sr->counts.uid, sizeof sr->counts.uid, c->uid);
     if (s_busy(c))
         return;
     gw__to_shard(c, im_shard_of(c->uid, c->g->c.nshards), s_on_counts, c);

@@ -94,14 +94,6 @@ static void s_part_done(gw_call *c)
     gw__respond(c, IM_OK, NULL, body, len);
 }
 
-/* Copies src into dst[cap], cut at cap - 1 bytes (snprintf's "%s"). */
-static void s_text(char *dst, size_t cap, const char *src)
-{
-    size_t n = strnlen(src, cap - 1);
-    memcpy(dst, src, n);
-    dst[n] = 0;
-}
-
 static void s_on_store(void *arg, int status, const char *why, const uint8_t *reply, size_t len)
 {
     gw_part *p = arg;
@@ -124,7 +116,7 @@ static void s_on_store(void *arg, int status, const char *why, const uint8_t *re
         const imbox_internal_v1_StoreResult *res = &r->results[i];
         /* a client sees gRPC codes only, whatever a shard sends */
         rc->code = res->code >= 0 && res->code <= IM_UNAUTHENTICATED ? res->code : IM_INTERNAL;
-        s_text(rc->error, sizeof rc->error, im_receipt_text(res->code));
+        im_copy_str(rc->error, sizeof rc->error, im_receipt_text(res->code));
         rc->duplicate = res->duplicate;
         rc->online = res->online;
         rc->send_time_ms = res->send_time_ms;

@@ -178,18 +178,17 @@ void gw__respond_errf(gw_call *c, int status, const char *fmt, ...)
     gw__respond(c, status, msg, NULL, 0);
 }
 
-/* Encodes msg (with a pre-encoded prefix of repeated-field entries) and
- * answers OK. */
+/* Encodes msg after `entries` (pre-encoded repeated-field entries,
+ * malloc'ed, taken; NULL and 0 for none) and answers OK. */
 void gw__respond_pb(gw_call *c, const pb_msgdesc_t *fields, const void *msg,
-                    const uint8_t *prefix, size_t prefix_len)
+                    uint8_t *entries, size_t entries_len)
 {
-    uint8_t *out;
-    size_t len;
-    if (im_pb_encode(fields, msg, prefix, prefix_len, &out, &len)) {
+    if (im_pb_append_encoded(&entries, &entries_len, fields, msg)) {
+        free(entries);
         gw__respond(c, IM_INTERNAL, "response does not encode", NULL, 0);
         return;
     }
-    gw__respond(c, IM_OK, NULL, out, len);
+    gw__respond(c, IM_OK, NULL, entries, entries_len);
 }
 
 /* Decodes a shard reply into the bus thread's scratch, with its entries

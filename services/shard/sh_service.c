@@ -18,6 +18,7 @@
 #include "im_hash.h"
 #include "im_local.h"
 #include "im_log.h"
+#include "im_msg.h"
 #include "im_store_op.h"
 #include "im_store_reply.h"
 #include "im_wire.h"
@@ -146,12 +147,6 @@ static int64_t s_mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Copies src into dst[cap]; callers check lengths first (s_owned). */
-static void s_copy(char *dst, size_t cap, const char *src)
-{
-    snprintf(dst, cap, "%.*s", (int)cap - 1, src);
 }
 
 /* The gRPC status of an engine code: the one translation of st_code, here
@@ -309,7 +304,7 @@ static void s_reply_error(sh_service *sh, const uint8_t *ident, size_t ident_len
 {
     s_reply_reset(sh);
     sh->out->code = code;
-    s_copy(sh->out->error, sizeof sh->out->error, msg);
+    im_copy_str(sh->out->error, sizeof sh->out->error, msg);
     s_reply_send(sh, ident, ident_len, id);
 }
 
@@ -322,27 +317,16 @@ static void s_read_reply(sh_service *sh, const char *uid, const char *sender, ui
     int rc = st_read(sh->st, uid, sender, after, limit, max_bytes, &pg, &err);
     if (rc) {
         sh->out->code = s_status(rc);
-        s_copy(sh->out->error, sizeof sh->out->error, err.msg);
+        im_copy_str(sh->out->error, sizeof sh->out->error, err.msg);
         return;
     }
-    imbox_v1_Message m;
-    im_bytes_out content;
     for (size_t i = 0; i < pg.n; i++) {
         const st_msg *x = &pg.msgs[i];
-        memset(&m, 0, sizeof m);
-        s_copy(m.msg_id, sizeof m.msg_id, x->msg_id);
-        s_copy(m.sender_uid, sizeof m.sender_uid, x->sender);
-        s_copy(m.receiver_uid, sizeof m.receiver_uid, uid);
-        m.send_time_ms = x->send_time_ms;
-        m.msg_type = x->msg_type;
-        content.p = x->content;
-        content.n = x->content_len;
-        m.content.funcs.encode = im_pb_write_bytes;
-        m.content.arg = &content;
-        if (im_pb_append_submsg(&sh->entries, imbox_v1_PullResponse_messages_tag,
-                                imbox_v1_Message_fields, &m)) {
+        im_msg_view m = {x->msg_id, x->sender, uid, x->send_time_ms, x->msg_type,
+                         x->content, x->content_len};
+        if (im_msg_append(&sh->entries, imbox_v1_PullResponse_messages_tag, &m)) {
             sh->out->code = IM_RESOURCE_EXHAUSTED;
-            s_copy(sh->out->error, sizeof sh->out->error, "page does not encode (memory)");
+            im_copy_str(sh->out->error, sizeof sh->out->error, "page does not encode (memory)");
             st_page_free(&pg);
             return;
         }
@@ -361,7 +345,7 @@ static void s_counts_reply(sh_service *sh, const st_req *r)
 {
     if (r->err.code) {
         sh->out->code = s_status(r->err.code);
-        s_copy(sh->out->error, sizeof sh->out->error, r->err.msg);
+        im_copy_str(sh->out->error, sizeof sh->out->error, r->err.msg);
         return;
     }
     const st_count *v = r->counts;
@@ -369,13 +353,13 @@ static void s_counts_reply(sh_service *sh, const st_req *r)
     imbox_v1_SenderCount c;
     for (size_t i = 0; i < n; i++) {
         memset(&c, 0, sizeof c);
-        s_copy(c.sender_uid, sizeof c.sender_uid, v[i].sender);
+        im_copy_str(c.sender_uid, sizeof c.sender_uid, v[i].sender);
         c.count = v[i].count;
         c.last_send_time_ms = v[i].last_send_time_ms;
         if (im_pb_append_submsg(&sh->entries, imbox_v1_CountsResponse_senders_tag,
                                 imbox_v1_SenderCount_fields, &c)) {
             sh->out->code = IM_RESOURCE_EXHAUSTED;
-            s_copy(sh->out->error, sizeof sh->out->error, "counts do not encode (memory)");
+            im_copy_str(sh->out->error, sizeof sh->out->error, "counts do not encode (memory)");
             break;
         }
     }
@@ -401,22 +385,13 @@ static bool s_notice_add(sh_service *sh, const st_put *p)
     if (n == 0)
         return false;
     imbox_internal_v1_Commit c = {.seq = p->seq};
-    s_copy(c.uid, sizeof c.uid, p->receiver);
+    im_copy_str(c.uid, sizeof c.uid, p->receiver);
     im_buf *e = &sh->entry;
     e->n = 0;
     if (p->content_len <= SH_NOTICE_ENTRY_MAX) {
-        imbox_v1_Message m;
-        memset(&m, 0, sizeof m);
-        s_copy(m.msg_id, sizeof m.msg_id, p->msg_id);
-        s_copy(m.sender_uid, sizeof m.sender_uid, p->sender);
-        s_copy(m.receiver_uid, sizeof m.receiver_uid, p->receiver);
-        m.send_time_ms = p->send_time_ms;
-        m.msg_type = p->msg_type;
-        im_bytes_out content = {p->content, p->content_len};
-        m.content.funcs.encode = im_pb_write_bytes;
-        m.content.arg = &content;
-        if (im_pb_append_submsg(e, imbox_v1_PullResponse_messages_tag, imbox_v1_Message_fields,
-                                &m))
+        im_msg_view m = {p->msg_id, p->sender, p->receiver, p->send_time_ms, p->msg_type,
+                         p->content, p->content_len};
+        if (im_msg_append(e, imbox_v1_PullResponse_messages_tag, &m))
             e->n = 0; /* out of memory: the stream reads it */
     }
     im_bytes_out entry = {e->p, e->n};
@@ -484,7 +459,7 @@ static void s_job_finish(sh_service *sh, sh_job *j)
     case JOB_STORE:
         if (j->req.err.code == ST_ENOSPC) { /* the receipts' text: disk full */
             sh->out->code = IM_RESOURCE_EXHAUSTED;
-            s_copy(sh->out->error, sizeof sh->out->error, j->req.err.msg);
+            im_copy_str(sh->out->error, sizeof sh->out->error, j->req.err.msg);
             break;
         }
         sh->out->results_count = (pb_size_t)j->req.nputs;
@@ -500,13 +475,13 @@ static void s_job_finish(sh_service *sh, sh_job *j)
         break;
     case JOB_ACK:
         sh->out->code = s_status(j->req.err.code);
-        s_copy(sh->out->error, sizeof sh->out->error, j->req.err.msg);
+        im_copy_str(sh->out->error, sizeof sh->out->error, j->req.err.msg);
         sh->out->deleted = j->req.deleted;
         break;
     case JOB_READ:
         if (j->req.err.code) {
             sh->out->code = s_status(j->req.err.code);
-            s_copy(sh->out->error, sizeof sh->out->error, j->req.err.msg);
+            im_copy_str(sh->out->error, sizeof sh->out->error, j->req.err.msg);
             break;
         }
         sh->out->deleted = j->req.deleted;
@@ -655,8 +630,8 @@ static void s_ack_job(sh_service *sh, sh_kind kind, const char *uid, const char 
         s_reply_error(sh, ident, ident_len, id, IM_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
-    s_copy(j->uid, sizeof j->uid, uid);
-    s_copy(j->sender, sizeof j->sender, sender);
+    im_copy_str(j->uid, sizeof j->uid, uid);
+    im_copy_str(j->sender, sizeof j->sender, sender);
     j->limit = limit;
     j->max_bytes = max_bytes;
     j->after = after;
@@ -677,7 +652,7 @@ static void s_counts_job(sh_service *sh, const char *uid, const uint8_t *ident,
         s_reply_error(sh, ident, ident_len, id, IM_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
-    s_copy(j->uid, sizeof j->uid, uid);
+    im_copy_str(j->uid, sizeof j->uid, uid);
     j->req.type = ST_REQ_COUNTS;
     j->req.uid = j->uid;
     s_job_submit(sh, j);

@@ -6,7 +6,10 @@
  *   - gw__store_request (gw_call.h): the ShardRequest holding a StoreOp;
  *   - im_store_reply_encode / _decode (im_store_reply.h): a Store's
  *     ShardReply, and the decoder's refusal of anything else;
- *   - im_pb_encode (im_wire.h): one pass or sized first, the same bytes.
+ *   - im_pb_encode and im_pb_append_encoded (im_wire.h): one pass or sized
+ *     first, or appended to a buffer, the same bytes;
+ *   - im_msg_append (im_msg.h): a Message entry of a Pull page or a notice,
+ *     against im_pb_append_submsg of the struct the shard used to fill.
  * Receipts and results cover errors, duplicates, online, zero fields
  * (proto3 leaves them out), negative numbers (sign-extended) and the
  * largest values.
@@ -15,6 +18,7 @@
  * Exit status: 0 when every assertion held, 1 otherwise.
  */
 #include "gw_call.h"
+#include "im_msg.h"
 #include "im_store_reply.h"
 
 #include "im_cunit.h"
@@ -545,11 +549,100 @@ static void test_encode_passes(void)
         if (gn == sizeof prefix + wn)
             expect_bytes(IM_HERE, "Commit", got + sizeof prefix, wn, want, wn);
         free(got);
+        /* The same appended to a malloc'ed buffer holding the prefix. */
+        uint8_t *buf = malloc(sizeof prefix);
+        CU_ASSERT_FATAL(buf != NULL);
+        memcpy(buf, prefix, sizeof prefix);
+        size_t bn = sizeof prefix;
+        CU_ASSERT_FATAL(im_pb_append_encoded(&buf, &bn, imbox_internal_v1_Commit_fields, &m) ==
+                        0);
+        EXPECT(bn == sizeof prefix + wn && memcmp(buf, prefix, sizeof prefix) == 0,
+               "%zu bytes of content: appended after the prefix", sizes[k]);
+        if (bn == sizeof prefix + wn)
+            expect_bytes(IM_HERE, "Commit appended", buf + sizeof prefix, wn, want, wn);
+        free(buf);
         free(want);
     }
 }
 
+/* ------------------------------------------------------ Message entry */
+
+/* Checks im_msg_append of m against the shard's former encoding: the
+ * strings copied into an imbox_v1_Message (cut at its sizes), the content
+ * through im_pb_write_bytes, im_pb_append_submsg. Both append to a buffer
+ * that already holds `before` bytes, which must stay as they are. */
+static void expect_msg(im_loc L, const im_msg_view *m, size_t before)
+{
+    imbox_v1_Message r;
+    memset(&r, 0, sizeof r);
+    snprintf(r.msg_id, sizeof r.msg_id, "%s", m->msg_id);
+    snprintf(r.sender_uid, sizeof r.sender_uid, "%s", m->sender_uid);
+    snprintf(r.receiver_uid, sizeof r.receiver_uid, "%s", m->receiver_uid);
+    r.send_time_ms = m->send_time_ms;
+    r.msg_type = m->msg_type;
+    im_bytes_out content = {m->content, m->content_len};
+    r.content.funcs.encode = im_pb_write_bytes;
+    r.content.arg = &content;
+    im_buf want = {0}, got = {0};
+    for (size_t i = 0; i < before; i++) {
+        uint8_t b = (uint8_t)i;
+        CU_ASSERT_FATAL(im_buf_append(&want, &b, 1) == 0 && im_buf_append(&got, &b, 1) == 0);
+    }
+    CU_ASSERT_FATAL(im_pb_append_submsg(&want, imbox_v1_PullResponse_messages_tag,
+                                        imbox_v1_Message_fields, &r) == 0);
+    if (im_cunit_record(L, im_msg_append(&got, imbox_v1_PullResponse_messages_tag, m) == 0,
+                        "im_msg_append fails"))
+        expect_bytes(L, "Message entry", got.p, got.n, want.p, want.n);
+    im_buf_free(&want);
+    im_buf_free(&got);
+}
+
+static void test_msg_cases(void)
+{
+    static char longest[IM_MSGID_MAX + 1], uid[IM_UID_MAX + 1], over[400];
+    static uint8_t blob[70000];
+    fill_text(longest, IM_MSGID_MAX);
+    fill_text(uid, IM_UID_MAX);
+    memset(over, 'o', sizeof over - 1); /* longer than any field: cut as before */
+    for (size_t i = 0; i < sizeof blob; i++)
+        blob[i] = (uint8_t)rnd();
+    const im_msg_view cases[] = {
+        {"m", "a", "b", 1700000000000, 0, (const uint8_t *)"hi", 2},
+        {"m", "a", "b", 0, 0, NULL, 0},                 /* zeros and no content */
+        {"", "", "", 0, 0, NULL, 0},                    /* empty strings */
+        {"m", "a", "b", -1, -1, blob, 1},               /* negatives: 10 bytes */
+        {"m", "a", "b", INT64_MIN, INT32_MIN, blob, 127},
+        {"m", "a", "b", INT64_MAX, INT32_MAX, blob, 128}, /* a 2-byte length */
+        {longest, uid, uid, 1, 7, blob, 16384},
+        {longest, uid, uid, 1, 7, blob, sizeof blob},   /* a 3-byte length */
+        {over, over, over, 5, 5, blob, 3},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        expect_msg(IM_HERE, &cases[i], 0);
+        expect_msg(IM_HERE, &cases[i], i * 1000); /* after earlier entries */
+    }
+}
+
+static void test_msg_random(void)
+{
+    static char id[IM_MSGID_MAX + 1], from[IM_UID_MAX + 1], to[IM_UID_MAX + 1];
+    static uint8_t blob[20000];
+    for (int k = 0; k < 20000; k++) {
+        fill_text(id, rnd() % (IM_MSGID_MAX + 1));
+        fill_text(from, rnd() % (IM_UID_MAX + 1));
+        fill_text(to, rnd() % (IM_UID_MAX + 1));
+        size_t n = rnd() % 4 ? rnd() % 300 : rnd() % sizeof blob;
+        for (size_t i = 0; i < n; i++)
+            blob[i] = (uint8_t)rnd();
+        im_msg_view m = {id, from, to, rnd() % 3 ? (int64_t)rnd_mag() : 0,
+                         rnd() % 3 ? (int32_t)rnd_mag() : 0, n ? blob : NULL, n};
+        expect_msg(IM_HERE, &m, rnd() % 64);
+    }
+}
+
 static const im_cunit_test tests[] = {
+    {"msg_cases", test_msg_cases},
+    {"msg_random", test_msg_random},
     {"receipts_cases", test_receipts_cases},
     {"receipts_random", test_receipts_random},
     {"store_request", test_store_request},
