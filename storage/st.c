@@ -7,8 +7,8 @@
  * prefix  TABLE | uid | 0x00  identifies one inbox's rows of one table
  * exactly: "ab" and "abc" have the distinct prefixes "Mab\0" and "Mabc\0".
  * The prefix extractor (s_prefix_*) cuts that prefix (for 'D' rows, only
- * ever point-read, the whole key); it feeds prefix bloom filters in the SST
- * files and memtables, and every scan also sets iterate_upper_bound, so a
+ * ever point-read, the whole key); it feeds the prefix bloom filters of
+ * the SST files, and every scan also sets iterate_upper_bound, so a
  * page read touches only its own inbox.
  * Integers are big-endian (keys sort numerically), u = unsigned, i = signed.
  *
@@ -148,7 +148,6 @@
 #define ST_DEF_MAX_BATCH 4096u   /* bounds one commit's memory and latency */
 #define ST_DEF_CACHE (64u << 20) /* enough for the hot pages of a shard */
 #define ST_MEMTABLE_BYTES (16u << 20) /* see st_open */
-#define ST_MEMTABLE_BUCKETS 32768      /* prefix hash buckets (256 KiB each memtable) */
 /* An ack deletes a run of up to this many rows row by row, a longer one
  * with one range deletion (see ACKS; measured in docs/BENCHMARKS.md). */
 #define ST_ACK_POINT_MAX 8
@@ -497,14 +496,14 @@ static bool s_expired(const st_shard *s, int64_t send_time, int64_t now)
 /* ----------------------------------------------- prefix extractor, filter */
 
 /* 'D' rows are only ever read by point lookups, so their "prefix" is the
- * whole key: the prefix blooms (memtable and SST) then filter the dedup
+ * whole key: the SST files' prefix blooms then filter the dedup
  * lookup that every new message makes and that almost always misses. */
 static char *s_prefix_transform(void *st, const char *key, size_t len, size_t *dst_len)
 {
     (void)st;
     const char *z = len >= 2 ? memchr(key + 1, 0, len - 1) : NULL;
-    /* every key is in the domain; the hash memtable calls this without
-     * asking, so a stray key maps to itself rather than to garbage */
+    /* every key is in the domain; should RocksDB call this without asking
+     * in_domain, a stray key maps to itself rather than to garbage */
     *dst_len = key[0] == 'D' || !z ? len : (size_t)(z - key) + 1;
     return (char *)key;
 }
@@ -1667,6 +1666,7 @@ static int s_check_format(st_shard *s, st_error *err)
 static int s_open_db(st_shard *s, st_error *err)
 {
     char *rerr = NULL;
+    s_perf_off(); /* the log's replay runs on this thread */
     s->db = rocksdb_open(s->dbopts, s->dir, &rerr);
     if (rerr) {
         s_err(err, ST_EIO, "cannot open the database in %.80s%s: %s", s->dir,
@@ -1727,28 +1727,25 @@ int st_open(const char *dir, const st_options *o, st_shard **out, st_error *err)
                                               s_prefix_name);
     rocksdb_options_set_prefix_extractor(s->dbopts, s->prefix);
     /* Small memtables: the flush of a full one runs on a background thread
-     * (the other core) while the writer fills the next. Hashed by prefix
-     * (table and uid): a message's five rows go to five small skiplists of
-     * their inboxes instead of one of the whole memtable, where every
-     * insert and point read walked ~20 levels of cache misses (measured:
-     * engine appends +30 to 45%, docs/BENCHMARKS.md). Every read of the
-     * engine stays inside one prefix except the expiry sweep, whose total
-     * order scan pays a sorted copy of the memtable once per sweep. The
-     * skiplists are 12 high, so one inbox of millions stays logarithmic.
-     * A new memtable is paid for on the writer, inside the commit that
-     * fills the last one: its bucket array and any memtable bloom filter
-     * are fresh pages, each a page fault, and page faults are dear on a
-     * paravirtualized machine. 262,144 buckets (2 MiB) and a bloom of a
-     * tenth of the memtable made that commit take 10 to 25 ms, which every
-     * Send arriving meanwhile waited for: the p99 at half load. So 32,768
-     * buckets (a 16 MiB memtable holds about 30,000 messages' prefixes) and
-     * no memtable bloom (a point read of an absent prefix finds an empty
-     * bucket or a short skiplist): p99 at 9,000 Sends/s 15.5-17.1 -> 6.5-9.7 ms, the
-     * instructions per Send the same (docs/BENCHMARKS.md).
-     * The memtable is not on disk: the format does not change. */
+     * (the other core) while the writer fills the next. RocksDB's default
+     * memtable, one skiplist. A memtable hashed by prefix (table and uid:
+     * a message's five rows in five small skiplists of their inboxes) was
+     * used before and measured again on 2026-12-01 (docs/BENCHMARKS.md,
+     * "The memtable, measured again"): its inserts and point reads are
+     * cheaper, but its flush must first copy the whole memtable into one
+     * sorted skiplist, on the other core: 10.6 us of the flush thread's CPU
+     * per Send against 2.6, and 15% more server CPU per Send in all, with
+     * many receivers; the expiry sweep's total-order scan paid the same
+     * copy. The hashed one restarted faster after 100,000 single acks
+     * (53 ms against 560 ms, peak RSS 16 against 32 MB) and drained one
+     * huge inbox 5 to 10% faster; sends to many inboxes and drains of many
+     * small ones are the common case. Each new memtable's pages are first
+     * touched as it fills (no bucket array or memtable bloom made up
+     * front: fresh pages there stalled the commit that filled the last
+     * memtable for 10 to 25 ms). The memtable is not on disk: the format
+     * does not change. */
     rocksdb_options_set_write_buffer_size(s->dbopts, ST_MEMTABLE_BYTES);
     rocksdb_options_set_allow_concurrent_memtable_write(s->dbopts, 0);
-    rocksdb_options_set_hash_skip_list_rep(s->dbopts, ST_MEMTABLE_BUCKETS, 12, 4);
     rocksdb_options_set_max_write_buffer_number(s->dbopts, 4);
     s->table = rocksdb_block_based_options_create();
     rocksdb_block_based_options_set_filter_policy(s->table,
