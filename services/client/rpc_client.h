@@ -74,10 +74,11 @@ const char *rpc_code_name(int code);
 
 /*
  * Makes a client for the server at `addr` ("host:port", any gRPC target)
- * with a plaintext channel (rpc_client_new_tls for TLS). `token` may be NULL (no metadata);
- * it is copied. Returns NULL when out of memory or when the token holds
- * bytes that are not legal in a metadata value. The channel connects lazily:
- * an unreachable server shows up as UNAVAILABLE on the first call.
+ * with a plaintext channel (rpc_client_new_tls for TLS). `token` may be
+ * NULL (no metadata); it is copied. Returns NULL when out of memory or
+ * when the token holds bytes that are not legal in a metadata value. The
+ * channel connects lazily: an unreachable server shows up as UNAVAILABLE
+ * on the first call.
  * While a call is open the channel sends keepalive pings after 20 s without
  * traffic and drops a connection whose ping is not answered in 10 s, so a
  * stream to a server whose network vanished ends (UNAVAILABLE) instead of

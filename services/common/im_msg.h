@@ -1,7 +1,7 @@
 /*
  * im_msg.h - an imbox.v1.Message as a repeated entry (a Pull page's, a
  * Subscribe notice's), encoded by hand: the shard writes one per message it
- * reads or pushes, and nanopb's generic walk of Message (a struct of 700
+ * reads or pushes, and nanopb's generic walk of Message (a struct of 550
  * bytes filled by copying each string, then sized and encoded field by
  * field) cost it more than reading the message from the engine.
  *
