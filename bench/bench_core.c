@@ -21,6 +21,8 @@
  *                --max-outstanding ops are outstanding: past that due ops
  *                wait (their latency still counts from the schedule) and
  *                saturated=1 says the offered rate was not carried.
+ *                latency_from_start_* counts the same calls from their
+ *                actual start: without the generator's own start lag.
  *                Starting stops at 2 x the planned time + 5 s (not_started).
  *   fill, drain  untimed fill: as many as BC_FILL_INFLIGHT sends at once;
  *                drain: every receiver's chain of pulls at once.
@@ -550,6 +552,7 @@ typedef struct s_core {
     uint64_t calls, calls_ok, msgs_stored, msgs_pulled;
     uint64_t kcalls[BC_KINDS], kok[BC_KINDS];
     s_hist lat, klat[BC_KINDS], lag;
+    s_hist lat_start;      /* open loop: from each call's actual start */
     s_err errs[S_ERRS_MAX];
     int nerrs;
     uint64_t errors, fill_errors;
@@ -854,6 +857,8 @@ void bc_done(bc_op *op)
             C->kok[op->kind]++;
             s_hadd(&C->lat, now - from);
             s_hadd(&C->klat[op->kind], now - from);
+            if (from != op->start_ns)
+                s_hadd(&C->lat_start, now - op->start_ns);
         }
     }
     /* The result fields are the driver's: nothing of them may survive. */
@@ -1620,6 +1625,9 @@ static void s_put_figures(s_core *c, int64_t cpu_ns, int64_t ctx, bool cpu_ok, i
         bc_put_double("start_lag_p50_us", (double)s_hpct(&c->lag, 50) / 1e3, 1);
         bc_put_double("start_lag_p99_us", (double)s_hpct(&c->lag, 99) / 1e3, 1);
         bc_put_double("start_lag_max_us", (double)c->lag.max / 1e3, 1);
+        /* The server's share: latency_* counts from the intended time and
+         * so includes the generator's own start lag; this does not. */
+        s_put_hist("latency_from_start", &c->lat_start);
     }
     bc_put_int("outstanding_max", c->outstanding_max);
     bc_put_int("errors", (int64_t)c->errors);
