@@ -6,7 +6,10 @@
 # about 1.5%, where wall-clock rounds on this machine swing by 20%: the
 # measure for a change to the Send path. Extra arguments go to imbox-bench
 # (e.g. --receivers 100). The callgrind files stay in OUT_DIR (default: a
-# temp dir, removed) for callgrind_annotate.
+# temp dir, removed) for callgrind_annotate. Blind spots: N = 4,000 Sends
+# never fill a 16 MiB memtable, so RocksDB's flush (and compaction) are not
+# in the count, and neither is the kernel: compare CPU time too
+# (docs/BENCHMARKS.md, "The memtable, measured again").
 #   bench/serve_cost.sh [BIN_DIR] [N] [imbox-bench args...]   (build/bin, 2000)
 #   OUT_DIR=/tmp/cg bench/serve_cost.sh build/bin 4000 --receivers 100
 set -euo pipefail
