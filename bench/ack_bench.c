@@ -417,8 +417,10 @@ int main(int argc, char **argv)
     }
     for (int i = first; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--dir"))
-            dir = v;
+        if (!strcmp(a, "--dir")) {
+            if (!run) /* a phase's directory is the one `--run` names */
+                dir = v;
+        }
         else if (!strcmp(a, "--acks"))
             c.acks = parse_u64(v, 1, 10000000);
         else if (!strcmp(a, "--page"))

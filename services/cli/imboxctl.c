@@ -1149,6 +1149,9 @@ int main(int argc, char **argv)
     free(ca_pem);
     free(cert_pem);
     free(key_pem);
+    if (!c && tls)
+        return s_usage_error("cannot set up TLS with these files, or cannot "
+                             "use this token (one line of printable characters?)");
     if (!c)
         return s_usage_error("cannot use this token or address (is the "
                              "token one line of printable characters?)");
