@@ -1737,7 +1737,7 @@ int st_open(const char *dir, const st_options *o, st_shard **out, st_error *err)
      * per Send against 2.6, and 15% more server CPU per Send in all, with
      * many receivers; the expiry sweep's total-order scan paid the same
      * copy. The hashed one restarted faster after 100,000 single acks
-     * (53 ms against 560 ms, peak RSS 16 against 32 MB) and drained one
+     * (53 ms against 460 ms, peak RSS 16 against 32 MB) and drained one
      * huge inbox 5 to 10% faster; sends to many inboxes and drains of many
      * small ones are the common case. Each new memtable's pages are first
      * touched as it fills (no bucket array or memtable bloom made up
