@@ -72,47 +72,27 @@ int im_pb_append_encoded(uint8_t **buf, size_t *len, const pb_msgdesc_t *fields,
     return 0;
 }
 
-/* *out = prefix + body, malloc'ed (one byte more, so never malloc(0)). */
-static int s_join(const uint8_t *prefix, size_t prefix_len, const uint8_t *body, size_t n,
-                  uint8_t **out, size_t *len)
-{
-    uint8_t *p = malloc(prefix_len + n + 1);
-    if (!p)
-        return -1;
-    if (prefix_len)
-        memcpy(p, prefix, prefix_len);
-    if (n)
-        memcpy(p + prefix_len, body, n);
-    *out = p;
-    *len = prefix_len + n;
-    return 0;
-}
-
-int im_pb_encode(const pb_msgdesc_t *fields, const void *msg, const uint8_t *prefix,
-                 size_t prefix_len, uint8_t **out, size_t *len)
+int im_pb_encode(const pb_msgdesc_t *fields, const void *msg, uint8_t **out, size_t *len)
 {
     *out = NULL;
     *len = 0;
     uint8_t one[IM_PB_ONE_PASS];
     pb_ostream_t s = pb_ostream_from_buffer(one, sizeof one);
-    if (pb_encode(&s, fields, msg))
-        return s_join(prefix, prefix_len, one, s.bytes_written, out, len);
+    if (pb_encode(&s, fields, msg)) {
+        uint8_t *p = malloc(s.bytes_written + 1); /* + 1: never malloc(0) */
+        if (!p)
+            return -1;
+        memcpy(p, one, s.bytes_written);
+        *out = p;
+        *len = s.bytes_written;
+        return 0;
+    }
     /* Too big for one pass (or it fails: the sizing pass fails too). */
-    size_t size;
-    if (!pb_get_encoded_size(&size, fields, msg))
-        return -1;
-    uint8_t *p = malloc(prefix_len + size + 1);
-    if (!p)
-        return -1;
-    if (prefix_len)
-        memcpy(p, prefix, prefix_len);
-    s = pb_ostream_from_buffer(p + prefix_len, size);
-    if (!pb_encode(&s, fields, msg)) {
-        free(p);
+    if (im_pb_append_encoded(out, len, fields, msg)) {
+        free(*out);
+        *out = NULL;
         return -1;
     }
-    *out = p;
-    *len = prefix_len + size;
     return 0;
 }
 

@@ -37,26 +37,24 @@ void im_buf_free(im_buf *b);
 int im_pb_append_submsg(im_buf *b, uint32_t tag, const pb_msgdesc_t *fields, const void *msg);
 
 /*
- * Encodes msg into *out (malloc'ed, exact size plus one byte, caller frees)
- * with `prefix` (may be NULL/0) copied in front of it: protobuf fields may
- * be concatenated, so a pre-encoded repeated field plus the rest of a
- * message is a valid message. A message of at most IM_PB_ONE_PASS bytes is
- * encoded once (into the stack); a larger one is sized first, then encoded,
- * so its callbacks run three times: they must give the same bytes each time.
+ * Encodes msg into *out (malloc'ed, exact size plus one byte, caller frees).
+ * A message of at most IM_PB_ONE_PASS bytes is encoded once (into the
+ * stack); a larger one is sized first, then encoded, so its callbacks run
+ * three times: they must give the same bytes each time.
  */
 #define IM_PB_ONE_PASS 2048
+int im_pb_encode(const pb_msgdesc_t *fields, const void *msg, uint8_t **out, size_t *len);
 
 /*
  * Appends msg's encoding to *buf (malloc'ed, *len bytes; NULL and 0 for
- * none), grown with realloc: pre-encoded repeated-field entries followed
- * by the rest of a message, in one buffer without copying the entries.
- * Returns 0 (*buf and *len updated), or -1 with *buf still the caller's
- * (maybe moved, its first *len bytes intact).
+ * none), grown with realloc: protobuf fields may be concatenated, so
+ * pre-encoded repeated-field entries followed by the rest of a message are
+ * a valid message, in one buffer without copying the entries. Returns 0
+ * (*buf and *len updated), or -1 with *buf still the caller's (maybe
+ * moved, its first *len bytes intact).
  */
 int im_pb_append_encoded(uint8_t **buf, size_t *len, const pb_msgdesc_t *fields,
                          const void *msg);
-int im_pb_encode(const pb_msgdesc_t *fields, const void *msg, const uint8_t *prefix,
-                 size_t prefix_len, uint8_t **out, size_t *len);
 
 /*
  * Hand encoding of the hot messages (a Send's), byte for byte what

@@ -220,7 +220,7 @@ void gw__send_req(gw_server *g, int shard, const imbox_internal_v1_ShardRequest 
 {
     uint8_t *body;
     size_t len;
-    if (im_pb_encode(imbox_internal_v1_ShardRequest_fields, req, NULL, 0, &body, &len)) {
+    if (im_pb_encode(imbox_internal_v1_ShardRequest_fields, req, &body, &len)) {
         fn(arg, IM_INTERNAL, "shard request does not encode", NULL, 0);
         return;
     }

@@ -500,7 +500,7 @@ static int s_answer(s_span req, uint8_t **out, size_t *len, const char **why)
         r.message_response.error_response.error_message =
             (pb_callback_t){.funcs.encode = im_pb_write_bytes, .arg = &o_text};
     }
-    if (im_pb_encode(grpc_reflection_v1alpha_ServerReflectionResponse_fields, &r, NULL, 0, out,
+    if (im_pb_encode(grpc_reflection_v1alpha_ServerReflectionResponse_fields, &r, out,
                      len)) {
         *why = "out of memory";
         return IM_RESOURCE_EXHAUSTED;

@@ -275,7 +275,7 @@ static int s_reply_encode(sh_service *sh, uint8_t **buf, size_t *n)
         return im_store_reply_encode(sh->out, buf, n);
     sh->out->entries.funcs.encode = s_write_entries;
     sh->out->entries.arg = &sh->entries;
-    return im_pb_encode(imbox_internal_v1_ShardReply_fields, sh->out, NULL, 0, buf, n);
+    return im_pb_encode(imbox_internal_v1_ShardReply_fields, sh->out, buf, n);
 }
 
 /* Sends sh->out (with sh->entries) to the peer. A peer that is gone

@@ -101,7 +101,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     r.content.arg = &c;
     uint8_t *buf;
     size_t n;
-    FZ_CHECK(im_pb_encode(imbox_v1_SendRequest_fields, &r, NULL, 0, &buf, &n) == 0);
+    FZ_CHECK(im_pb_encode(imbox_v1_SendRequest_fields, &r, &buf, &n) == 0);
     FZ_CHECK(gw_sendreq_read(buf, n, &LIM, &q));
     gw_sendreq_receivers(&q, s_rows[0], sizeof s_rows[0]);
     s_check_same(&q, d);

@@ -62,7 +62,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t hn, gn;
         s_ref.entries = (pb_callback_t){0};
         FZ_CHECK(im_store_reply_encode(&s_ref, &hand, &hn) == 0);
-        FZ_CHECK(im_pb_encode(imbox_internal_v1_ShardReply_fields, &s_ref, NULL, 0, &gen, &gn) ==
+        FZ_CHECK(im_pb_encode(imbox_internal_v1_ShardReply_fields, &s_ref, &gen, &gn) ==
                  0);
         FZ_CHECK(hn == gn && memcmp(hand, gen, hn) == 0);
         FZ_CHECK(im_store_reply_decode(hand, hn, &s_back));

@@ -151,7 +151,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     r.store.receivers.arg = d;
     uint8_t *buf;
     size_t n;
-    FZ_CHECK(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, NULL, 0, &buf, &n) == 0);
+    FZ_CHECK(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, &buf, &n) == 0);
     FZ_CHECK(im_store_op_read(buf, n, &LIM, &op, s_recv[0]));
     s_check_same(&op, d);
     free(buf);

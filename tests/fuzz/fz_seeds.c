@@ -43,7 +43,7 @@ static void s_write_pb(const char *target, const char *name, const pb_msgdesc_t 
 {
     uint8_t *out;
     size_t n;
-    if (im_pb_encode(fields, msg, NULL, 0, &out, &n)) {
+    if (im_pb_encode(fields, msg, &out, &n)) {
         fprintf(stderr, "fz_seeds: %s/%s does not encode\n", target, name);
         exit(1);
     }

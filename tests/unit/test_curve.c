@@ -171,7 +171,7 @@ static bool s_peer_asks(peer *p, uint64_t id)
     r.read.max_bytes = 1 << 20;
     uint8_t *body = NULL;
     size_t n = 0;
-    CU_ASSERT_FATAL(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, NULL, 0, &body,
+    CU_ASSERT_FATAL(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, &body,
                                  &n) == 0);
     bool sent = zmq_send(p->dealer, &id, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) == 8 &&
                 zmq_send(p->dealer, body, n, ZMQ_DONTWAIT) == (int)n;

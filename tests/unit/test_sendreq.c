@@ -71,7 +71,7 @@ static size_t s_encode(const spec *x, uint8_t **out)
         q.content.arg = &c;
     }
     size_t n = 0;
-    CU_ASSERT_FATAL(im_pb_encode(imbox_v1_SendRequest_fields, &q, NULL, 0, out, &n) == 0);
+    CU_ASSERT_FATAL(im_pb_encode(imbox_v1_SendRequest_fields, &q, out, &n) == 0);
     return n;
 }
 

@@ -73,7 +73,7 @@ static size_t s_store_req(const char *receiver, const char *msg_id, uint8_t **ou
     r.store.receivers.funcs.encode = s_write_receiver;
     r.store.receivers.arg = (void *)receiver;
     size_t n = 0;
-    CU_ASSERT_FATAL(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, NULL, 0, out, &n) ==
+    CU_ASSERT_FATAL(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, out, &n) ==
                     0);
     return n;
 }
@@ -86,7 +86,7 @@ static size_t s_read_req(const char *uid, uint8_t **out)
     r.read.limit = 10;
     r.read.max_bytes = 1 << 20;
     size_t n = 0;
-    CU_ASSERT_FATAL(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, NULL, 0, out, &n) ==
+    CU_ASSERT_FATAL(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, out, &n) ==
                     0);
     return n;
 }

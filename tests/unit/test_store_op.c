@@ -68,7 +68,7 @@ static size_t s_encode(const spec *x, uint8_t **out)
     r.store.receivers.funcs.encode = s_write_uids;
     r.store.receivers.arg = (void *)x;
     size_t n = 0;
-    CU_ASSERT_FATAL(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, NULL, 0, out, &n) ==
+    CU_ASSERT_FATAL(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, out, &n) ==
                     0);
     return n;
 }
