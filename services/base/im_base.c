@@ -1,8 +1,10 @@
 /* im_base.c - see im_base.h. */
 #include "im_base.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 const char *im_receipt_text(int code)
@@ -111,6 +113,30 @@ void im_copy_str(char *dst, size_t cap, const char *src)
     size_t n = strnlen(src, cap - 1);
     memcpy(dst, src, n);
     dst[n] = '\0';
+}
+
+int im_read_file(const char *path, size_t max, char **out, size_t *len, char *msg, size_t cap)
+{
+    *out = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return im_fail(msg, cap, "%s: %s", path, strerror(errno));
+    char *p = malloc(max + 1);
+    size_t n = p ? fread(p, 1, max + 1, f) : 0;
+    bool bad = ferror(f);
+    fclose(f);
+    if (!p || bad || n == 0 || n > max) {
+        free(p);
+        if (n > max)
+            return im_fail(msg, cap, "%s: larger than %zu bytes", path, max);
+        return im_fail(msg, cap, "%s: %s", path,
+                       !p ? "out of memory" : bad ? "read error" : "empty file");
+    }
+    p[n] = '\0';
+    *out = p;
+    *len = n;
+    return 0;
 }
 
 void im_put64(uint8_t *p, uint64_t v)

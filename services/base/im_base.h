@@ -72,6 +72,11 @@ bool im_uid_valid(const char *p, size_t n);
  * "%s" without the formatting, for the copies on a request's path. */
 void im_copy_str(char *dst, size_t cap, const char *src);
 
+/* Reads the file at path whole into *out (malloc'ed, NUL-terminated, its
+ * size in *len) when it holds 1..max bytes (a PEM file, a secret). Returns
+ * 0, or -1 with msg (cap bytes) saying why, starting with the path. */
+int im_read_file(const char *path, size_t max, char **out, size_t *len, char *msg, size_t cap);
+
 /* Big-endian 64-bit integers (keys sort numerically; wire formats). */
 void im_put64(uint8_t *p, uint64_t v);
 uint64_t im_get64(const uint8_t *p);

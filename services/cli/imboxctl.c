@@ -58,6 +58,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "im_base.h"
 #include "rpc_client.h"
 
 #define S_DEFAULT_ADDR "127.0.0.1:50051"
@@ -1010,23 +1011,15 @@ static int s_cmd_presence(rpc_client *c, int argc, char **argv)
  * Returns 0, or 2 after saying why on stderr. */
 static int s_read_pem(const char *flag, const char *path, char **out)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return s_usage_error("%s %s: %s", flag, path, strerror(errno));
-    char *buf = malloc(S_PEM_MAX + 1);
-    size_t n = buf ? fread(buf, 1, S_PEM_MAX + 1, f) : 0;
-    bool bad = !buf || ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return s_usage_error("%s %s: cannot read it", flag, path);
-    }
-    if (n > S_PEM_MAX || n == 0 || memchr(buf, 0, n) || !strstr(buf, "-----BEGIN ")) {
+    char *buf, msg[512];
+    size_t n;
+    if (im_read_file(path, S_PEM_MAX, &buf, &n, msg, sizeof msg))
+        return s_usage_error("%s %s", flag, msg);
+    if (memchr(buf, 0, n) || !strstr(buf, "-----BEGIN ")) {
         free(buf);
         return s_usage_error("%s %s: not a PEM file (no \"-----BEGIN \" line, or "
-                             "empty, binary or over %u bytes)", flag, path, S_PEM_MAX);
+                             "binary)", flag, path);
     }
-    buf[n] = '\0';
     *out = buf;
     return 0;
 }

@@ -17,7 +17,6 @@
  * TLS): tokens travel in the clear.
  */
 #include <arpa/inet.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,26 +32,16 @@
 
 #define GW_PEM_MAX (1u << 20) /* a PEM file: a chain is a few KiB */
 
-/* Reads path into a NUL-terminated malloc'ed string; NULL with err. */
+/* Reads path into a NUL-terminated malloc'ed string; NULL with err
+ * naming the flag (`what`) and the file. */
 static char *s_read(const char *what, const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s %s: %s", what, path, strerror(errno));
+    char *p, msg[512];
+    size_t n;
+    if (im_read_file(path, GW_PEM_MAX, &p, &n, msg, sizeof msg)) {
+        snprintf(err, errlen, "%s %s", what, msg);
         return NULL;
     }
-    char *p = malloc(GW_PEM_MAX + 1);
-    size_t n = p ? fread(p, 1, GW_PEM_MAX + 1, f) : 0;
-    bool bad = ferror(f);
-    fclose(f);
-    if (!p || bad || n > GW_PEM_MAX || n == 0) {
-        snprintf(err, errlen, "%s %s: %s", what, path,
-                 !p ? "out of memory" : bad ? "read error"
-                 : n ? "larger than 1 MiB" : "empty file");
-        free(p);
-        return NULL;
-    }
-    p[n] = 0;
     return p;
 }
 
