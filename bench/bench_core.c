@@ -852,12 +852,13 @@ void bc_done(bc_op *op)
         C->kcalls[op->kind]++;
         C->tick_calls++;
         if (good) {
-            int64_t from = C->open && o->role != R_FOLLOW ? op->intended_ns : op->start_ns;
+            bool scheduled = C->open && o->role != R_FOLLOW;
+            int64_t from = scheduled ? op->intended_ns : op->start_ns;
             C->calls_ok++;
             C->kok[op->kind]++;
             s_hadd(&C->lat, now - from);
             s_hadd(&C->klat[op->kind], now - from);
-            if (from != op->start_ns)
+            if (scheduled)
                 s_hadd(&C->lat_start, now - op->start_ns);
         }
     }
