@@ -117,6 +117,7 @@
  * is in it; writes go on meanwhile (the writer never takes `dblock`).
  */
 #include "st.h"
+#include "st_memo.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -169,6 +170,7 @@ struct st_shard {
     rocksdb_writeoptions_t *wo_sync;   /* appends */
     rocksdb_writeoptions_t *wo_async;  /* acks */
     rocksdb_readoptions_t *ro_get;     /* point reads */
+    st_memo *memo;                     /* the last pages read (st_memo.h) */
     st_options o;
 
     pthread_mutex_t mu;  /* guards the queue, closing and stats */
@@ -276,6 +278,7 @@ static int s_write_failed(st_shard *s, st_error *err, const char *what, char *re
     else
         s_err(err, code, "%s: %s", what, rerr ? rerr : "unknown RocksDB error");
     rocksdb_free(rerr);
+    st_memo_clear(s->memo); /* what was written is unknown: read again */
     if (!s->broken) {
         s->broken = true;
         atomic_store(&s->writable, false);
@@ -972,6 +975,7 @@ typedef struct s_writer {
     rocksdb_writebatch_t *awb;
     struct s_acked *acked;    /* an ack's rows (see s_ack_inbox) */
     size_t nacked_max;
+    bool memo_hit;            /* the ack took its rows from a memo */
     uint8_t *rec;             /* scratch for one encoded record */
 } s_writer;
 
@@ -1124,6 +1128,19 @@ static int s_acked_add(s_writer *w, size_t n, uint64_t seq, const s_ov_ent *cnt,
     return ST_OK;
 }
 
+/* One row of a whole-inbox ack: its sender's tally, and w->acked[(*n)++]. */
+static int s_ack_row(s_writer *w, const char *uid, uint64_t seq, const char *sender,
+                     size_t sender_len, uint64_t *n, st_error *err)
+{
+    const s_ov_ent *ce = s_tally(w, uid, sender, sender_len, err);
+    if (!ce)
+        return err->code;
+    int rc = s_acked_add(w, (size_t)*n, seq, ce, err);
+    if (!rc)
+        ++*n;
+    return rc;
+}
+
 /* Whole-inbox ack or expiry of inbox r->uid in (h->floor, upto]: fills the
  * ack batch, raises h->floor and returns the count deleted in *n. A run of
  * more than ST_ACK_POINT_MAX rows (the 'M' rows, or one sender's 'S' rows)
@@ -1138,32 +1155,45 @@ static int s_ack_inbox(s_writer *w, st_req *r, st_inbox *h, uint64_t upto, int64
     uint8_t lo[ST_KEY_MAX], hi[ST_KEY_MAX];
     size_t lon = s_key_msg(lo, r->uid, from), hin = s_key_msg(hi, r->uid, upto + 1);
     int rc = ST_OK;
-    s_iter it;
-    s_iter_open(s, &it, lo, lon, hi, hin, 0, NULL);
-    for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it)) {
-        size_t kl, vl;
-        const uint8_t *kk = (const uint8_t *)rocksdb_iter_key(it.it, &kl);
-        const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it.it, &vl);
-        s_rec rec;
-        if (kl != lon || s_rec_decode(v, vl, &rec)) {
-            rc = s_err(err, ST_ECORRUPT, "message record of inbox '%s' does not decode", r->uid);
-            break;
+    /* The rows of the page the receiver read last, when the read left a
+     * memo of them (see st_memo.h); else a scan. */
+    st_memo_page *mp = expire ? NULL : st_memo_take(s->memo, r->uid, h->floor, upto);
+    if (mp) {
+        w->memo_hit = true;
+        for (size_t i = 0; i < mp->n && mp->rows[i].seq <= upto; i++) {
+            const st_memo_row *row = &mp->rows[i];
+            if (row->seq <= h->floor)
+                continue;
+            rc = s_ack_row(w, r->uid, row->seq, mp->senders + row->off, row->len, n, err);
+            if (rc)
+                break;
         }
-        if (expire && !s_expired(s, rec.send_time_ms, now))
-            break;
-        const s_ov_ent *ce = s_tally(w, r->uid, rec.sender, rec.sender_len, err);
-        if (!ce) {
-            rc = err->code;
-            break;
+        st_memo_page_free(mp);
+        if (rc)
+            return rc;
+    } else {
+        s_iter it;
+        s_iter_open(s, &it, lo, lon, hi, hin, 0, NULL);
+        for (; rocksdb_iter_valid(it.it); rocksdb_iter_next(it.it)) {
+            size_t kl, vl;
+            const uint8_t *kk = (const uint8_t *)rocksdb_iter_key(it.it, &kl);
+            const uint8_t *v = (const uint8_t *)rocksdb_iter_value(it.it, &vl);
+            s_rec rec;
+            if (kl != lon || s_rec_decode(v, vl, &rec)) {
+                rc = s_err(err, ST_ECORRUPT, "message record of inbox '%s' does not decode",
+                           r->uid);
+                break;
+            }
+            if (expire && !s_expired(s, rec.send_time_ms, now))
+                break;
+            last = im_get64(kk + kl - 8);
+            if ((rc = s_ack_row(w, r->uid, last, rec.sender, rec.sender_len, n, err)))
+                break;
         }
-        last = im_get64(kk + kl - 8);
-        if ((rc = s_acked_add(w, (size_t)*n, last, ce, err)))
-            break;
-        ++*n;
+        int irc = s_iter_close(&it, err);
+        if (rc || (rc = irc))
+            return rc;
     }
-    int irc = s_iter_close(&it, err);
-    if (rc || (rc = irc))
-        return rc;
     if (expire)
         upto = last; /* stop before the first live message */
     if (upto < from)
@@ -1255,6 +1285,7 @@ static int s_exec_ack(s_writer *w, st_req *r, int64_t now)
         return ST_OK; /* already acked: a retried cursor deletes nothing */
     s_ov_reset(&w->aov);
     rocksdb_writebatch_clear(w->awb);
+    w->memo_hit = false;
     uint64_t n = 0, floor = h.floor;
     rc = r->sender ? s_ack_conversation(w, r, &h, upto, &n) : s_ack_inbox(w, r, &h, upto, now, &n);
     if (rc)
@@ -1272,6 +1303,8 @@ static int s_exec_ack(s_writer *w, st_req *r, int64_t now)
         s_rc_clear(&w->rows);
         return s_write_failed(s, err, "ack write", rerr);
     }
+    if (r->sender) /* rows above the floor are gone: the memos lie now */
+        st_memo_clear_uid(s->memo, r->uid);
     s_rc_put_ov(&w->rows, &w->aov);
     s_rc_put(&w->rows, k, kn, hv, sizeof hv);
     r->deleted = n;
@@ -1282,6 +1315,7 @@ static int s_exec_ack(s_writer *w, st_req *r, int64_t now)
         s->stats.expired += n;
     else
         s->stats.acks++;
+    s->stats.ack_memos += w->memo_hit;
     pthread_mutex_unlock(&s->mu);
     return ST_OK;
 }
@@ -1573,6 +1607,7 @@ size_t st_run(st_shard *s)
 static void *s_writer_main(void *arg)
 {
     st_shard *s = arg;
+    im_thread_name("st-writer");
     s_writer w;
     int rc = s_writer_init(&w, s);
     assert(rc == 0 && "out of memory at writer start");
@@ -1627,6 +1662,7 @@ static void s_free(st_shard *s)
         rocksdb_writeoptions_destroy(s->wo_async);
     if (s->ro_get)
         rocksdb_readoptions_destroy(s->ro_get);
+    st_memo_free(s->memo);
     free(s->dir);
     pthread_rwlock_destroy(&s->dblock);
     pthread_cond_destroy(&s->cv);
@@ -1761,6 +1797,10 @@ int st_open(const char *dir, const st_options *o, st_shard **out, st_error *err)
     s->wo_async = rocksdb_writeoptions_create();
     s->ro_get = rocksdb_readoptions_create(); /* 'I', 'C', 'D': never range-deleted */
     rocksdb_readoptions_set_ignore_range_deletions(s->ro_get, 1);
+    if (!(s->memo = st_memo_new())) {
+        s_free(s);
+        return s_err(err, ST_ENOMEM, "out of memory");
+    }
 
     int rc = s_open_db(s, err);
     if (rc) {
@@ -2018,6 +2058,7 @@ static int s_read(st_shard *s, const char *uid, const char *sender, uint64_t aft
     if (limit == 0 || limit > ST_PAGE_MAX)
         return s_err(err, ST_EINVAL, "limit: %u, must be 1..%d", limit, ST_PAGE_MAX);
     /* One snapshot for the head and the rows (see RANGE TOMBSTONES). */
+    uint64_t gen = st_memo_gen(s->memo); /* before the snapshot (st_memo.h) */
     const rocksdb_snapshot_t *snap = rocksdb_create_snapshot(s->db);
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_readoptions_set_snapshot(ro, snap);
@@ -2120,6 +2161,8 @@ static int s_read(st_shard *s, const char *uid, const char *sender, uint64_t aft
     }
     if (expired)
         s_expire_later(s, uid);
+    else if (!sender) /* every row in (from - 1, last] is in the page */
+        st_memo_put(s->memo, gen, uid, from - 1, out->msgs, out->n);
     s_ok(err);
     return ST_OK;
 }

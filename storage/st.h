@@ -342,6 +342,8 @@ typedef struct st_stats {
     uint64_t expired;      /* of which by expiry */
     uint64_t row_hits;     /* 'I'/'C' reads the writer's row cache answered */
     uint64_t row_misses;   /* ... and those it read from RocksDB */
+    uint64_t ack_memos;    /* whole-inbox acks that took their rows from
+                              the last read's memo instead of a scan */
     /* For metrics. batch_hist[i]: commits of at most st_batch_le[i] puts
      * (not cumulative; [ST_BATCH_BUCKETS]: more), batch_sum their puts;
      * commit_us_hist likewise for the microseconds the synced

@@ -2,6 +2,7 @@
 #include "im_base.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -151,4 +152,14 @@ uint64_t im_get64(const uint8_t *p)
     for (int i = 0; i < 8; i++)
         v = v << 8 | p[i];
     return v;
+}
+
+void im_thread_name(const char *fmt, ...)
+{
+    char name[16]; /* TASK_COMM_LEN */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    pthread_setname_np(pthread_self(), name);
 }

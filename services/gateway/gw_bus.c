@@ -362,6 +362,7 @@ static void s_expire(gw_bus *b, int64_t now, bool all)
 static void *s_main(void *arg)
 {
     gw_bus *b = arg;
+    im_thread_name("gw-bus");
     int n = 2 * b->n + 1; /* eventfd, dealers, monitors */
     zmq_pollitem_t *items = calloc((size_t)n, sizeof *items);
     if (!items) {

@@ -328,6 +328,7 @@ static void s_on_new(gw_call *c)
 static void *s_main(void *arg)
 {
     gw_server *g = arg;
+    im_thread_name("gw-cq");
     for (;;) {
         grpc_event ev = grpc_completion_queue_next(g->cq, gpr_inf_future(GPR_CLOCK_REALTIME),
                                                    NULL);

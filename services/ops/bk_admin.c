@@ -129,6 +129,7 @@ static void s_serve_one(bk_admin *a, int fd)
 static void *s_thread(void *arg)
 {
     bk_admin *a = arg;
+    im_thread_name("admin");
     for (;;) {
         struct pollfd p[2] = {{.fd = a->lfd, .events = POLLIN},
                               {.fd = a->stop[0], .events = POLLIN}};

@@ -22,6 +22,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/time.h>
 
+#include "im_base.h"
 #include "im_health.h"
 
 typedef enum { HC_CHECK, HC_WATCH, HC_OTHER, HC_KINDS } hc_kind;
@@ -258,6 +259,7 @@ static void s_on_new(sh_health *h, hc_call *c)
 static void *s_main(void *arg)
 {
     sh_health *h = arg;
+    im_thread_name("sh-health");
     for (;;) {
         gpr_timespec until = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
                                           gpr_time_from_millis(SH_HEALTH_POLL_MS,

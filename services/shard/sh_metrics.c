@@ -75,6 +75,9 @@ void sh_metrics_render(sh_service *const *shards, int n, im_mtext *t)
               "Puts refused because the inbox was full.", offsetof(st_stats, full));
     s_counter(t, v, n, "imbox_shard_acks_total", "Ack requests executed (a Pull's cursor "
               "included).", offsetof(st_stats, acks));
+    s_counter(t, v, n, "imbox_shard_ack_memos_total", "Whole-inbox acks that took their "
+              "rows from the page read last instead of reading them again.",
+              offsetof(st_stats, ack_memos));
     s_counter(t, v, n, "imbox_shard_messages_deleted_total",
               "Messages deleted by acks and expiry.", offsetof(st_stats, deleted));
     s_counter(t, v, n, "imbox_shard_messages_expired_total",

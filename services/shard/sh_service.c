@@ -70,8 +70,12 @@ typedef struct sh_job {
     uint8_t id[8];
     char uid[ST_UID_MAX + 1];
     char sender[ST_UID_MAX + 1];
-    uint32_t limit, max_bytes;
-    uint64_t after;         /* JOB_READ: read after max(ack, after) */
+    /* JOB_READ: the reply holding the page, read and encoded while the
+     * ack runs on the writer (the page lies above the ack's cursor, so it
+     * does not wait for it), sent once the ack is done; NULL if it did not
+     * encode. */
+    uint8_t *reply;
+    size_t reply_len;
     st_put *puts;
     char *blob;             /* receivers, sender, msg_id, content */
     struct sh_job *next;
@@ -122,6 +126,9 @@ struct sh_service {
     pthread_mutex_t run_mu;             /* held by whoever runs st_run */
     atomic_bool commit_stop;
     size_t turn_writes;                 /* submitted in this turn (driver) */
+    size_t turn_kicked;                 /* turn_writes when the committer was
+                                           kicked in the turn (a Pull's ack),
+                                           else 0 */
     /* Socket mode, socket thread's: a request message's frames, and the
      * turn's outboxes (one per peer answered in the turn). */
     zmq_msg_t *parts;
@@ -275,7 +282,29 @@ static int s_reply_encode(sh_service *sh, uint8_t **buf, size_t *n)
         return im_store_reply_encode(sh->out, buf, n);
     sh->out->entries.funcs.encode = s_write_entries;
     sh->out->entries.arg = &sh->entries;
-    return im_pb_encode(imbox_internal_v1_ShardReply_fields, sh->out, buf, n);
+    if (sh->entries.n < IM_PB_ONE_PASS)
+        return im_pb_encode(imbox_internal_v1_ShardReply_fields, sh->out, buf, n);
+    *buf = NULL; /* a page: too big for im_pb_encode's one pass, size it first */
+    *n = 0;
+    if (im_pb_append_encoded(buf, n, imbox_internal_v1_ShardReply_fields, sh->out) == 0)
+        return 0;
+    free(*buf);
+    *buf = NULL;
+    return -1;
+}
+
+/* Sends an encoded reply (owned: freed, or kept by the outbox) to the
+ * peer: at once to a local driver, else at the turn's end (s_out_flush). */
+static void s_reply_deliver(sh_service *sh, const uint8_t *ident, size_t ident_len,
+                            const uint8_t id[8], uint8_t *buf, size_t n)
+{
+    if (sh->local) {
+        if (sh->sink.reply) /* NULL once the driver is gone (sh_stop) */
+            sh->sink.reply(sh->sink.arg, id, buf, n);
+        free(buf);
+        return;
+    }
+    s_out_add(sh, ident, ident_len, id, buf, n);
 }
 
 /* Sends sh->out (with sh->entries) to the peer. A peer that is gone
@@ -290,13 +319,7 @@ static void s_reply_send(sh_service *sh, const uint8_t *ident, size_t ident_len,
         IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "reply does not encode");
         return;
     }
-    if (sh->local) {
-        if (sh->sink.reply) /* NULL once the driver is gone (sh_stop) */
-            sh->sink.reply(sh->sink.arg, id, buf, n);
-        free(buf);
-        return;
-    }
-    s_out_add(sh, ident, ident_len, id, buf, n);
+    s_reply_deliver(sh, ident, ident_len, id, buf, n);
 }
 
 static void s_reply_error(sh_service *sh, const uint8_t *ident, size_t ident_len,
@@ -444,6 +467,7 @@ static void s_notices_send(sh_service *sh)
 
 static void s_job_free(sh_job *j)
 {
+    free(j->reply);
     free(j->puts);
     free(j->blob);
     free(j->req.counts);
@@ -451,9 +475,16 @@ static void s_job_free(sh_job *j)
 }
 
 static void s_job_done(st_req *r);
+static void s_commit_kick(sh_service *sh);
 
 static void s_job_finish(sh_service *sh, sh_job *j)
 {
+    if (j->kind == JOB_READ && !j->req.err.code && j->reply) {
+        s_reply_deliver(sh, j->ident, j->ident_len, j->id, j->reply, j->reply_len);
+        j->reply = NULL;
+        s_job_free(j);
+        return;
+    }
     s_reply_reset(sh);
     switch (j->kind) {
     case JOB_STORE:
@@ -478,15 +509,10 @@ static void s_job_finish(sh_service *sh, sh_job *j)
         im_copy_str(sh->out->error, sizeof sh->out->error, j->req.err.msg);
         sh->out->deleted = j->req.deleted;
         break;
-    case JOB_READ:
-        if (j->req.err.code) {
-            sh->out->code = s_status(j->req.err.code);
-            im_copy_str(sh->out->error, sizeof sh->out->error, j->req.err.msg);
-            break;
-        }
-        sh->out->deleted = j->req.deleted;
-        s_read_reply(sh, j->uid, j->sender[0] ? j->sender : NULL,
-                     j->req.upto > j->after ? j->req.upto : j->after, j->limit, j->max_bytes);
+    case JOB_READ: /* the ack failed, or the page did not encode */
+        sh->out->code = j->req.err.code ? s_status(j->req.err.code) : IM_INTERNAL;
+        im_copy_str(sh->out->error, sizeof sh->out->error,
+                    j->req.err.code ? j->req.err.msg : "reply does not encode");
         break;
     case JOB_COUNTS:
         s_counts_reply(sh, &j->req);
@@ -553,16 +579,17 @@ static sh_job *s_job_new(sh_service *sh, sh_kind kind, const uint8_t *ident, siz
     return j;
 }
 
-/* Submits j to the engine; on refusal answers at once. */
-static void s_job_submit(sh_service *sh, sh_job *j)
+/* Submits j to the engine; on refusal answers at once and returns false. */
+static bool s_job_submit(sh_service *sh, sh_job *j)
 {
     if (st_submit(sh->st, &j->req) == ST_OK) {
         sh->turn_writes++;
-        return;
+        return true;
     }
     s_reply_error(sh, j->ident, j->ident_len, j->id, s_status(j->req.err.code),
                   j->req.err.msg);
     s_job_free(j);
+    return false;
 }
 
 static void s_store(sh_service *sh, const imbox_internal_v1_StoreOp *op,
@@ -632,14 +659,23 @@ static void s_ack_job(sh_service *sh, sh_kind kind, const char *uid, const char 
     }
     im_copy_str(j->uid, sizeof j->uid, uid);
     im_copy_str(j->sender, sizeof j->sender, sender);
-    j->limit = limit;
-    j->max_bytes = max_bytes;
-    j->after = after;
     j->req.type = ST_REQ_ACK;
     j->req.uid = j->uid;
     j->req.sender = j->sender[0] ? j->sender : NULL;
     j->req.upto = upto;
-    s_job_submit(sh, j);
+    if (!s_job_submit(sh, j) || kind != JOB_READ)
+        return;
+    /* A Pull: the committer acks while this thread reads the next page,
+     * which lies above the cursor and so does not wait for the ack (see
+     * s_turn_end). The job is answered when the ack is done. */
+    if (!sh->turn_kicked) {
+        s_commit_kick(sh);
+        sh->turn_kicked = sh->turn_writes;
+    }
+    s_reply_reset(sh);
+    s_read_reply(sh, j->uid, j->req.sender, upto > after ? upto : after, limit, max_bytes);
+    if (s_reply_encode(sh, &j->reply, &j->reply_len))
+        j->reply = NULL;
 }
 
 /* Counts purge the inbox's expired messages first: on the writer, so the
@@ -658,8 +694,9 @@ static void s_counts_job(sh_service *sh, const char *uid, const uint8_t *ident,
     s_job_submit(sh, j);
 }
 
-/* A read acks first when asked to (on the writer, like every write), then
- * reads; without an ack it is answered at once. */
+/* A read with an ack acks on the writer (like every write) while it reads
+ * above the cursor, and is answered when the ack is done; without an ack
+ * it is answered at once. */
 static void s_read_op(sh_service *sh, const imbox_internal_v1_ReadOp *op, const uint8_t *ident,
                       size_t ident_len, const uint8_t id[8])
 {
@@ -912,6 +949,7 @@ static void s_sweep(sh_service *sh)
 static void *s_sweep_main(void *arg)
 {
     sh_service *sh = arg;
+    im_thread_name("sh%d-sweep", sh->c.index);
     int64_t period = sh->c.sweep_ms > 0 ? sh->c.sweep_ms : SH_SWEEP_MS;
     pthread_mutex_lock(&sh->mu);
     while (!sh->sweep_stop) {
@@ -966,19 +1004,24 @@ static void s_commit_kick(sh_service *sh)
 /* The end of a turn: commits the writes queued by the turn's requests as
  * one group commit (what arrived while the last commit was being fsync'ed
  * waited in the socket or the driver's queue, so this is the batch), here
- * when they are few and the committer is idle, else on the committer;
- * answers every write finished so far; drops lapsed leases once a second. */
+ * when they are few and the committer is idle, else on the committer (and
+ * always there when the turn holds a Pull's ack: it runs there while the
+ * turn's thread reads the page); answers every write finished so far;
+ * drops lapsed leases once a second. */
 static void s_turn_end(sh_service *sh)
 {
-    if (sh->turn_writes) {
-        if (sh->turn_writes <= SH_INLINE_WRITES && pthread_mutex_trylock(&sh->run_mu) == 0) {
+    /* A turn with a Pull's ack kicked the committer when it queued it;
+     * only writes queued after that need another kick. */
+    if (sh->turn_writes > sh->turn_kicked) {
+        if (!sh->turn_kicked && sh->turn_writes <= SH_INLINE_WRITES &&
+            pthread_mutex_trylock(&sh->run_mu) == 0) {
             st_run(sh->st);
             pthread_mutex_unlock(&sh->run_mu);
         } else {
             s_commit_kick(sh); /* busy or a big batch: the committer's */
         }
     }
-    sh->turn_writes = 0;
+    sh->turn_writes = sh->turn_kicked = 0;
     s_drain_done(sh);
     int64_t now = s_mono_ms();
     if (now >= sh->next_expire) {
@@ -994,6 +1037,7 @@ static void s_committer_stop(sh_service *sh);
 static void *s_main(void *arg)
 {
     sh_service *sh = arg;
+    im_thread_name("sh%d-socket", sh->c.index);
     s_running = sh;
     zmq_pollitem_t items[4] = {
         {.socket = sh->router, .events = ZMQ_POLLIN},
@@ -1070,6 +1114,7 @@ static void s_wake_answerer(sh_service *sh)
 static void *s_commit_main(void *arg)
 {
     sh_service *sh = arg;
+    im_thread_name("sh%d-commit", sh->c.index);
     for (;;) {
         uint64_t v;
         if (read(sh->commit_efd, &v, sizeof v) < 0 && errno != EINTR) {

@@ -15,6 +15,7 @@
  * Exit status: 0 when every assertion held, 1 otherwise.
  */
 #include "st.h"
+#include "st_memo.h"
 
 #include <CUnit/Basic.h>
 
@@ -891,6 +892,8 @@ static void test_drain_1000_by_pages(void)
     stats(&f, &st);
     EXPECT_U64(st.deleted, N);
     EXPECT_U64(st.appends, N);
+    /* Each ack took the page just read from its memo, not from a scan. */
+    EXPECT_U64(st.ack_memos, N / PAGE);
 out:
     fx_finish(&f);
 }
@@ -1462,6 +1465,165 @@ static void test_conversation_read_and_ack(void)
 out:
     rlist_free(&r);
     fx_finish(&f);
+}
+
+/* 10b. An ack takes the rows of the page read last from the read's memo
+ * only while the memo is still the truth: a conversation ack since the
+ * read, a page read from a cursor above the floor, or an ack beyond the
+ * page make it read the rows again; either way the counts stay exact. */
+static void test_ack_memo_only_while_true(void)
+{
+    fx f;
+    char id[32];
+    st_stats st;
+    st_page pg;
+    if (!fx_start(&f, false))
+        goto out;
+    /* bob 1 4 7 10 ...; carol 2 5 8 11 ...; dave 3 6 9 12 ... (30 in all) */
+    static const char *who[3] = {"bob", "carol", "dave"};
+    for (int i = 0; i < 30; i++) {
+        set_now(&f, T0 + i);
+        snprintf(id, sizeof id, "m%d", i + 1);
+        append_ok(&f, "alice", who[i % 3], id, id);
+    }
+
+    /* Read 1..10, a conversation ack of carol's 2 5 8 inside it, then the
+     * whole-inbox ack of the page: the memo lies, so the rows are read
+     * again, and only what is left is counted. */
+    if (read_page(&f, "alice", NULL, 0, 10, 0, &pg))
+        st_page_free(&pg);
+    EXPECT_U64(ack_ok(&f, "alice", "carol", 9), 3);
+    EXPECT_U64(ack_ok(&f, "alice", NULL, 10), 7);
+    stats(&f, &st);
+    EXPECT_U64(st.ack_memos, 0);
+    want_count w1[] = {{"dave", 7, T0 + 29}, {"carol", 7, T0 + 28}, {"bob", 6, T0 + 27}};
+    expect_counts(&f, "alice", w1, 3, 20);
+
+    /* Read 11..20, ack half of it from the memo, then the rest: the memo
+     * of the same read serves once, then is gone, and a second read of
+     * the rest leaves a memo of its own. */
+    if (read_page(&f, "alice", NULL, 10, 10, 0, &pg))
+        st_page_free(&pg);
+    EXPECT_U64(ack_ok(&f, "alice", NULL, 15), 5);
+    stats(&f, &st);
+    EXPECT_U64(st.ack_memos, 1);
+    if (read_page(&f, "alice", NULL, 15, 5, 0, &pg))
+        st_page_free(&pg);
+    EXPECT_U64(ack_ok(&f, "alice", NULL, 20), 5);
+    stats(&f, &st);
+    EXPECT_U64(st.ack_memos, 2);
+    want_count w2[] = {{"dave", 4, T0 + 29}, {"carol", 3, T0 + 28}, {"bob", 3, T0 + 27}};
+    expect_counts(&f, "alice", w2, 3, 10);
+
+    /* A page read from a cursor above the floor (24: 25..27) does not
+     * cover 21..24: an ack up to 27 scans. An ack beyond a page (read
+     * 28..29, ack 30) scans too. */
+    if (read_page(&f, "alice", NULL, 24, 3, 0, &pg))
+        st_page_free(&pg);
+    EXPECT_U64(ack_ok(&f, "alice", NULL, 27), 7);
+    if (read_page(&f, "alice", NULL, 27, 2, 0, &pg))
+        st_page_free(&pg);
+    EXPECT_U64(ack_ok(&f, "alice", NULL, 30), 3);
+    stats(&f, &st);
+    EXPECT_U64(st.ack_memos, 2);
+    expect_counts(&f, "alice", NULL, 0, 0);
+    EXPECT_U64(st_debug_keys(f.s, 'M'), 0);
+    EXPECT_U64(st_debug_keys(f.s, 'S'), 0);
+    EXPECT_U64(st_debug_keys(f.s, 'C'), 0);
+out:
+    fx_finish(&f);
+}
+
+/* 10c. The memo table itself (st_memo.h): what it returns, what it
+ * drops, and the generation that keeps a read that raced a clear out. */
+static st_msg memo_msg(uint64_t seq, const char *sender)
+{
+    return (st_msg){.seq = seq, .sender = sender};
+}
+
+static void test_memo_table(void)
+{
+    st_memo *m = st_memo_new();
+    if (!EXPECT_TRUE(m != NULL))
+        return;
+    st_msg page[3] = {memo_msg(5, "bob"), memo_msg(6, "bob"), memo_msg(8, "carol")};
+
+    /* Put, then take: rows, senders and bounds come back; taken once. */
+    st_memo_put(m, st_memo_gen(m), "alice", 4, page, 3);
+    EXPECT_U64(st_memo_count(m), 1);
+    EXPECT_TRUE(st_memo_take(m, "alice", 3, 8) == NULL);  /* 4 is not covered */
+    EXPECT_TRUE(st_memo_take(m, "alice", 4, 9) == NULL);  /* 9 is not covered */
+    EXPECT_TRUE(st_memo_take(m, "alic", 4, 8) == NULL);   /* another inbox */
+    st_memo_page *p = st_memo_take(m, "alice", 6, 8);     /* floor above lo */
+    if (EXPECT_TRUE(p != NULL)) {
+        EXPECT_U64(p->lo, 4);
+        EXPECT_U64(p->hi, 8);
+        EXPECT_U64(p->n, 3);
+        const char *want[3] = {"bob", "bob", "carol"};
+        for (size_t i = 0; i < p->n && i < 3; i++) {
+            EXPECT_U64(p->rows[i].seq, page[i].seq);
+            EXPECT_MEM(p->senders + p->rows[i].off, p->rows[i].len, want[i], strlen(want[i]));
+        }
+        st_memo_page_free(p);
+    }
+    EXPECT_TRUE(st_memo_take(m, "alice", 4, 8) == NULL);
+    EXPECT_U64(st_memo_count(m), 0);
+
+    /* A read that took the generation before a clear leaves no memo. */
+    uint64_t g = st_memo_gen(m);
+    st_memo_clear_uid(m, "zoe");
+    st_memo_put(m, g, "alice", 4, page, 3);
+    EXPECT_U64(st_memo_count(m), 0);
+    /* A clear of alice drops alice's memos only. */
+    st_memo_put(m, st_memo_gen(m), "alice", 4, page, 3);
+    st_memo_put(m, st_memo_gen(m), "bob", 4, page, 3);
+    st_memo_clear_uid(m, "alice");
+    EXPECT_U64(st_memo_count(m), 1);
+    EXPECT_TRUE(st_memo_take(m, "alice", 4, 8) == NULL);
+    p = st_memo_take(m, "bob", 4, 8);
+    EXPECT_TRUE(p != NULL);
+    st_memo_page_free(p);
+
+    /* Refused: rows not ascending above lo, an empty page, a page over
+     * ST_MEMO_BYTES. */
+    st_msg bad[2] = {memo_msg(7, "bob"), memo_msg(7, "carol")};
+    st_memo_put(m, st_memo_gen(m), "alice", 4, bad, 2);
+    st_memo_put(m, st_memo_gen(m), "alice", 7, page, 3);
+    st_memo_put(m, st_memo_gen(m), "alice", 4, page, 0);
+    EXPECT_U64(st_memo_count(m), 0);
+    enum { BIG = 300 };
+    static st_msg big[BIG];
+    static char names[BIG][ST_UID_MAX + 1];
+    for (int i = 0; i < BIG; i++) {
+        memset(names[i], 'a' + i % 26, ST_UID_MAX);
+        snprintf(names[i], 8, "%06d", i); /* distinct, 64 bytes each */
+        names[i][6] = 'x';
+        big[i] = memo_msg((uint64_t)i + 1, names[i]);
+    }
+    st_memo_put(m, st_memo_gen(m), "alice", 0, big, BIG);
+    EXPECT_U64(st_memo_count(m), 0);
+    st_memo_put(m, st_memo_gen(m), "alice", 0, big, 100); /* 100 x 80 bytes fits */
+    EXPECT_U64(st_memo_count(m), 1);
+
+    /* The same (uid, lo) replaces; a full set evicts its oldest. */
+    st_memo_put(m, st_memo_gen(m), "alice", 0, page, 3);
+    EXPECT_U64(st_memo_count(m), 1);
+    p = st_memo_take(m, "alice", 0, 8);
+    if (EXPECT_TRUE(p != NULL))
+        EXPECT_U64(p->n, 3);
+    st_memo_page_free(p);
+    for (uint64_t lo = 0; lo < ST_MEMO_WAYS + 1; lo++) {
+        st_msg one = memo_msg(lo + 1, "bob");
+        st_memo_put(m, st_memo_gen(m), "alice", lo, &one, 1);
+    }
+    EXPECT_U64(st_memo_count(m), ST_MEMO_WAYS);
+    EXPECT_TRUE(st_memo_take(m, "alice", 0, 1) == NULL); /* the oldest went */
+    p = st_memo_take(m, "alice", ST_MEMO_WAYS, ST_MEMO_WAYS + 1);
+    EXPECT_TRUE(p != NULL);
+    st_memo_page_free(p);
+    st_memo_clear(m);
+    EXPECT_U64(st_memo_count(m), 0);
+    st_memo_free(m);
 }
 
 /* What a refused call must leave unchanged. */
@@ -3155,6 +3317,8 @@ static const im_cunit_test tests[] = {
     {"ttl", test_ttl},
     {"counts_after_partial_acks", test_counts_after_partial_acks},
     {"conversation_read_and_ack", test_conversation_read_and_ack},
+    {"ack_memo_only_while_true", test_ack_memo_only_while_true},
+    {"memo_table", test_memo_table},
     {"malformed_input_refused", test_malformed_input_refused},
     {"group_commit", test_group_commit},
     {"read_max_bytes", test_read_max_bytes},
