@@ -86,6 +86,7 @@ void gw__pull(gw_call *c)
     op->limit = q.page_size ? q.page_size
                 : GW_PAGE_DEFAULT < max_page ? GW_PAGE_DEFAULT : max_page;
     op->max_bytes = GW_PAGE_BYTES;
+    op->skip_seqs = true;
     if (s_busy(c))
         return;
     gw__to_shard(c, im_shard_of(c->uid, c->g->c.nshards), s_on_pull, c);

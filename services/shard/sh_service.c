@@ -331,13 +331,15 @@ static void s_reply_error(sh_service *sh, const uint8_t *ident, size_t ident_len
     s_reply_send(sh, ident, ident_len, id);
 }
 
-/* Reads a page and encodes it as imbox.v1.PullResponse field-1 entries. */
-static void s_read_reply(sh_service *sh, const char *uid, const char *sender, uint64_t after,
-                         uint32_t limit, uint32_t max_bytes)
+/* Reads op's page after `after` and encodes it as imbox.v1.PullResponse
+ * field-1 entries (and each message's seq, unless op->skip_seqs). */
+static void s_read_reply(sh_service *sh, const imbox_internal_v1_ReadOp *op, uint64_t after)
 {
     st_page pg;
     st_error err;
-    int rc = st_read(sh->st, uid, sender, after, limit, max_bytes, &pg, &err);
+    const char *uid = op->uid;
+    int rc = st_read(sh->st, uid, op->sender[0] ? op->sender : NULL, after, op->limit,
+                     op->max_bytes, &pg, &err);
     if (rc) {
         sh->out->code = s_status(rc);
         im_copy_str(sh->out->error, sizeof sh->out->error, err.msg);
@@ -355,9 +357,11 @@ static void s_read_reply(sh_service *sh, const char *uid, const char *sender, ui
         }
     }
     sh->out->count = (uint32_t)pg.n;
-    sh->out->seqs_count = (pb_size_t)pg.n; /* pg.n <= limit <= IM_PAGE_MAX */
-    for (size_t i = 0; i < pg.n; i++)
-        sh->out->seqs[i] = pg.msgs[i].seq;
+    if (!op->skip_seqs) {
+        sh->out->seqs_count = (pb_size_t)pg.n; /* pg.n <= limit <= IM_PAGE_MAX */
+        for (size_t i = 0; i < pg.n; i++)
+            sh->out->seqs[i] = pg.msgs[i].seq;
+    }
     sh->out->last_seq = pg.n ? pg.msgs[pg.n - 1].seq : after;
     sh->out->more = pg.more;
     st_page_free(&pg);
@@ -643,9 +647,10 @@ static void s_store(sh_service *sh, const imbox_internal_v1_StoreOp *op,
     s_job_submit(sh, j);
 }
 
+/* An AckOp (read NULL), or the ack of a ReadOp (JOB_READ). */
 static void s_ack_job(sh_service *sh, sh_kind kind, const char *uid, const char *sender,
                       uint64_t upto, const uint8_t *ident, size_t ident_len, const uint8_t id[8],
-                      uint32_t limit, uint32_t max_bytes, uint64_t after)
+                      const imbox_internal_v1_ReadOp *read)
 {
     char msg[160];
     if (sender[0] && im_uid_check(sender, "sender", msg, sizeof msg)) {
@@ -673,7 +678,7 @@ static void s_ack_job(sh_service *sh, sh_kind kind, const char *uid, const char 
         sh->turn_kicked = sh->turn_writes;
     }
     s_reply_reset(sh);
-    s_read_reply(sh, j->uid, j->req.sender, upto > after ? upto : after, limit, max_bytes);
+    s_read_reply(sh, read, upto > read->after ? upto : read->after);
     if (s_reply_encode(sh, &j->reply, &j->reply_len))
         j->reply = NULL;
 }
@@ -703,13 +708,11 @@ static void s_read_op(sh_service *sh, const imbox_internal_v1_ReadOp *op, const 
     if (!s_owned(sh, op->uid, ident, ident_len, id))
         return;
     if (op->ack_upto) {
-        s_ack_job(sh, JOB_READ, op->uid, op->sender, op->ack_upto, ident, ident_len, id,
-                  op->limit, op->max_bytes, op->after);
+        s_ack_job(sh, JOB_READ, op->uid, op->sender, op->ack_upto, ident, ident_len, id, op);
         return;
     }
     s_reply_reset(sh);
-    s_read_reply(sh, op->uid, op->sender[0] ? op->sender : NULL, op->after, op->limit,
-                 op->max_bytes);
+    s_read_reply(sh, op, op->after);
     s_reply_send(sh, ident, ident_len, id);
 }
 
@@ -889,8 +892,7 @@ static void s_handle(sh_service *sh, const uint8_t *ident, size_t ident_len, con
     } else if (in->has_ack) {
         const imbox_internal_v1_AckOp *op = &in->ack;
         if (s_owned(sh, op->uid, ident, ident_len, id))
-            s_ack_job(sh, JOB_ACK, op->uid, op->sender, op->upto, ident, ident_len, id, 0, 0,
-                      0);
+            s_ack_job(sh, JOB_ACK, op->uid, op->sender, op->upto, ident, ident_len, id, NULL);
     } else if (in->has_presence) {
         s_presence_op(sh, &in->presence, &on, &off, ident, ident_len, id);
     } else if (in->has_query) {

@@ -7,7 +7,9 @@
  *     two Stores in one message are answered in one message of two pairs;
  *   - a message that is not whole pairs is dropped (there is no id to
  *     answer), and the shard goes on with the next one;
- *   - reads are answered by the turn that took them.
+ *   - reads are answered by the turn that took them;
+ *   - a Pull's read (ReadOp with ack_upto) acks and returns the page above
+ *     its cursor, without seqs when skip_seqs asks so.
  * It also drives a local-mode shard (no endpoint, im_local.h) the way the
  * gateway's bus thread does, with a turn bigger than the inline threshold,
  * so that the committer thread commits it, and checks every reply comes
@@ -78,13 +80,16 @@ static size_t s_store_req(const char *receiver, const char *msg_id, uint8_t **ou
     return n;
 }
 
-static size_t s_read_req(const char *uid, uint8_t **out)
+/* A ReadOp of uid's first 10 (after acking up to ack_upto). */
+static size_t s_read_req(const char *uid, uint64_t ack_upto, bool skip_seqs, uint8_t **out)
 {
     imbox_internal_v1_ShardRequest r = imbox_internal_v1_ShardRequest_init_zero;
     r.has_read = true;
     snprintf(r.read.uid, sizeof r.read.uid, "%s", uid);
     r.read.limit = 10;
     r.read.max_bytes = 1 << 20;
+    r.read.ack_upto = ack_upto;
+    r.read.skip_seqs = skip_seqs;
     size_t n = 0;
     CU_ASSERT_FATAL(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, out, &n) ==
                     0);
@@ -203,7 +208,7 @@ static void test_batch_in_one_message(void)
     }
     uint8_t *a, *b, *bad, *rd;
     size_t na = s_store_req("bob", "m-1", &a), nb = s_store_req("carol", "m-2", &b);
-    size_t nbad = s_store_req("bob", "m-bad", &bad), nrd = s_read_req("bob", &rd);
+    size_t nbad = s_store_req("bob", "m-bad", &bad), nrd = s_read_req("bob", 0, false, &rd);
     uint64_t id1 = 1, id2 = 2, id3 = 3, id4 = 4;
     /* Two Stores in one message. */
     bool sent = zmq_send(f.dealer, &id1, 8, ZMQ_SNDMORE) == 8 &&
@@ -244,12 +249,44 @@ static void test_batch_in_one_message(void)
         memcpy(&got, zmq_msg_data(&parts[0]), 8);
         bool ok = s_decode_reply(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), f.reply);
         EXPECT(got == 4 && ok && f.reply->code == 0 && f.reply->count == 1 &&
-                   f.reply->last_seq == 1,
-               "read: id %llu, %u messages up to seq %llu (want 1, m-1 only)",
+                   f.reply->last_seq == 1 && f.reply->seqs_count == 1 && f.reply->seqs[0] == 1,
+               "read: id %llu, %u messages up to seq %llu, %u seqs (want 1, m-1 only)",
                (unsigned long long)got, (unsigned)f.reply->count,
-               (unsigned long long)f.reply->last_seq);
+               (unsigned long long)f.reply->last_seq, (unsigned)f.reply->seqs_count);
     }
     im_zmq_close(parts, n, 8);
+    /* m-2 (seq 2), then a Pull's read: it acks m-1 (on the committer,
+     * while the page is read) and returns m-2 without seqs (none asked).
+     * A read from the start then finds m-2 alone: the ack happened. */
+    uint8_t *st2, *pull, *again;
+    size_t nst2 = s_store_req("bob", "m-2", &st2);
+    size_t npull = s_read_req("bob", 1, true, &pull), nagain = s_read_req("bob", 0, false, &again);
+    const uint8_t *req[3] = {st2, pull, again};
+    size_t nreq[3] = {nst2, npull, nagain};
+    for (int k = 0; k < 3; k++) {
+        uint64_t idk = 5 + (uint64_t)k;
+        sent = zmq_send(f.dealer, &idk, 8, ZMQ_SNDMORE) == 8 &&
+               zmq_send(f.dealer, req[k], nreq[k], 0) == (int)nreq[k];
+        EXPECT(sent, "send request %d", k);
+        n = s_recv(f.dealer, parts, 8);
+        if (EXPECT(n == 2, "request %d: one answer, got %d frames", k, n) && k > 0) {
+            uint64_t got;
+            memcpy(&got, zmq_msg_data(&parts[0]), 8);
+            bool ok = s_decode_reply(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), f.reply);
+            unsigned want_seqs = k == 1 ? 0 : 1;
+            EXPECT(got == idk && ok && f.reply->code == 0 && f.reply->count == 1 &&
+                       f.reply->last_seq == 2 && f.reply->seqs_count == want_seqs &&
+                       (!want_seqs || f.reply->seqs[0] == 2),
+                   "read %d: id %llu code %d, %u messages up to %llu, %u seqs (want %u)", k,
+                   (unsigned long long)got, (int)f.reply->code, (unsigned)f.reply->count,
+                   (unsigned long long)f.reply->last_seq, (unsigned)f.reply->seqs_count,
+                   want_seqs);
+        }
+        im_zmq_close(parts, n, 8);
+    }
+    free(st2);
+    free(pull);
+    free(again);
     free(a);
     free(b);
     free(bad);
