@@ -70,10 +70,13 @@ typedef struct sh_job {
     uint8_t id[8];
     char uid[ST_UID_MAX + 1];
     char sender[ST_UID_MAX + 1];
-    /* JOB_READ: the reply holding the page, read and encoded while the
-     * ack runs on the writer (the page lies above the ack's cursor, so it
-     * does not wait for it), sent once the ack is done; NULL if it did not
-     * encode. */
+    /* JOB_READ: the read (its after raised to the ack's cursor), done at
+     * the turn's end while the committer acks (the page lies above the
+     * cursor, so it does not wait for the ack; s_turn_end), and the reply
+     * holding the page, sent once the ack is done (NULL: it did not
+     * encode). */
+    imbox_internal_v1_ReadOp read;
+    struct sh_job *read_next;   /* the turn's reads to do */
     uint8_t *reply;
     size_t reply_len;
     st_put *puts;
@@ -126,9 +129,7 @@ struct sh_service {
     pthread_mutex_t run_mu;             /* held by whoever runs st_run */
     atomic_bool commit_stop;
     size_t turn_writes;                 /* submitted in this turn (driver) */
-    size_t turn_kicked;                 /* turn_writes when the committer was
-                                           kicked in the turn (a Pull's ack),
-                                           else 0 */
+    sh_job *reads, **reads_tail;        /* the turn's Pulls (JOB_READ) */
     /* Socket mode, socket thread's: a request message's frames, and the
      * turn's outboxes (one per peer answered in the turn). */
     zmq_msg_t *parts;
@@ -647,7 +648,7 @@ static void s_store(sh_service *sh, const imbox_internal_v1_StoreOp *op,
     s_job_submit(sh, j);
 }
 
-/* An AckOp (read NULL), or the ack of a ReadOp (JOB_READ). */
+/* An AckOp (read NULL), or the ack of a ReadOp (JOB_READ, read). */
 static void s_ack_job(sh_service *sh, sh_kind kind, const char *uid, const char *sender,
                       uint64_t upto, const uint8_t *ident, size_t ident_len, const uint8_t id[8],
                       const imbox_internal_v1_ReadOp *read)
@@ -668,19 +669,14 @@ static void s_ack_job(sh_service *sh, sh_kind kind, const char *uid, const char 
     j->req.uid = j->uid;
     j->req.sender = j->sender[0] ? j->sender : NULL;
     j->req.upto = upto;
-    if (!s_job_submit(sh, j) || kind != JOB_READ)
-        return;
-    /* A Pull: the committer acks while this thread reads the next page,
-     * which lies above the cursor and so does not wait for the ack (see
-     * s_turn_end). The job is answered when the ack is done. */
-    if (!sh->turn_kicked) {
-        s_commit_kick(sh);
-        sh->turn_kicked = sh->turn_writes;
+    if (read) {
+        j->read = *read;
+        j->read.after = upto > read->after ? upto : read->after;
     }
-    s_reply_reset(sh);
-    s_read_reply(sh, read, upto > read->after ? upto : read->after);
-    if (s_reply_encode(sh, &j->reply, &j->reply_len))
-        j->reply = NULL;
+    if (!s_job_submit(sh, j) || !read)
+        return;
+    *sh->reads_tail = j; /* read at the turn's end (s_turn_end) */
+    sh->reads_tail = &j->read_next;
 }
 
 /* Counts purge the inbox's expired messages first: on the writer, so the
@@ -1012,18 +1008,25 @@ static void s_commit_kick(sh_service *sh)
  * drops lapsed leases once a second. */
 static void s_turn_end(sh_service *sh)
 {
-    /* A turn with a Pull's ack kicked the committer when it queued it;
-     * only writes queued after that need another kick. */
-    if (sh->turn_writes > sh->turn_kicked) {
-        if (!sh->turn_kicked && sh->turn_writes <= SH_INLINE_WRITES &&
+    if (sh->turn_writes) {
+        if (!sh->reads && sh->turn_writes <= SH_INLINE_WRITES &&
             pthread_mutex_trylock(&sh->run_mu) == 0) {
             st_run(sh->st);
             pthread_mutex_unlock(&sh->run_mu);
         } else {
-            s_commit_kick(sh); /* busy or a big batch: the committer's */
+            s_commit_kick(sh); /* busy, a big batch, or Pulls to read */
         }
     }
-    sh->turn_writes = sh->turn_kicked = 0;
+    sh->turn_writes = 0;
+    /* The Pulls' pages, read and encoded here while the committer acks. */
+    for (sh_job *j = sh->reads; j; j = j->read_next) {
+        s_reply_reset(sh);
+        s_read_reply(sh, &j->read, j->read.after);
+        if (s_reply_encode(sh, &j->reply, &j->reply_len))
+            j->reply = NULL;
+    }
+    sh->reads = NULL;
+    sh->reads_tail = &sh->reads;
     s_drain_done(sh);
     int64_t now = s_mono_ms();
     if (now >= sh->next_expire) {
@@ -1189,6 +1192,7 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
     sh->c = *c;
     memset(&sh->c.secret, 0, sizeof sh->c.secret); /* keys derive from c */
     sh->efd = sh->commit_efd = -1;
+    sh->reads_tail = &sh->reads;
     sh->local = c->endpoint == NULL;
     pthread_mutex_init(&sh->mu, NULL);
     pthread_mutex_init(&sh->run_mu, NULL);
