@@ -47,10 +47,11 @@
  *
  * ACKS: DELETIONS WHOSE COST DOES NOT GROW WITH THE ACKS BEFORE THEM. An
  * ack removes 'M' and 'S' rows and rewrites one 'I' row and the 'C' rows of
- * the senders concerned. A whole-inbox ack up to seq N first scans the 'M'
- * rows in (floor, N] (the rows the receiver has just read, so they are
- * cached) to learn which sender each belongs to, then deletes each run of
- * rows by the cheaper of two means:
+ * the senders concerned. A whole-inbox ack up to seq N first learns which
+ * sender each row in (floor, N] belongs to: from the memo the read of that
+ * page left (st_memo.h) when there is one, else by scanning the 'M' rows
+ * (the rows the receiver has just read, so they are cached); then it
+ * deletes each run of rows by the cheaper of two means:
  *  - a run of at most ST_ACK_POINT_MAX (8) rows, row by row: the 'M' rows
  *    of an ack of a few messages (a small page, every message pushed to a
  *    live stream), and the 'S' rows of a sender with few messages in it;
