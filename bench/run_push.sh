@@ -14,13 +14,17 @@
 # Knobs (environment): PUSH_RATES ("1000 10000"), PUSH_SECONDS (10),
 # PUSH_SUBSCRIBERS (100, latency mode), PUSH_ACK_MS (100: how often an idle
 # subscriber acks what it got), PUSH_IDLE (10000; 0 skips the idle
-# run), PUSH_JSON (set: JSON lines instead of key=value).
+# run), PUSH_JSON (set: JSON lines instead of key=value), IMBOX_SERVE_BIN
+# (the `imbox` binary of the five servers, default build/bin/imbox: for
+# alternated rounds of two builds in one run, as in run_imbox_bench.sh).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/build/bin"
+imbox="${IMBOX_SERVE_BIN:-$bin/imbox}"
 for b in imbox imboxctl push_bench fsync_rate; do
     [ -x "$bin/$b" ] || { echo "run_push.sh: $bin/$b is missing: build first (scripts/test)" >&2; exit 1; }
 done
+[ -x "$imbox" ] || { echo "run_push.sh: $imbox is missing" >&2; exit 1; }
 rates=${PUSH_RATES:-1000 10000}
 secs=${PUSH_SECONDS:-10}
 subs=${PUSH_SUBSCRIBERS:-100}
@@ -56,15 +60,15 @@ mkdir -p "$data/gw"
 "$bin/imbox" token --uid setup --data-dir "$data/gw" >/dev/null
 
 for i in 0 1 2; do
-    "$bin/imbox" shard --index "$i" --count 3 --listen "tcp://127.0.0.1:${ports[$i]}" \
+    "$imbox" shard --index "$i" --count 3 --listen "tcp://127.0.0.1:${ports[$i]}" \
         --data-dir "$data/shard-$i" --secret-file "$data/gw/auth.secret" \
         2>"$data/shard-$i.log" &
     pids+=($!)
 done
-"$bin/imbox" gateway --listen "$gw1" --shards "$shards" --data-dir "$data/gw" --send-rate 0 2>"$data/gw1.log" &
+"$imbox" gateway --listen "$gw1" --shards "$shards" --data-dir "$data/gw" --send-rate 0 2>"$data/gw1.log" &
 pids+=($!)
 gw1_pid=$!
-"$bin/imbox" gateway --listen "$gw2" --shards "$shards" --data-dir "$data/gw" --send-rate 0 2>"$data/gw2.log" &
+"$imbox" gateway --listen "$gw2" --shards "$shards" --data-dir "$data/gw" --send-rate 0 2>"$data/gw2.log" &
 pids+=($!)
 gw2_pid=$!
 all_pids=$(IFS=,; echo "${pids[*]}")

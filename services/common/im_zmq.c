@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
@@ -13,6 +14,89 @@
  * refused with EINVAL and nothing changes: a CURVE server refuses any
  * other mechanism in the greeting anyway. */
 #define S_ZAP_ENFORCE_DOMAIN 93
+
+int im_zpoll_init(im_zpoll *p, int n)
+{
+    *p = (im_zpoll){.n = n};
+    p->pfd = calloc((size_t)n, sizeof *p->pfd);
+    p->sock = calloc((size_t)n, sizeof *p->sock);
+    p->dirty = calloc((size_t)n, sizeof *p->dirty);
+    p->in = calloc((size_t)n, sizeof *p->in);
+    if (!p->pfd || !p->sock || !p->dirty || !p->in) {
+        im_zpoll_free(p);
+        return -1;
+    }
+    for (int i = 0; i < n; i++)
+        p->pfd[i].fd = -1;
+    return 0;
+}
+
+void im_zpoll_free(im_zpoll *p)
+{
+    free(p->pfd);
+    free(p->sock);
+    free(p->dirty);
+    free(p->in);
+    *p = (im_zpoll){0};
+}
+
+void im_zpoll_fd(im_zpoll *p, int i, int fd)
+{
+    p->pfd[i] = (struct pollfd){.fd = fd, .events = POLLIN};
+    p->sock[i] = NULL;
+}
+
+int im_zpoll_socket(im_zpoll *p, int i, void *sock)
+{
+    int fd;
+    size_t len = sizeof fd;
+    if (zmq_getsockopt(sock, ZMQ_FD, &fd, &len))
+        return -1;
+    p->pfd[i] = (struct pollfd){.fd = fd, .events = POLLIN};
+    p->sock[i] = sock;
+    p->dirty[i] = true;
+    return 0;
+}
+
+void im_zpoll_dirty(im_zpoll *p, int i)
+{
+    p->dirty[i] = true;
+}
+
+/* Whether socket i has input now (which also resets its ZMQ_FD). */
+static bool s_zpoll_ask(im_zpoll *p, int i)
+{
+    int ev = 0;
+    size_t len = sizeof ev;
+    if (zmq_getsockopt(p->sock[i], ZMQ_EVENTS, &ev, &len))
+        return true; /* let the caller's receive report it */
+    return (ev & ZMQ_POLLIN) != 0;
+}
+
+int im_zpoll_wait(im_zpoll *p, long timeout_ms)
+{
+    int ready = 0;
+    for (int i = 0; i < p->n; i++) {
+        p->in[i] = false;
+        if (p->sock[i] && p->dirty[i]) {
+            p->dirty[i] = false;
+            if (s_zpoll_ask(p, i)) {
+                p->in[i] = true;
+                ready++;
+            }
+        }
+    }
+    int rc = poll(p->pfd, (nfds_t)p->n, ready ? 0 : (int)timeout_ms);
+    if (rc < 0 && errno != EINTR)
+        return -1;
+    for (int i = 0; rc > 0 && i < p->n; i++) {
+        if (!p->pfd[i].revents || p->in[i])
+            continue;
+        if (p->sock[i] ? s_zpoll_ask(p, i) : (p->pfd[i].revents & (POLLIN | POLLERR | POLLHUP)))
+            p->in[i] = true, ready++;
+    }
+    return ready;
+}
 
 int im_zmq_recv(void *sock, zmq_msg_t *parts, int max)
 {

@@ -20,6 +20,7 @@
 #ifndef IMBOX_IM_ZMQ_H
 #define IMBOX_IM_ZMQ_H
 
+#include <poll.h>
 #include <stdbool.h>
 
 #include <zmq.h>
@@ -48,6 +49,51 @@ void im_zmq_close(zmq_msg_t *parts, int n, int max);
  * all kept. A message that is not is dropped whole (no id to answer to).
  */
 bool im_zmq_batch_ok(const zmq_msg_t *parts, int first, int n, int max);
+
+/* ----------------------------------------------------------------- poll */
+
+/*
+ * poll(2) over plain fds and ZeroMQ sockets, for the loops of the gateway's
+ * bus and the shard's socket thread, without zmq_poll's price: zmq_poll
+ * asks every socket its ZMQ_EVENTS before it sleeps and again after, and
+ * each ask is two system calls inside libzmq (getpid, its fork check, and
+ * a poll of the socket's signaler): 25 per turn for a gateway of 3 shards.
+ *
+ * Here a socket is asked only when its ZMQ_FD became readable (libzmq
+ * signals it when the socket's state may have changed) or when the caller
+ * marked it dirty: after sending on it (a send may consume the signal of
+ * a message that came meanwhile: libzmq's ZMQ_FD contract) or after
+ * leaving messages in it (a receive budget spent). Every socket starts
+ * dirty. A socket the caller reads from must be read until EAGAIN (or
+ * marked dirty), since its signal comes only when it goes from empty to
+ * not empty.
+ */
+typedef struct im_zpoll {
+    int n;
+    struct pollfd *pfd;
+    void **sock;   /* NULL: a plain fd */
+    bool *dirty;
+    bool *in;      /* after im_zpoll_wait: readable */
+} im_zpoll;
+
+/* n entries, all unused (fd -1) until set. Returns 0, or -1 (memory). */
+int im_zpoll_init(im_zpoll *p, int n);
+void im_zpoll_free(im_zpoll *p);
+
+/* Entry i is the plain fd (POLLIN; -1: unused). */
+void im_zpoll_fd(im_zpoll *p, int i, int fd);
+
+/* Entry i is the ZeroMQ socket (its POLLIN), dirty. Returns 0, or -1 with
+ * errno (ZMQ_FD refused). */
+int im_zpoll_socket(im_zpoll *p, int i, void *sock);
+
+/* Entry i (a socket) must be asked before the next sleep. */
+void im_zpoll_dirty(im_zpoll *p, int i);
+
+/* Waits up to timeout_ms (-1: no limit; 0 when a dirty socket has input)
+ * and sets p->in[i] for every readable entry. Returns how many, or -1 with
+ * errno (EINTR is 0). */
+int im_zpoll_wait(im_zpoll *p, long timeout_ms);
 
 /* ----------------------------------------------------------------- CURVE */
 

@@ -67,6 +67,7 @@ struct gw_bus {
     uint64_t next_id;
     bus_req *buckets[BUS_BUCKETS];
     bus_req *oldest, *newest;
+    im_zpoll zp;             /* eventfd, dealers, monitors (im_zmq.h) */
 };
 
 static int64_t s_mono_ms(void)
@@ -234,8 +235,10 @@ static void s_send_queued(gw_bus *b)
         r = next;
     }
     for (int i = 0; i < b->n; i++)
-        if (b->batch[i])
+        if (b->batch[i]) {
             s_send_batch(b, i, now);
+            im_zpoll_dirty(&b->zp, i + 1); /* a send may eat a reply's signal */
+        }
 }
 
 /* Takes the replies waiting from shard: messages of [id][body] pairs (a
@@ -363,24 +366,8 @@ static void *s_main(void *arg)
 {
     gw_bus *b = arg;
     im_thread_name("gw-bus");
-    int n = 2 * b->n + 1; /* eventfd, dealers, monitors */
-    zmq_pollitem_t *items = calloc((size_t)n, sizeof *items);
-    if (!items) {
-        im_log(IM_LOG_ERROR, "gateway", NULL, "out of memory in the bus thread");
-        abort();
-    }
-    items[0].fd = b->efd;
-    items[0].events = ZMQ_POLLIN;
-    for (int i = 0; i < b->n; i++) {
-        if (!b->dealers[i]) { /* a local shard: nothing to poll */
-            items[i + 1].fd = items[b->n + i + 1].fd = -1;
-            continue;
-        }
-        items[i + 1].socket = b->dealers[i];
-        items[i + 1].events = ZMQ_POLLIN;
-        items[b->n + i + 1].socket = b->monitors[i];
-        items[b->n + i + 1].events = ZMQ_POLLIN;
-    }
+    im_zpoll *zp = &b->zp; /* eventfd, dealers, monitors */
+    const bool *in = zp->in;
     int64_t next_tick = b->hooks.tick ? s_mono_ms() + b->hooks.tick_ms : INT64_MAX;
     for (;;) {
         int64_t until = next_tick;
@@ -393,20 +380,21 @@ static void *s_main(void *arg)
         }
         if (b->nlocal && (wait < 0 || wait > BUS_LOCAL_RUN_MS))
             wait = BUS_LOCAL_RUN_MS;
-        if (zmq_poll(items, n, wait) < 0 && errno != EINTR) {
+        if (im_zpoll_wait(zp, wait) < 0) {
             im_log(IM_LOG_ERROR, "gateway", NULL, "bus poll: %s", zmq_strerror(errno));
             break;
         }
         /* Disconnects before sends, which narrows the race told in gw_bus.h:
          * a request queued meanwhile goes out after the old connection's
-         * pending requests were failed, not before. */
+         * pending requests were failed, not before. Both read until
+         * EAGAIN, as im_zpoll asks. */
         for (int i = 0; i < b->n; i++)
-            if (items[b->n + i + 1].revents & ZMQ_POLLIN)
+            if (in[b->n + i + 1])
                 s_recv_events(b, i);
         for (int i = 0; i < b->n; i++)
-            if (items[i + 1].revents & ZMQ_POLLIN)
+            if (in[i + 1])
                 s_recv_replies(b, i);
-        if (items[0].revents & ZMQ_POLLIN)
+        if (in[0])
             s_send_queued(b);
         /* Everything taken from the queue in this turn is one commit; what
          * comes during its fsync makes the next. */
@@ -423,7 +411,6 @@ static void *s_main(void *arg)
             break;
     }
     s_expire(b, 0, true);
-    free(items);
     return NULL;
 }
 
@@ -486,6 +473,7 @@ static void s_free(gw_bus *b)
     free(b->sinks);
     free(b->batch);
     free(b->btail);
+    im_zpoll_free(&b->zp);
     if (b->efd >= 0)
         close(b->efd);
     pthread_mutex_destroy(&b->mu);
@@ -599,6 +587,19 @@ gw_bus *gw_bus_new(void *zctx, char *const *endpoints, const im_local_shard *loc
     }
     if (keyed) /* the DEALERs keep their copies */
         im_zmq_curve_wipe(&keys);
+    if (im_zpoll_init(&b->zp, 2 * n + 1)) {
+        snprintf(err, errlen, "out of memory");
+        s_free(b);
+        return NULL;
+    }
+    im_zpoll_fd(&b->zp, 0, b->efd);
+    for (int i = 0; i < n; i++)
+        if (b->dealers[i] && (im_zpoll_socket(&b->zp, i + 1, b->dealers[i]) ||
+                              im_zpoll_socket(&b->zp, n + i + 1, b->monitors[i]))) {
+            snprintf(err, errlen, "shard %d: ZMQ_FD: %s", i, zmq_strerror(errno));
+            s_free(b);
+            return NULL;
+        }
     int rc = pthread_create(&b->thread, NULL, s_main, b);
     if (rc) {
         snprintf(err, errlen, "bus thread: %s", strerror(rc));

@@ -133,6 +133,7 @@ struct sh_service {
     /* Socket mode, socket thread's: a request message's frames, and the
      * turn's outboxes (one per peer answered in the turn). */
     zmq_msg_t *parts;
+    im_zpoll zp;            /* the ROUTER, efd, the handshakes: ZAP, failures */
     sh_out *outs;
     int nouts, outs_cap;
 };
@@ -1044,31 +1045,30 @@ static void *s_main(void *arg)
     sh_service *sh = arg;
     im_thread_name("sh%d-socket", sh->c.index);
     s_running = sh;
-    zmq_pollitem_t items[4] = {
-        {.socket = sh->router, .events = ZMQ_POLLIN},
-        {.fd = sh->efd, .events = ZMQ_POLLIN},
-    };
-    sh_zap_poll(sh->zap, &items[2]); /* handshakes: ZAP, failures */
+    im_zpoll *zp = &sh->zp;
     while (!atomic_load(&sh->stop)) {
         /* Asleep unless leases are held: then awake once a second to drop
          * the lapsed ones (a dead gateway's users go offline). */
         long wait = sh->held ? SH_EXPIRE_EVERY_MS : -1;
-        if (zmq_poll(items, 4, wait) < 0 && errno != EINTR) {
+        if (im_zpoll_wait(zp, wait) < 0) {
             IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index,
                        "poll: %s", zmq_strerror(errno));
             break;
         }
         uint64_t v; /* a wake-up: the committer finished a round, or sh_stop */
-        if ((items[1].revents & ZMQ_POLLIN) && read(sh->efd, &v, sizeof v) < 0 &&
-            errno != EAGAIN)
+        if (zp->in[1] && read(sh->efd, &v, sizeof v) < 0 && errno != EAGAIN)
             IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "eventfd: %s", strerror(errno));
-        if ((items[2].revents | items[3].revents) & ZMQ_POLLIN) /* handshakes wait */
+        if (zp->in[2] || zp->in[3]) { /* handshakes wait */
             sh_zap_serve(sh->zap, SH_ZAP_BURST);
+            im_zpoll_dirty(zp, 2); /* it replied, and may have left some */
+            im_zpoll_dirty(zp, 3);
+        }
         for (int i = 0, k; i < SH_RECV_BURST && (k = s_recv_msg(sh)) != 0; i += k > 0 ? k : 1)
             ;
         s_out_flush(sh); /* the reads' answers go before the commit */
         s_turn_end(sh);
         s_out_flush(sh);
+        im_zpoll_dirty(zp, 0); /* read and written every turn */
     }
     /* Every accepted request completes before st_close returns (the
      * committer's round first); answer them while the socket is open. */
@@ -1158,6 +1158,7 @@ static void s_free(sh_service *sh)
         zmq_close(sh->router);
     }
     sh_zap_destroy(&sh->zap);
+    im_zpoll_free(&sh->zp);
     if (sh->efd >= 0)
         close(sh->efd);
     if (sh->commit_efd >= 0)
@@ -1271,6 +1272,17 @@ sh_service *sh_start(const sh_config *c, char *err, size_t errlen)
         zmq_getsockopt(sh->router, ZMQ_LAST_ENDPOINT, sh->endpoint, &eplen)) {
         snprintf(err, errlen, "shard %d: bind %s: %s", c->index, c->endpoint,
                  zmq_strerror(errno));
+        s_free(sh);
+        return NULL;
+    }
+    if (im_zpoll_init(&sh->zp, 4)) {
+        snprintf(err, errlen, "shard %d: out of memory", c->index);
+        s_free(sh);
+        return NULL;
+    }
+    im_zpoll_fd(&sh->zp, 1, sh->efd);
+    if (im_zpoll_socket(&sh->zp, 0, sh->router) || sh_zap_poll(sh->zap, &sh->zp, 2)) {
+        snprintf(err, errlen, "shard %d: ZMQ_FD: %s", c->index, zmq_strerror(errno));
         s_free(sh);
         return NULL;
     }

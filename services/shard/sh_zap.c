@@ -187,10 +187,11 @@ int sh_zap_watch(sh_zap *z, void *router, char *err, size_t errlen)
     return 0;
 }
 
-void sh_zap_poll(sh_zap *z, zmq_pollitem_t items[2])
+int sh_zap_poll(sh_zap *z, im_zpoll *p, int first)
 {
-    items[0] = (zmq_pollitem_t){.socket = z->rep, .events = ZMQ_POLLIN};
-    items[1] = (zmq_pollitem_t){.socket = z->mon, .events = ZMQ_POLLIN};
+    if (im_zpoll_socket(p, first, z->rep))
+        return -1;
+    return z->mon ? im_zpoll_socket(p, first + 1, z->mon) : 0;
 }
 
 int sh_zap_serve(sh_zap *z, int max)

@@ -49,6 +49,8 @@
 
 #include <zmq.h>
 
+#include "im_zmq.h"
+
 #define SH_ZAP_ENDPOINT "inproc://zeromq.zap.01"
 #define SH_ZAP_MONITOR "inproc://imbox-shard-handshakes"
 #define SH_ZAP_LOG_EVERY_MS 10000
@@ -66,8 +68,9 @@ sh_zap *sh_zap_new(void *zctx, const char *client_public, int index, char *err,
  * with err. */
 int sh_zap_watch(sh_zap *z, void *router, char *err, size_t errlen);
 
-/* Fills items[0..1] to poll for ZMQ_POLLIN: the handler, the monitor. */
-void sh_zap_poll(sh_zap *z, zmq_pollitem_t items[2]);
+/* Puts the handler and the monitor at entries first and first + 1 of p
+ * (im_zmq.h). Returns 0, or -1 with errno. */
+int sh_zap_poll(sh_zap *z, im_zpoll *p, int first);
 
 /* Answers up to max waiting requests and reads up to max handshake
  * events, without blocking; returns how many of both it handled. */

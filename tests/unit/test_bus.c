@@ -14,6 +14,8 @@
  * be bound again at once. A monitor on the shard's ROUTER reports finished
  * handshakes, so that tests wait for the connection instead of sleeping.
  *
+ * The last test covers the bus's poller (im_zpoll, im_zmq.h) alone.
+ *
  * Every wait is an event wait (zmq_poll on the shard's socket or on an
  * eventfd the bus callback writes) bounded by WAIT_MS; nothing is timed.
  * The bus timeout is 60 s in the connection-loss tests, far beyond WAIT_MS,
@@ -533,6 +535,55 @@ static void test_new_rejects_bad_endpoint(void)
     zmq_ctx_term(zctx);
 }
 
+/* The bus's poller (im_zpoll, im_zmq.h) over an inproc PAIR and an
+ * eventfd: a message wakes it, a drained socket does not, a socket marked
+ * dirty after a send is asked before the poller sleeps (the send may have
+ * eaten the signal of a message that came meanwhile), and a plain fd is
+ * reported as such. */
+static void test_zpoll(void)
+{
+    void *zctx = zmq_ctx_new();
+    CU_ASSERT_FATAL(zctx != NULL);
+    void *a = zmq_socket(zctx, ZMQ_PAIR), *b = zmq_socket(zctx, ZMQ_PAIR);
+    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    CU_ASSERT_FATAL(a && b && efd >= 0 && zmq_bind(a, "inproc://zpoll") == 0 &&
+                    zmq_connect(b, "inproc://zpoll") == 0);
+    im_zpoll p;
+    CU_ASSERT_FATAL(im_zpoll_init(&p, 3) == 0);
+    CU_ASSERT_FATAL(im_zpoll_socket(&p, 0, b) == 0);
+    im_zpoll_fd(&p, 1, efd); /* entry 2 stays unused (fd -1) */
+
+    EXPECT(im_zpoll_wait(&p, 0) == 0 && !p.in[0] && !p.in[1] && !p.in[2],
+           "nothing waits: nothing reported");
+    char buf[8];
+    for (int round = 0; round < 3; round++) {
+        EXPECT(zmq_send(a, "x", 1, 0) == 1, "send to b");
+        int n = im_zpoll_wait(&p, WAIT_MS);
+        EXPECT(n == 1 && p.in[0] && !p.in[1], "round %d: b reported (%d ready)", round, n);
+        int got = 0;
+        while (zmq_recv(b, buf, sizeof buf, ZMQ_DONTWAIT) == 1)
+            got++;
+        EXPECT(got == 1, "round %d: one message (%d)", round, got);
+        EXPECT(im_zpoll_wait(&p, 0) == 0 && !p.in[0], "round %d: drained b not reported",
+               round);
+    }
+    /* A message comes, then b sends: the send may take in the signal of
+     * the message; dirty, b is asked before the poller sleeps. */
+    EXPECT(zmq_send(a, "y", 1, 0) == 1 && zmq_send(b, "z", 1, 0) == 1, "cross sends");
+    im_zpoll_dirty(&p, 0);
+    EXPECT(im_zpoll_wait(&p, WAIT_MS) == 1 && p.in[0], "b's message after its send");
+    EXPECT(zmq_recv(b, buf, sizeof buf, ZMQ_DONTWAIT) == 1 && buf[0] == 'y', "y received");
+    EXPECT(zmq_recv(a, buf, sizeof buf, ZMQ_DONTWAIT) == 1 && buf[0] == 'z', "z received");
+    uint64_t one = 1;
+    EXPECT(write(efd, &one, sizeof one) == 8, "eventfd write");
+    EXPECT(im_zpoll_wait(&p, WAIT_MS) == 1 && p.in[1] && !p.in[0], "the eventfd reported");
+    im_zpoll_free(&p);
+    close(efd);
+    zmq_close(a);
+    zmq_close(b);
+    zmq_ctx_term(zctx);
+}
+
 /* ================================================================= runner */
 
 static const im_cunit_test tests[] = {
@@ -542,6 +593,7 @@ static const im_cunit_test tests[] = {
     {"reconnect_after_restart", test_reconnect_after_restart},
     {"inproc_two_buses", test_inproc_two_buses},
     {"new_rejects_bad_endpoint", test_new_rejects_bad_endpoint},
+    {"zpoll", test_zpoll},
 };
 
 int main(int argc, char **argv)
