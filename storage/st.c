@@ -1972,20 +1972,47 @@ static int s_expire_inbox(st_shard *s, const char *uid, uint64_t *purged, st_err
 
 /* ----------------------------------------------------------------- reads */
 
+/* A page's messages live in chunks of at least S_CHUNK bytes, chained
+ * through p->mem_ (one malloc per chunk, not per message). */
+#define S_CHUNK (64 * 1024)
+typedef struct s_chunk {
+    struct s_chunk *next;
+    size_t used, cap;
+    char data[];
+} s_chunk;
+
 void st_page_free(st_page *p)
 {
     if (!p)
         return;
-    for (size_t i = 0; i < p->n; i++)
-        free((void *)p->msgs[i].sender); /* the block of the message */
+    for (s_chunk *c = p->mem_, *next; c; c = next) {
+        next = c->next;
+        free(c);
+    }
     free(p->msgs);
     memset(p, 0, sizeof *p);
 }
 
 /* Copies a record into one block: sender\0 msg_id\0 content. */
+static char *s_page_alloc(st_page *p, size_t n)
+{
+    s_chunk *c = p->mem_;
+    if (!c || c->cap - c->used < n) {
+        size_t cap = n > S_CHUNK ? n : S_CHUNK;
+        s_chunk *f = malloc(sizeof *f + cap);
+        if (!f)
+            return NULL;
+        *f = (s_chunk){.next = c, .cap = cap};
+        p->mem_ = c = f;
+    }
+    char *b = c->data + c->used;
+    c->used += n;
+    return b;
+}
+
 static int s_page_add(st_page *p, uint64_t seq, const s_rec *r)
 {
-    char *b = malloc(r->sender_len + r->msg_id_len + 2 + r->content_len);
+    char *b = s_page_alloc(p, r->sender_len + r->msg_id_len + 2 + r->content_len);
     if (!b)
         return ST_ENOMEM;
     st_msg *m = &p->msgs[p->n++];
