@@ -89,12 +89,12 @@ int im_zpoll_wait(im_zpoll *p, long timeout_ms)
     int rc = poll(p->pfd, (nfds_t)p->n, ready ? 0 : (int)timeout_ms);
     if (rc < 0 && errno != EINTR)
         return -1;
-    for (int i = 0; rc > 0 && i < p->n; i++) {
-        if (!p->pfd[i].revents || p->in[i])
-            continue;
-        if (p->sock[i] ? s_zpoll_ask(p, i) : (p->pfd[i].revents & (POLLIN | POLLERR | POLLHUP)))
+    /* A socket whose fd fired is reported without asking: the caller
+     * reads it until EAGAIN, and that last read does what the ask would
+     * (takes libzmq's pending commands and resets the fd). */
+    for (int i = 0; rc > 0 && i < p->n; i++)
+        if (!p->in[i] && (p->pfd[i].revents & (POLLIN | POLLERR | POLLHUP)))
             p->in[i] = true, ready++;
-    }
     return ready;
 }
 

@@ -59,14 +59,15 @@ bool im_zmq_batch_ok(const zmq_msg_t *parts, int first, int n, int max);
  * each ask is two system calls inside libzmq (getpid, its fork check, and
  * a poll of the socket's signaler): 25 per turn for a gateway of 3 shards.
  *
- * Here a socket is asked only when its ZMQ_FD became readable (libzmq
- * signals it when the socket's state may have changed) or when the caller
- * marked it dirty: after sending on it (a send may consume the signal of
- * a message that came meanwhile: libzmq's ZMQ_FD contract) or after
- * leaving messages in it (a receive budget spent). Every socket starts
- * dirty. A socket the caller reads from must be read until EAGAIN (or
- * marked dirty), since its signal comes only when it goes from empty to
- * not empty.
+ * Here a socket is reported when its ZMQ_FD became readable (libzmq
+ * signals it when the socket's state may have changed), unasked: the
+ * caller reads it until EAGAIN, and that last read does what an ask would
+ * (it takes libzmq's pending commands, which resets the fd). A socket is
+ * asked only when the caller marked it dirty: after sending on it (a send
+ * may consume the signal of a message that came meanwhile: libzmq's
+ * ZMQ_FD contract) or after leaving messages in it (a receive budget
+ * spent). Every socket starts dirty. So a reported socket must be read
+ * until EAGAIN, or marked dirty; a report may find nothing to read.
  */
 typedef struct im_zpoll {
     int n;
@@ -91,8 +92,8 @@ int im_zpoll_socket(im_zpoll *p, int i, void *sock);
 void im_zpoll_dirty(im_zpoll *p, int i);
 
 /* Waits up to timeout_ms (-1: no limit; 0 when a dirty socket has input)
- * and sets p->in[i] for every readable entry. Returns how many, or -1 with
- * errno (EINTR is 0). */
+ * and sets p->in[i] for every entry to read (above). Returns how many, or
+ * -1 with errno (EINTR is 0). */
 int im_zpoll_wait(im_zpoll *p, long timeout_ms);
 
 /* ----------------------------------------------------------------- CURVE */
