@@ -145,6 +145,9 @@ class ServeMetricsTest(h.ImboxTestCase):
                          commits)
         self.assertGreaterEqual(sum(moved('imbox_shard_messages_deleted_total', s)
                                     for s in shards), 4)
+        # b's second Pull acked the page its first one read: from the memo.
+        self.assertGreaterEqual(sum(moved('imbox_shard_ack_memos_total', s)
+                                    for s in shards), 1)
         for s in shards:
             self.assertIn(('imbox_shard_rocksdb_memtable_bytes', s), m1)
             self.assertIn(('imbox_shard_rocksdb_sst_bytes', s), m1)
