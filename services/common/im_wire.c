@@ -88,6 +88,14 @@ int im_pb_encode(const pb_msgdesc_t *fields, const void *msg, uint8_t **out, siz
         return 0;
     }
     /* Too big for one pass (or it fails: the sizing pass fails too). */
+    return im_pb_encode_sized(fields, msg, out, len);
+}
+
+int im_pb_encode_sized(const pb_msgdesc_t *fields, const void *msg, uint8_t **out,
+                       size_t *len)
+{
+    *out = NULL;
+    *len = 0;
     if (im_pb_append_encoded(out, len, fields, msg)) {
         free(*out);
         *out = NULL;

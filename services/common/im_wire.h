@@ -45,6 +45,11 @@ int im_pb_append_submsg(im_buf *b, uint32_t tag, const pb_msgdesc_t *fields, con
 #define IM_PB_ONE_PASS 2048
 int im_pb_encode(const pb_msgdesc_t *fields, const void *msg, uint8_t **out, size_t *len);
 
+/* im_pb_encode without the one-pass try, for a message the caller knows
+ * to be larger than IM_PB_ONE_PASS (a page): sized, then encoded. */
+int im_pb_encode_sized(const pb_msgdesc_t *fields, const void *msg, uint8_t **out,
+                       size_t *len);
+
 /*
  * Appends msg's encoding to *buf (malloc'ed, *len bytes; NULL and 0 for
  * none), grown with realloc: protobuf fields may be concatenated, so

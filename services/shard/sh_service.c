@@ -284,15 +284,10 @@ static int s_reply_encode(sh_service *sh, uint8_t **buf, size_t *n)
         return im_store_reply_encode(sh->out, buf, n);
     sh->out->entries.funcs.encode = s_write_entries;
     sh->out->entries.arg = &sh->entries;
-    if (sh->entries.n < IM_PB_ONE_PASS)
-        return im_pb_encode(imbox_internal_v1_ShardReply_fields, sh->out, buf, n);
-    *buf = NULL; /* a page: too big for im_pb_encode's one pass, size it first */
-    *n = 0;
-    if (im_pb_append_encoded(buf, n, imbox_internal_v1_ShardReply_fields, sh->out) == 0)
-        return 0;
-    free(*buf);
-    *buf = NULL;
-    return -1;
+    const pb_msgdesc_t *f = imbox_internal_v1_ShardReply_fields;
+    if (sh->entries.n >= IM_PB_ONE_PASS) /* a page: too big for one pass */
+        return im_pb_encode_sized(f, sh->out, buf, n);
+    return im_pb_encode(f, sh->out, buf, n);
 }
 
 /* Sends an encoded reply (owned: freed, or kept by the outbox) to the
