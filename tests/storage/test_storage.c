@@ -1467,6 +1467,23 @@ out:
     fx_finish(&f);
 }
 
+/* Reads alice's page of `limit` after `after` and drops it: what matters
+ * is the memo the read leaves. */
+static void read_and_drop(fx *f, uint64_t after, uint32_t limit)
+{
+    st_page pg;
+    if (read_page(f, "alice", NULL, after, limit, 0, &pg))
+        st_page_free(&pg);
+}
+
+/* The acks that took their rows from a memo so far. */
+static uint64_t ack_memos(fx *f)
+{
+    st_stats st;
+    stats(f, &st);
+    return st.ack_memos;
+}
+
 /* 10b. An ack takes the rows of the page read last from the read's memo
  * only while the memo is still the truth: a conversation ack since the
  * read, a page read from a cursor above the floor, or an ack beyond the
@@ -1475,8 +1492,6 @@ static void test_ack_memo_only_while_true(void)
 {
     fx f;
     char id[32];
-    st_stats st;
-    st_page pg;
     if (!fx_start(&f, false))
         goto out;
     /* bob 1 4 7 10 ...; carol 2 5 8 11 ...; dave 3 6 9 12 ... (30 in all) */
@@ -1490,42 +1505,33 @@ static void test_ack_memo_only_while_true(void)
     /* Read 1..10, a conversation ack of carol's 2 5 8 inside it, then the
      * whole-inbox ack of the page: the memo lies, so the rows are read
      * again, and only what is left is counted. */
-    if (read_page(&f, "alice", NULL, 0, 10, 0, &pg))
-        st_page_free(&pg);
+    read_and_drop(&f, 0, 10);
     EXPECT_U64(ack_ok(&f, "alice", "carol", 9), 3);
     EXPECT_U64(ack_ok(&f, "alice", NULL, 10), 7);
-    stats(&f, &st);
-    EXPECT_U64(st.ack_memos, 0);
+    EXPECT_U64(ack_memos(&f), 0);
     want_count w1[] = {{"dave", 7, T0 + 29}, {"carol", 7, T0 + 28}, {"bob", 6, T0 + 27}};
     expect_counts(&f, "alice", w1, 3, 20);
 
     /* Read 11..20, ack half of it from the memo, then the rest: the memo
      * of the same read serves once, then is gone, and a second read of
      * the rest leaves a memo of its own. */
-    if (read_page(&f, "alice", NULL, 10, 10, 0, &pg))
-        st_page_free(&pg);
+    read_and_drop(&f, 10, 10);
     EXPECT_U64(ack_ok(&f, "alice", NULL, 15), 5);
-    stats(&f, &st);
-    EXPECT_U64(st.ack_memos, 1);
-    if (read_page(&f, "alice", NULL, 15, 5, 0, &pg))
-        st_page_free(&pg);
+    EXPECT_U64(ack_memos(&f), 1);
+    read_and_drop(&f, 15, 5);
     EXPECT_U64(ack_ok(&f, "alice", NULL, 20), 5);
-    stats(&f, &st);
-    EXPECT_U64(st.ack_memos, 2);
+    EXPECT_U64(ack_memos(&f), 2);
     want_count w2[] = {{"dave", 4, T0 + 29}, {"carol", 3, T0 + 28}, {"bob", 3, T0 + 27}};
     expect_counts(&f, "alice", w2, 3, 10);
 
     /* A page read from a cursor above the floor (24: 25..27) does not
      * cover 21..24: an ack up to 27 scans. An ack beyond a page (read
      * 28..29, ack 30) scans too. */
-    if (read_page(&f, "alice", NULL, 24, 3, 0, &pg))
-        st_page_free(&pg);
+    read_and_drop(&f, 24, 3);
     EXPECT_U64(ack_ok(&f, "alice", NULL, 27), 7);
-    if (read_page(&f, "alice", NULL, 27, 2, 0, &pg))
-        st_page_free(&pg);
+    read_and_drop(&f, 27, 2);
     EXPECT_U64(ack_ok(&f, "alice", NULL, 30), 3);
-    stats(&f, &st);
-    EXPECT_U64(st.ack_memos, 2);
+    EXPECT_U64(ack_memos(&f), 2);
     expect_counts(&f, "alice", NULL, 0, 0);
     EXPECT_U64(st_debug_keys(f.s, 'M'), 0);
     EXPECT_U64(st_debug_keys(f.s, 'S'), 0);
