@@ -50,7 +50,8 @@
  * the senders concerned. A whole-inbox ack up to seq N first learns which
  * sender each row in (floor, N] belongs to: from the memo the read of that
  * page left (st_memo.h) when there is one, else by scanning the 'M' rows
- * (the rows the receiver has just read, so they are cached); then it
+ * (the rows the receiver has just read, so their blocks are in the
+ * memtable or the OS page cache); then it
  * deletes each run of rows by the cheaper of two means:
  *  - a run of at most ST_ACK_POINT_MAX (8) rows, row by row: the 'M' rows
  *    of an ack of a few messages (a small page, every message pushed to a
@@ -627,6 +628,21 @@ static int s_get_head(st_shard *s, const rocksdb_readoptions_t *ro, const char *
 #define S_IT_TOTAL 1 /* across prefixes (total order seek) */
 #define S_IT_EXACT 2 /* honour range deletions */
 
+/*
+ * THE BLOCK CACHE holds the blocks of point reads: the 'D' lookup of every
+ * Send, the 'I' and 'C' rows that the writer's row cache does not hold,
+ * a page read's head. Scans read around it: a page (whole inbox or one
+ * conversation, and the point reads of a conversation's rows), the scan of
+ * an ack without a memo, Counts' 'C' rows, the expiry sweep. Each reads a
+ * block once (a receiver acks what it read, and the next page starts above
+ * it), and filling the cache with those blocks cost a drain a fresh
+ * allocation (page faults) or an eviction per block: a drain of one
+ * 100,000-message inbox at page 100 went from 222,000 to 291,000 msgs/s
+ * (medians of 5 alternated rounds, server CPU per page 460 -> 350 us;
+ * docs/BENCHMARKS.md). A block that a scan finds in the cache is still
+ * used from there.
+ */
+
 /* An iterator over [lo, hi) with hi as iterate_upper_bound. The bound must
  * outlive the iterator, so both live in this struct. */
 typedef struct s_iter {
@@ -650,6 +666,7 @@ static void s_iter_open(st_shard *s, s_iter *i, const uint8_t *lo, size_t lon,
         rocksdb_readoptions_set_ignore_range_deletions(i->ro, 1);
     if (snap)
         rocksdb_readoptions_set_snapshot(i->ro, snap);
+    rocksdb_readoptions_set_fill_cache(i->ro, 0); /* THE BLOCK CACHE */
     s_perf_off();
     i->it = rocksdb_create_iterator(s->db, i->ro);
     rocksdb_iter_seek(i->it, (const char *)lo, lon);
@@ -2105,6 +2122,7 @@ static int s_read(st_shard *s, const char *uid, const char *sender, uint64_t aft
     }
     out->high = h.high;
     uint64_t from = (after > h.floor ? after : h.floor) + 1;
+    rocksdb_readoptions_set_fill_cache(ro, 0); /* the rows: THE BLOCK CACHE */
 
     int64_t now = s_now(s);
     size_t bytes = 0, expired = 0;

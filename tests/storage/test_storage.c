@@ -3310,6 +3310,66 @@ out:
     fx_finish(&f);
 }
 
+/* The block cache keeps what point reads read, not what scans read once:
+ * pages (whole inbox and one conversation), the scan of an ack without a
+ * memo and Counts leave it as it was, while a Send's dedup lookup fills
+ * it. 200 messages of 2 KiB of incompressible content are
+ * about 400 KiB of data blocks. */
+static uint64_t cache_usage(fx *f)
+{
+    uint64_t v = 0;
+    EXPECT_TRUE(st_property(f->s, "rocksdb.block-cache-usage", &v) == 0);
+    return v;
+}
+
+static void test_scans_leave_block_cache(void)
+{
+    enum { N = 200, LEN = 2048, ROOM = 48 * 1024 };
+    static const char *const two[] = {"bob", "carol"};
+    static char content[N][LEN];
+    static char ids[N][16];
+    static st_put puts[N];
+    fx f;
+    st_page pg;
+    memset(&pg, 0, sizeof pg);
+    uint32_t x = 777;
+    if (!fx_start(&f, false))
+        goto out;
+    for (int i = 0; i < N; i++) {
+        for (int k = 0; k < LEN; k++)
+            content[i][k] = (char)rc_rand(&x);
+        snprintf(ids[i], sizeof ids[i], "c%d", i);
+        puts[i] = mkput("alice", two[i % 2], ids[i], 1, content[i], LEN);
+    }
+    if (!append_n(&f, puts, N))
+        goto out;
+    st_error err;
+    memset(&err, 0, sizeof err);
+    if (!EXPECT_CODE(st_flush(f.s, &err), ST_OK)) /* the rows into SST files */
+        goto out;
+    uint64_t u0 = cache_usage(&f);
+    if (!read_page(&f, "alice", NULL, 0, 100, 0, &pg) || !EXPECT_U64(pg.n, 100))
+        goto out;
+    st_page_free(&pg);
+    if (!read_page(&f, "alice", "carol", 0, 100, 0, &pg) || !EXPECT_U64(pg.n, 100))
+        goto out;
+    st_page_free(&pg);
+    EXPECT_U64(ack_ok(&f, "alice", NULL, 150), 150); /* no memo covers 150 */
+    want_count w[] = {{"bob", 25, T0}, {"carol", 25, T0}};
+    expect_counts(&f, "alice", w, 2, 50);
+    uint64_t u1 = cache_usage(&f);
+    record(HERE, u1 < u0 + ROOM, "scans filled the block cache: %" PRIu64 " -> %" PRIu64 " bytes",
+           u0, u1);
+    st_put again = mkput("alice", "bob", ids[198], 1, content[198], LEN);
+    if (append_n(&f, &again, 1) && EXPECT_CODE(again.code, ST_OK))
+        EXPECT_TRUE(again.duplicate);
+    uint64_t u2 = cache_usage(&f);
+    record(HERE, u2 > u1, "a dedup lookup left the block cache as it was: %" PRIu64 " bytes", u2);
+out:
+    st_page_free(&pg);
+    fx_finish(&f);
+}
+
 /* ================================================================= runner */
 
 static const im_cunit_test tests[] = {
@@ -3317,6 +3377,7 @@ static const im_cunit_test tests[] = {
     {"restart_keeps_messages_and_high", test_restart_keeps_messages_and_high},
     {"ack_cursor_across_restart", test_ack_cursor_across_restart},
     {"drain_1000_by_pages", test_drain_1000_by_pages},
+    {"scans_leave_block_cache", test_scans_leave_block_cache},
     {"prefix_uids_isolated", test_prefix_uids_isolated},
     {"dedup", test_dedup},
     {"quota", test_quota},
