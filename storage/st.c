@@ -323,13 +323,10 @@ int st_check_uid(const char *uid, const char *field, st_error *err)
 
 static int s_check_put(const st_shard *s, const st_put *p, size_t i, st_error *err)
 {
-    char field[64];
-    snprintf(field, sizeof field, "puts[%zu].receiver", i);
-    if (st_check_uid(p->receiver, field, err))
-        return ST_EINVAL;
-    snprintf(field, sizeof field, "puts[%zu].sender", i);
-    if (st_check_uid(p->sender, field, err))
-        return ST_EINVAL;
+    char msg[sizeof err->msg]; /* the index is formatted on failure only */
+    if (im_uid_check(p->receiver, "receiver", msg, sizeof msg) ||
+        im_uid_check(p->sender, "sender", msg, sizeof msg))
+        return s_err(err, ST_EINVAL, "puts[%zu].%s", i, msg);
     if (!p->msg_id)
         return s_err(err, ST_EINVAL, "puts[%zu].msg_id: missing", i);
     size_t n = strnlen(p->msg_id, ST_MSGID_MAX + 1);

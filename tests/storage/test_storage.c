@@ -1762,6 +1762,14 @@ static void test_malformed_input_refused(void)
         refuse_put(&f, &sn, mkput_s(u, "bob", "bad", "x"), what);
         snprintf(what, sizeof what, "append from %s", bad_uids[i].what);
         refuse_put(&f, &sn, mkput_s("alice", u, "bad", "x"), what);
+        { /* the error names the put and its field */
+            st_put two[2] = {mkput_s("alice", "bob", "good", "x"), mkput_s("alice", u, "bad", "x")};
+            memset(&err, 0, sizeof err);
+            EXPECT_CODE(st_append(f.s, two, 2, &err), ST_EINVAL);
+            record(HERE, strncmp(err.msg, "puts[1].sender: ", 16) == 0, "%s: \"%s\"", what,
+                   err.msg);
+            expect_unchanged(&f, &sn, what);
+        }
 
         memset(&err, 0, sizeof err);
         memset(&pg, 0, sizeof pg);
