@@ -3318,11 +3318,7 @@ out:
     fx_finish(&f);
 }
 
-/* The block cache keeps what point reads read, not what scans read once:
- * pages (whole inbox and one conversation), the scan of an ack without a
- * memo and Counts leave it as it was, while a Send's dedup lookup fills
- * it. 200 messages of 2 KiB of incompressible content are
- * about 400 KiB of data blocks. */
+/* RocksDB's figure of the bytes in the shard's block cache. */
 static uint64_t cache_usage(fx *f)
 {
     uint64_t v = 0;
@@ -3330,6 +3326,11 @@ static uint64_t cache_usage(fx *f)
     return v;
 }
 
+/* The block cache keeps what point reads read, not what scans read once:
+ * pages (whole inbox and one conversation), the scan of an ack without a
+ * memo and Counts leave it as it was, while a Send's dedup lookup fills
+ * it. 200 messages of 2 KiB of incompressible content are about 400 KiB
+ * of data blocks. */
 static void test_scans_leave_block_cache(void)
 {
     enum { N = 200, LEN = 2048, ROOM = 48 * 1024 };
