@@ -16,6 +16,9 @@ set -euo pipefail
 bin="${1:-build/bin}"
 n="${2:-2000}"
 shift $(( $# > 2 ? 2 : $# ))
+for b in imbox imbox-bench; do
+    [ -x "$bin/$b" ] || { echo "serve_cost.sh: $bin/$b is missing (BIN_DIR needs both)" >&2; exit 1; }
+done
 root=$(mktemp -d /tmp/imbox-serve-cost-XXXXXX)
 out="${OUT_DIR:-$root}"
 mkdir -p "$out"
@@ -33,18 +36,18 @@ run() { # run COUNT [args]: prints the server's total instructions
     local port
     port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     valgrind --tool=callgrind --callgrind-out-file="$out/serve-$count.out" "$bin/imbox" serve \
-        --listen "127.0.0.1:$port" --data-dir "$d/data" --send-rate 0 2>"$d/serve.log" &
-    pid=$!
+        --listen "127.0.0.1:$port" --data-dir "$d/data" --send-rate 0 >/dev/null 2>"$d/serve.log" &
+    pid=$! # run() is a $(...) subshell: its own failures stop the server (no EXIT trap here)
     local up=
     for _ in $(seq 600); do # bounded: 600 x 0.1 s (valgrind starts slowly)
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then up=1; break; fi
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
-    [ -n "$up" ] || { cat "$d/serve.log" >&2; echo "serve_cost.sh: the server did not listen" >&2; exit 1; }
+    [ -n "$up" ] || { kill "$pid" 2>/dev/null; cat "$d/serve.log" >&2; echo "serve_cost.sh: the server did not listen" >&2; exit 1; }
     "$bin/imbox-bench" --addr "127.0.0.1:$port" --data-dir "$d/data" --workload send \
         --count "$count" --inflight 16 "$@" >"$d/bench.out" ||
-        { cat "$d/bench.out" >&2; echo "serve_cost.sh: imbox-bench failed" >&2; exit 1; }
+        { kill "$pid"; wait "$pid"; cat "$d/bench.out" >&2; echo "serve_cost.sh: imbox-bench failed" >&2; exit 1; }
     kill "$pid"
     wait "$pid" || true
     pid=
