@@ -2272,6 +2272,31 @@ int st_counts(st_shard *s, const char *uid, st_count **out, size_t *n, uint64_t 
     return rc;
 }
 
+int st_counts_read(st_shard *s, const char *uid, st_count **out, size_t *n, uint64_t *total,
+                   bool *purge, st_error *err)
+{
+    assert(s && out && n && total && purge);
+    *out = NULL;
+    *n = 0;
+    *total = 0;
+    *purge = false;
+    if (st_check_uid(uid, "uid", err))
+        return ST_EINVAL;
+    int rc = s_rd(s, err);
+    if (rc)
+        return rc;
+    st_inbox h;
+    rc = s_get_head(s, s->ro_get, uid, &h, err);
+    if (!rc && h.count)
+        rc = s_oldest_expired(s, uid, &h, purge, err);
+    if (!rc && !*purge)
+        rc = s_count_scan(s, uid, out, n, total, err);
+    s_rd_end(s);
+    if (!rc)
+        s_ok(err);
+    return rc;
+}
+
 /* ---------------------------------------------------------- maintenance */
 
 int st_expire(st_shard *s, uint64_t *purged, st_error *err)

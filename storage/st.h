@@ -282,10 +282,22 @@ void st_page_free(st_page *p);
  * last_send_time_ms first (ties by sender). *out is malloc'ed (free() it;
  * NULL when *n == 0); *total is the inbox's message count. Expired messages
  * are purged before counting. Waits for the writer (it is ST_REQ_COUNTS);
- * a service thread that must not wait submits ST_REQ_COUNTS itself.
+ * a service thread that must not wait calls st_counts_read, below, and
+ * submits ST_REQ_COUNTS itself only when that asks for a purge.
  */
 int st_counts(st_shard *s, const char *uid, st_count **out, size_t *n,
               uint64_t *total, st_error *err);
+
+/*
+ * The same counts read at once on the calling thread (any thread), when
+ * no message of the inbox has expired: the usual case, and then nothing
+ * needs the writer. When the inbox's oldest message has expired, *purge is
+ * true and nothing is read (ST_OK, *out NULL): count through the writer
+ * (st_counts or ST_REQ_COUNTS), which purges first. The counts include
+ * every write committed before the call.
+ */
+int st_counts_read(st_shard *s, const char *uid, st_count **out, size_t *n,
+                   uint64_t *total, bool *purge, st_error *err);
 
 /* State of one inbox; all zero for an inbox that never existed. */
 typedef struct st_inbox {

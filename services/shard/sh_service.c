@@ -675,11 +675,22 @@ static void s_ack_job(sh_service *sh, sh_kind kind, const char *uid, const char 
     sh->reads_tail = &j->read_next;
 }
 
-/* Counts purge the inbox's expired messages first: on the writer, so the
- * socket thread does not wait. */
+/* Counts are read and answered at once, like a page without an ack, unless
+ * a message of the inbox has expired: then they go to the writer, which
+ * purges first (the socket thread does not wait for it). */
 static void s_counts_job(sh_service *sh, const char *uid, const uint8_t *ident,
                          size_t ident_len, const uint8_t id[8])
 {
+    st_req r = {.type = ST_REQ_COUNTS, .uid = uid};
+    bool purge = false;
+    if (st_counts_read(sh->st, uid, &r.counts, &r.ncounts, &r.total, &purge, &r.err) ||
+        !purge) {
+        s_reply_reset(sh);
+        s_counts_reply(sh, &r);
+        s_reply_send(sh, ident, ident_len, id);
+        free(r.counts);
+        return;
+    }
     sh_job *j = s_job_new(sh, JOB_COUNTS, ident, ident_len, id);
     if (!j) {
         s_reply_error(sh, ident, ident_len, id, IM_RESOURCE_EXHAUSTED, "out of memory");

@@ -16,7 +16,8 @@
  * back through the sink once run() is called after the wake-up. And the
  * expiry sweeper's writes: its thread submits them and the committer runs
  * them (a sweeper waiting for a writer that never runs would block the
- * shard's stop for ever).
+ * shard's stop for ever). And Counts: read at once, or, once a message has
+ * expired, purged by the writer first.
  *
  * Every wait is bounded (zmq_poll, or a poll of the sink's eventfd).
  * Usage: test_shard [test-name]; exit status 0 when every assertion held.
@@ -90,6 +91,18 @@ static size_t s_read_req(const char *uid, uint64_t ack_upto, bool skip_seqs, uin
     r.read.max_bytes = 1 << 20;
     r.read.ack_upto = ack_upto;
     r.read.skip_seqs = skip_seqs;
+    size_t n = 0;
+    CU_ASSERT_FATAL(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, out, &n) ==
+                    0);
+    return n;
+}
+
+/* A CountsOp of uid. */
+static size_t s_counts_req(const char *uid, uint8_t **out)
+{
+    imbox_internal_v1_ShardRequest r = imbox_internal_v1_ShardRequest_init_zero;
+    r.has_counts = true;
+    snprintf(r.counts.uid, sizeof r.counts.uid, "%s", uid);
     size_t n = 0;
     CU_ASSERT_FATAL(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, out, &n) ==
                     0);
@@ -398,10 +411,66 @@ static void test_sweep_runs_on_the_committer(void)
     atomic_store(&s_offset, 0);
 }
 
+/* One request (its bytes freed here) as id, and its reply decoded into
+ * f->reply; false when no reply of one pair came back within WAIT_MS. */
+static bool s_call(fixture *f, uint64_t id, uint8_t *req, size_t n)
+{
+    bool ok = zmq_send(f->dealer, &id, 8, ZMQ_SNDMORE) == 8 &&
+              zmq_send(f->dealer, req, n, 0) == (int)n;
+    free(req);
+    zmq_msg_t parts[4];
+    int got = ok ? s_recv(f->dealer, parts, 4) : 0;
+    uint64_t rid = 0;
+    if (got == 2)
+        memcpy(&rid, zmq_msg_data(&parts[0]), 8);
+    ok = got == 2 && rid == id &&
+         s_decode_reply(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), f->reply);
+    im_zmq_close(parts, got, 4);
+    return EXPECT(ok, "request %llu: %d frames, id %llu", (unsigned long long)id, got,
+                  (unsigned long long)rid);
+}
+
+/* Counts over the wire: read and answered at once while nothing expired;
+ * once the inbox's message is past its expiry, purged first (the writer's
+ * path), so the count is 0, and read at once again after. */
+static void test_counts_read_then_purged(void)
+{
+    fixture f;
+    atomic_store(&s_offset, 0);
+    if (s_start_with(&f, "inproc://test-shard-counts", 0, true)) {
+        uint8_t *q;
+        size_t n = s_store_req("bob", "m-old", &q);
+        if (s_call(&f, 1, q, n))
+            EXPECT(f.reply->code == 0 && f.reply->results_count == 1 &&
+                       f.reply->results[0].code == 0,
+                   "stored (code %d)", (int)f.reply->code);
+        n = s_counts_req("bob", &q);
+        if (s_call(&f, 2, q, n))
+            EXPECT(f.reply->code == 0 && f.reply->total == 1, "counts: code %d, total %llu",
+                   (int)f.reply->code, (unsigned long long)f.reply->total);
+        atomic_store(&s_offset, 31LL * 24 * 3600 * 1000); /* past the 30-day expiry */
+        for (uint64_t id = 3; id <= 4; id++) {
+            n = s_counts_req("bob", &q);
+            if (s_call(&f, id, q, n))
+                EXPECT(f.reply->code == 0 && f.reply->total == 0,
+                       "counts %llu after the expiry: code %d, total %llu",
+                       (unsigned long long)id, (int)f.reply->code,
+                       (unsigned long long)f.reply->total);
+        }
+        st_stats st;
+        st_stats_get(sh_engine(f.sh), &st);
+        EXPECT(st.expired == 1, "the writer purged %llu expired message(s), want 1",
+               (unsigned long long)st.expired);
+    }
+    s_stop(&f);
+    atomic_store(&s_offset, 0);
+}
+
 static const im_cunit_test tests[] = {
     {"batch_in_one_message", test_batch_in_one_message},
     {"local_committer", test_local_committer},
     {"sweep_runs_on_the_committer", test_sweep_runs_on_the_committer},
+    {"counts_read_then_purged", test_counts_read_then_purged},
 };
 
 int main(int argc, char **argv)
