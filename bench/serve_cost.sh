@@ -47,7 +47,7 @@ run() { # run COUNT [args]: prints the server's total instructions
     [ -n "$up" ] || { kill "$pid" 2>/dev/null; cat "$d/serve.log" >&2; echo "serve_cost.sh: the server did not listen" >&2; exit 1; }
     "$bin/imbox-bench" --addr "127.0.0.1:$port" --data-dir "$d/data" --workload send \
         --count "$count" --inflight 16 "$@" >"$d/bench.out" ||
-        { kill "$pid"; wait "$pid"; cat "$d/bench.out" >&2; echo "serve_cost.sh: imbox-bench failed" >&2; exit 1; }
+        { kill "$pid"; wait "$pid" || true; cat "$d/bench.out" >&2; echo "serve_cost.sh: imbox-bench failed" >&2; exit 1; }
     kill "$pid"
     wait "$pid" || true
     pid=
