@@ -2007,7 +2007,7 @@ void st_page_free(st_page *p)
     memset(p, 0, sizeof *p);
 }
 
-/* Copies a record into one block: sender\0 msg_id\0 content. */
+/* n bytes for a message of p, from its newest chunk or a new one. */
 static char *s_page_alloc(st_page *p, size_t n)
 {
     s_chunk *c = p->mem_;
@@ -2024,6 +2024,7 @@ static char *s_page_alloc(st_page *p, size_t n)
     return b;
 }
 
+/* Copies a record into one block: sender\0 msg_id\0 content. */
 static int s_page_add(st_page *p, uint64_t seq, const s_rec *r)
 {
     char *b = s_page_alloc(p, r->sender_len + r->msg_id_len + 2 + r->content_len);

@@ -328,10 +328,11 @@ static void s_reply_error(sh_service *sh, const uint8_t *ident, size_t ident_len
     s_reply_send(sh, ident, ident_len, id);
 }
 
-/* Reads op's page after `after` and encodes it as imbox.v1.PullResponse
+/* Reads op's page (after op->after) and encodes it as imbox.v1.PullResponse
  * field-1 entries (and each message's seq, unless op->skip_seqs). */
-static void s_read_reply(sh_service *sh, const imbox_internal_v1_ReadOp *op, uint64_t after)
+static void s_read_reply(sh_service *sh, const imbox_internal_v1_ReadOp *op)
 {
+    uint64_t after = op->after;
     st_page pg;
     st_error err;
     const char *uid = op->uid;
@@ -715,7 +716,7 @@ static void s_read_op(sh_service *sh, const imbox_internal_v1_ReadOp *op, const 
         return;
     }
     s_reply_reset(sh);
-    s_read_reply(sh, op, op->after);
+    s_read_reply(sh, op);
     s_reply_send(sh, ident, ident_len, id);
 }
 
@@ -1028,7 +1029,7 @@ static void s_turn_end(sh_service *sh)
     /* The Pulls' pages, read and encoded here while the committer acks. */
     for (sh_job *j = sh->reads; j; j = j->read_next) {
         s_reply_reset(sh);
-        s_read_reply(sh, &j->read, j->read.after);
+        s_read_reply(sh, &j->read);
         if (s_reply_encode(sh, &j->reply, &j->reply_len))
             j->reply = NULL;
     }
