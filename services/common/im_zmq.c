@@ -2,6 +2,7 @@
 #include "im_zmq.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,15 +127,127 @@ void im_zmq_close(zmq_msg_t *parts, int n, int max)
         zmq_msg_close(&parts[i]);
 }
 
-bool im_zmq_batch_ok(const zmq_msg_t *parts, int first, int n, int max)
+static uint32_t s_le32(const uint8_t *p)
 {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+bool im_zmq_batch_open(im_zmq_batch *b, const zmq_msg_t *parts, int first, int n, int max)
+{
+    *b = (im_zmq_batch){0};
     int frames = n - first;
-    if (first < 0 || n > max || frames < 2 || frames % 2 || frames > 2 * IM_ZMQ_BATCH_MAX)
+    if (first < 0 || n > max || frames < 1)
+        return false;
+    if (frames == 1) {
+        const uint8_t *p = zmq_msg_data((zmq_msg_t *)&parts[first]);
+        size_t size = zmq_msg_size(&parts[first]);
+        if (size < 1 || p[0] != IM_ZMQ_PACKED)
+            return false;
+        const uint8_t *q = p + 1, *end = p + size;
+        int count = 0;
+        while (q < end) {
+            if ((size_t)(end - q) < IM_ZMQ_RECORD_HEAD || ++count > IM_ZMQ_BATCH_MAX)
+                return false;
+            uint32_t len = s_le32(q + 8);
+            q += IM_ZMQ_RECORD_HEAD;
+            if (len > (size_t)(end - q))
+                return false;
+            q += len;
+        }
+        if (count == 0)
+            return false;
+        *b = (im_zmq_batch){.packed = true, .count = count, .p = p + 1, .end = end};
+        return true;
+    }
+    if (frames % 2 || frames > 2 * IM_ZMQ_BATCH_MAX)
         return false;
     for (int i = first; i < n; i += 2)
         if (zmq_msg_size(&parts[i]) != 8)
             return false;
+    *b = (im_zmq_batch){.count = frames / 2, .parts = parts, .next = first, .n = n};
     return true;
+}
+
+bool im_zmq_batch_next(im_zmq_batch *b, const uint8_t **id, const uint8_t **body, size_t *len)
+{
+    if (b->packed) {
+        if (b->p >= b->end)
+            return false;
+        *id = b->p;
+        *len = s_le32(b->p + 8);
+        *body = b->p + IM_ZMQ_RECORD_HEAD;
+        b->p += IM_ZMQ_RECORD_HEAD + *len;
+        return true;
+    }
+    if (b->next >= b->n)
+        return false;
+    zmq_msg_t *m = (zmq_msg_t *)&b->parts[b->next];
+    *id = zmq_msg_data(m);
+    *body = zmq_msg_data(m + 1);
+    *len = zmq_msg_size(m + 1);
+    b->next += 2;
+    return true;
+}
+
+int im_zmq_pack_add(im_zmq_pack *k, const uint8_t id[8], const void *body, size_t len)
+{
+    if (len > UINT32_MAX)
+        return -1;
+    size_t need = (k->n ? k->n : 1) + IM_ZMQ_RECORD_HEAD + len;
+    if (need > k->cap) {
+        size_t cap = k->cap ? k->cap : 4096;
+        while (cap < need)
+            cap *= 2;
+        uint8_t *p = realloc(k->p, cap);
+        if (!p)
+            return -1;
+        k->p = p;
+        k->cap = cap;
+    }
+    if (k->n == 0)
+        k->p[k->n++] = IM_ZMQ_PACKED;
+    uint8_t *q = k->p + k->n;
+    memcpy(q, id, 8);
+    q[8] = (uint8_t)len;
+    q[9] = (uint8_t)(len >> 8);
+    q[10] = (uint8_t)(len >> 16);
+    q[11] = (uint8_t)(len >> 24);
+    if (len)
+        memcpy(q + IM_ZMQ_RECORD_HEAD, body, len);
+    k->n += IM_ZMQ_RECORD_HEAD + len;
+    k->count++;
+    return 0;
+}
+
+static void s_free_pack(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+int im_zmq_pack_send(im_zmq_pack *k, void *sock, int flags)
+{
+    uint8_t *p = k->p;
+    size_t n = k->n;
+    *k = (im_zmq_pack){0};
+    zmq_msg_t m;
+    if (zmq_msg_init_data(&m, p, n, s_free_pack, NULL)) {
+        free(p);
+        return -1;
+    }
+    if (zmq_msg_send(&m, sock, flags) < 0) {
+        int e = errno;
+        zmq_msg_close(&m);
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
+void im_zmq_pack_free(im_zmq_pack *k)
+{
+    free(k->p);
+    *k = (im_zmq_pack){0};
 }
 
 /* One key pair: Z85 of the derived secret key, and its public key. */

@@ -27,9 +27,21 @@
 
 #include "im_auth.h"
 
-/* Requests (or replies) in one ZeroMQ message between a gateway and a
- * shard: [id][body] pairs, so a turn's worth travels as one message. */
+/*
+ * The batch framing (shard.proto). One ZeroMQ message between a gateway and
+ * a shard (after the shard's routing identity frame) carries 1 to
+ * IM_ZMQ_BATCH_MAX requests, or replies and notices, each an 8-byte id and a
+ * body, in one of two forms:
+ *   packed (what this release sends): one frame,
+ *     u8 IM_ZMQ_PACKED | { id (8 bytes) | u32 len (little-endian) | body }...
+ *   pairs (what releases before it sent): [id][body][id][body]..., every id
+ *     frame 8 bytes.
+ * A pair costs ZeroMQ two frames, and CURVE encrypts, authenticates and
+ * allocates per frame: packed, a turn's batch is one frame each way.
+ */
 #define IM_ZMQ_BATCH_MAX 256
+#define IM_ZMQ_PACKED 1      /* the packed form's first byte (its version) */
+#define IM_ZMQ_RECORD_HEAD 12 /* id and length before each packed body */
 
 /*
  * Receives one whole multipart message from sock without blocking for its
@@ -42,13 +54,48 @@ int im_zmq_recv(void *sock, zmq_msg_t *parts, int max);
 /* Closes parts[0..min(n,max)-1] as filled by im_zmq_recv. */
 void im_zmq_close(zmq_msg_t *parts, int n, int max);
 
+/* A received batch being read (im_zmq_batch_open, then _next). */
+typedef struct im_zmq_batch {
+    bool packed;
+    int count;                 /* its requests (replies, notices) */
+    const zmq_msg_t *parts;    /* pairs: the frames */
+    int next, n;               /* pairs: the next id frame; the end */
+    const uint8_t *p, *end;    /* packed: the next record; the end */
+} im_zmq_batch;
+
 /*
- * The batch framing (shard.proto): whether frames first..n-1 of a message
- * im_zmq_recv took (n frames in all, the first `max` kept in parts[]) are
- * whole [id][body] pairs: 1..IM_ZMQ_BATCH_MAX of them, every id 8 bytes,
- * all kept. A message that is not is dropped whole (no id to answer to).
+ * Checks frames first..n-1 of a message im_zmq_recv took (n frames in all,
+ * the first `max` kept in parts[]): one packed frame of 1..IM_ZMQ_BATCH_MAX
+ * whole records and nothing after the last, or 1..IM_ZMQ_BATCH_MAX whole
+ * pairs with 8-byte ids, all kept. Returns false for anything else (the
+ * message is dropped whole: there is no id to answer to), else true with
+ * *b ready to walk it; b reads from parts, which must stay open meanwhile.
  */
-bool im_zmq_batch_ok(const zmq_msg_t *parts, int first, int n, int max);
+bool im_zmq_batch_open(im_zmq_batch *b, const zmq_msg_t *parts, int first, int n, int max);
+
+/* The next entry of an opened batch (id: 8 bytes, unaligned); false after
+ * the last. */
+bool im_zmq_batch_next(im_zmq_batch *b, const uint8_t **id, const uint8_t **body, size_t *len);
+
+/* A packed message being built; all zero is empty. */
+typedef struct im_zmq_pack {
+    uint8_t *p;
+    size_t n, cap;
+    int count;
+} im_zmq_pack;
+
+/* Appends one record (the body is copied). Returns 0, or -1: out of
+ * memory, or a body of 4 GiB or more. */
+int im_zmq_pack_add(im_zmq_pack *k, const uint8_t id[8], const void *body, size_t len);
+
+/* Sends the packed frame with flags (ZMQ_DONTWAIT, ZMQ_SNDMORE...); its
+ * buffer goes with the frame, without a copy, and k is empty afterwards
+ * whether the send worked or not. Returns 0, or -1 with errno (the
+ * records are lost). */
+int im_zmq_pack_send(im_zmq_pack *k, void *sock, int flags);
+
+/* Frees what k holds (after a failed build). */
+void im_zmq_pack_free(im_zmq_pack *k);
 
 /* ----------------------------------------------------------------- poll */
 

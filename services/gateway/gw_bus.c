@@ -113,12 +113,6 @@ static bus_req *s_pending_take(gw_bus *b, uint64_t id)
     return NULL;
 }
 
-static void s_free_body(void *data, void *hint)
-{
-    (void)hint;
-    free(data);
-}
-
 static void s_finish(bus_req *r, int status, const char *why, const uint8_t *reply, size_t len)
 {
     r->fn(r->arg, status, why, reply, len);
@@ -137,26 +131,11 @@ static void s_fail(gw_bus *b, bus_req *r, const char *what)
  * per context, and several buses may share one. */
 static atomic_uint s_bus_seq;
 
-/* Sends a frame, taking the body (malloc'ed) without a copy. */
-static int s_send_frame(void *d, uint8_t *body, size_t len, int flags)
-{
-    zmq_msg_t m;
-    if (zmq_msg_init_data(&m, body, len, s_free_body, NULL)) {
-        free(body);
-        return -1;
-    }
-    if (zmq_msg_send(&m, d, flags) < 0) {
-        zmq_msg_close(&m);
-        return -1;
-    }
-    return 0;
-}
-
 /*
- * Sends shard's gathered requests, IM_ZMQ_BATCH_MAX to a message:
- * [id][body][id][body]... ZeroMQ sends a multipart message whole or not at
- * all, and DEALERs are ZMQ_IMMEDIATE, so only the first frame can fail
- * (not connected), and then the whole message does.
+ * Sends shard's gathered requests, IM_ZMQ_BATCH_MAX to a message, each
+ * message one packed frame (im_zmq.h). A message that cannot go (not
+ * connected: DEALERs are ZMQ_IMMEDIATE; or out of memory) fails its
+ * requests and the rest of the batch.
  */
 static void s_send_batch(gw_bus *b, int shard, int64_t now)
 {
@@ -165,27 +144,24 @@ static void s_send_batch(gw_bus *b, int shard, int64_t now)
     b->batch[shard] = b->btail[shard] = NULL;
     while (r) {
         bus_req *first = r;
-        int k = 0;
-        bool failed = false;
-        for (; r && k < IM_ZMQ_BATCH_MAX; r = r->next, k++) {
-            int more = r->next && k + 1 < IM_ZMQ_BATCH_MAX ? ZMQ_SNDMORE : 0;
-            if (zmq_send(d, &r->id, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-                failed = true; /* only the first frame can fail */
-                break;
-            }
-            uint8_t *body = r->body; /* the frame takes it */
+        im_zmq_pack k = {0};
+        const char *why = NULL;
+        for (int n = 0; r && n < IM_ZMQ_BATCH_MAX && !why; r = r->next, n++) {
+            uint8_t id[8];
+            memcpy(id, &r->id, 8);
+            if (im_zmq_pack_add(&k, id, r->body, r->len))
+                why = "request: out of memory";
+            free(r->body);
             r->body = NULL;
-            if (s_send_frame(d, body, r->len, more | ZMQ_DONTWAIT) < 0) {
-                failed = true; /* cannot happen once a frame went */
-                break;
-            }
         }
-        const char *why = failed ? (errno == EAGAIN ? "is not connected" : zmq_strerror(errno))
-                                 : NULL;
-        bus_req *end = failed ? NULL : r; /* on failure: the rest fails too */
+        if (why)
+            im_zmq_pack_free(&k);
+        else if (im_zmq_pack_send(&k, d, ZMQ_DONTWAIT) < 0)
+            why = errno == EAGAIN ? "is not connected" : zmq_strerror(errno);
+        bus_req *end = why ? NULL : r; /* on failure: the rest fails too */
         for (bus_req *q = first; q != end;) {
             bus_req *next = q->next;
-            if (failed) {
+            if (why) {
                 s_fail(b, q, why);
             } else {
                 q->deadline = now + b->timeout_ms;
@@ -193,7 +169,7 @@ static void s_send_batch(gw_bus *b, int shard, int64_t now)
             }
             q = next;
         }
-        if (failed)
+        if (why)
             break;
     }
 }
@@ -241,22 +217,22 @@ static void s_send_queued(gw_bus *b)
         }
 }
 
-/* Takes the replies waiting from shard: messages of [id][body] pairs (a
- * shard answers a turn's requests to this gateway in one), id 0 for a
- * notice. A malformed message is dropped whole. */
+/* Takes the replies waiting from shard: batches (im_zmq.h; a shard
+ * answers a turn's requests to this gateway in one), id 0 for a notice. A
+ * malformed message is dropped whole. */
 static void s_recv_replies(gw_bus *b, int shard)
 {
     zmq_msg_t *parts = b->parts;
     int n, max = 2 * IM_ZMQ_BATCH_MAX;
     while ((n = im_zmq_recv(b->dealers[shard], parts, max)) > 0) {
-        bool ok = im_zmq_batch_ok(parts, 0, n, max);
-        if (!ok)
+        im_zmq_batch in;
+        if (!im_zmq_batch_open(&in, parts, 0, n, max))
             im_log(IM_LOG_WARN, "gateway", NULL, "malformed reply from shard %d dropped", shard);
-        for (int i = 0; ok && i < n; i += 2) {
+        const uint8_t *id8, *body;
+        size_t len;
+        while (im_zmq_batch_next(&in, &id8, &body, &len)) {
             uint64_t id;
-            memcpy(&id, zmq_msg_data(&parts[i]), 8);
-            const uint8_t *body = zmq_msg_data(&parts[i + 1]);
-            size_t len = zmq_msg_size(&parts[i + 1]);
+            memcpy(&id, id8, 8);
             if (id == 0) { /* unasked: a notice */
                 if (b->hooks.notice)
                     b->hooks.notice(b->hooks.arg, shard, body, len);

@@ -2,8 +2,9 @@
  * gw_bus.h - the gateway's connections to the shards: one ZeroMQ DEALER per
  * shard, owned by one bus thread.
  *
- * Any thread hands a request to gw_bus_send(); the bus thread frames it as
- * [id][body] (shard.proto), sends it, and pairs the reply by id, so many
+ * Any thread hands a request to gw_bus_send(); the bus thread frames it
+ * with an id (the packed batch of im_zmq.h, shard.proto: a turn's requests
+ * to one shard in one frame), sends it, and pairs the reply by id, so many
  * requests are in flight per shard and replies may come in any order. Each
  * accepted request's callback runs exactly once, on the bus thread: with the
  * reply, or with UNAVAILABLE and why:

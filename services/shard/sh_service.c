@@ -45,19 +45,22 @@
                                         commits on its own thread */
 #define SH_ZAP_BURST 64              /* handshakes answered per wake-up: a
                                         storm of them cannot starve requests */
+#define SH_ALONE_BYTES (16 * 1024)   /* a reply this big travels alone, as a
+                                        pair, without a copy (a page) */
+#define SH_PAIRS_PEERS 16            /* older gateways remembered (below) */
 #define SH_HANDSHAKE_MS 5000         /* a peer that has not finished its
                                         handshake by then is dropped (a
                                         gateway needs milliseconds) */
 
 typedef enum { JOB_STORE = 1, JOB_READ, JOB_ACK, JOB_COUNTS } sh_kind;
 
-/* A turn's replies and notices to one peer: [id][body] pairs, sent as one
- * ZeroMQ message when the turn's part ends (s_out_flush). */
+/* A turn's replies and notices to one peer, packed (im_zmq.h) into one
+ * ZeroMQ message sent when the turn's part ends (s_out_flush). */
 typedef struct sh_out {
     uint8_t ident[SH_IDENT_MAX];
     size_t ident_len;
-    zmq_msg_t *frames;
-    int n, cap;             /* frames in use (2 per reply), allocated */
+    bool pairs;             /* the peer speaks the pairs form (SH_PAIRS_PEERS) */
+    im_zmq_pack pk;
 } sh_out;
 
 /* A request waiting for the engine's writer. Owns copies of everything the
@@ -136,6 +139,17 @@ struct sh_service {
     im_zpoll zp;            /* the ROUTER, efd, the handshakes: ZAP, failures */
     sh_out *outs;
     int nouts, outs_cap;
+    /* Gateways of an older release, which send and read only the pairs
+     * form: the last message from each of these identities was pairs, and
+     * they are answered (notices included) in it. Any packed message takes
+     * its sender off; with more older gateways than slots, the oldest
+     * entry goes (that gateway then drops what it gets until it sends
+     * again: a mixed-release window is short, DEPLOY.md). */
+    struct {
+        uint8_t ident[SH_IDENT_MAX];
+        size_t len;
+    } pairs_peers[SH_PAIRS_PEERS];
+    int npairs, pairs_next;
 };
 
 /* The shard whose turn is running on this thread (its own thread, or the
@@ -201,33 +215,73 @@ static void s_free_frame(void *data, void *hint)
     free(data);
 }
 
-/* Sends every outbox as one message [id][body]... to its peer. A peer
- * that is gone (EHOSTUNREACH under ROUTER_MANDATORY) loses its replies:
- * the gateway has already answered its callers UNAVAILABLE. */
+/* Sends one message [ident][frame...] to the ROUTER. A peer that is gone
+ * (EHOSTUNREACH under ROUTER_MANDATORY) loses it: the gateway has already
+ * answered its callers UNAVAILABLE. Only the first frame can fail. */
+static bool s_out_ident(sh_service *sh, const sh_out *x)
+{
+    if (zmq_send(sh->router, x->ident, x->ident_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0)
+        return true;
+    if (errno != EHOSTUNREACH)
+        IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "replies lost: %s",
+                   zmq_strerror(errno));
+    return false;
+}
+
+/* Sends x's packed replies, if any. */
+static void s_out_send(sh_service *sh, sh_out *x)
+{
+    if (!x->pk.count)
+        return;
+    if (!s_out_ident(sh, x))
+        im_zmq_pack_free(&x->pk);
+    else if (im_zmq_pack_send(&x->pk, sh->router, ZMQ_DONTWAIT) < 0)
+        IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "replies lost: %s",
+                   zmq_strerror(errno));
+}
+
+/* Sends every outbox to its peer. */
 static void s_out_flush(sh_service *sh)
 {
-    for (int o = 0; o < sh->nouts; o++) {
-        sh_out *x = &sh->outs[o];
-        int i = 0;
-        if (x->n && zmq_send(sh->router, x->ident, x->ident_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0)
-            for (; i < x->n; i++)
-                if (zmq_msg_send(&x->frames[i], sh->router,
-                                 (i + 1 < x->n ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0)
-                    break; /* cannot happen once a frame went */
-        if (i < x->n && errno != EHOSTUNREACH)
-            IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index,
-                       "replies lost: %s", zmq_strerror(errno));
-        for (; i < x->n; i++)
-            zmq_msg_close(&x->frames[i]);
-        x->n = 0;
-    }
+    for (int o = 0; o < sh->nouts; o++)
+        s_out_send(sh, &sh->outs[o]);
     sh->nouts = 0;
 }
 
-/* Queues [id][body] (body malloc'ed, taken) for the peer ident; a full
- * outbox is sent at once. Outboxes and their frame arrays are kept for the
- * next turns (as many as peers answered in one turn; each grows by
- * doubling up to one message). */
+/* Whether peer ident speaks only the pairs form (an older gateway). */
+static bool s_peer_pairs(const sh_service *sh, const uint8_t *ident, size_t len)
+{
+    for (int i = 0; i < sh->npairs; i++)
+        if (sh->pairs_peers[i].len == len && !memcmp(sh->pairs_peers[i].ident, ident, len))
+            return true;
+    return false;
+}
+
+/* Notes the form of a message from peer ident (len <= SH_IDENT_MAX). */
+static void s_peer_form(sh_service *sh, const uint8_t *ident, size_t len, bool packed)
+{
+    for (int i = 0; i < sh->npairs; i++)
+        if (sh->pairs_peers[i].len == len && !memcmp(sh->pairs_peers[i].ident, ident, len)) {
+            if (packed) /* upgraded: forget it */
+                sh->pairs_peers[i] = sh->pairs_peers[--sh->npairs];
+            return;
+        }
+    if (packed)
+        return;
+    int i = sh->npairs < SH_PAIRS_PEERS ? sh->npairs++ : sh->pairs_next++ % SH_PAIRS_PEERS;
+    memcpy(sh->pairs_peers[i].ident, ident, len);
+    sh->pairs_peers[i].len = len;
+    IM_LOG_IDX(IM_LOG_WARN, "shard", "shard", sh->c.index,
+               "a gateway of an older release (pairs framing) is connected: answered in its form");
+}
+
+/* Queues a reply or notice (body malloc'ed, taken) for the peer ident, in
+ * the peer's outbox of the turn (a full one is sent at once). A body of
+ * SH_ALONE_BYTES or more (a page), and anything to an older gateway, goes
+ * at once as a message [id][body] of its own, without a copy, after
+ * what the outbox held, so the peer gets them in the order queued.
+ * Outboxes are kept for the next turns (as many as peers answered in one
+ * turn). */
 static void s_out_add(sh_service *sh, const uint8_t *ident, size_t ident_len,
                       const uint8_t id[8], uint8_t *body, size_t len)
 {
@@ -248,27 +302,26 @@ static void s_out_add(sh_service *sh, const uint8_t *ident, size_t ident_len,
         x = &sh->outs[sh->nouts++];
         memcpy(x->ident, ident, ident_len);
         x->ident_len = ident_len;
-        x->n = 0;
+        x->pairs = s_peer_pairs(sh, ident, ident_len);
     }
-    if (x->n == x->cap) {
-        int cap = x->cap ? 2 * x->cap : 8;
-        zmq_msg_t *f = realloc(x->frames, (size_t)cap * sizeof *f);
-        if (!f)
+    if (x->pairs || len >= SH_ALONE_BYTES) {
+        s_out_send(sh, x);
+        zmq_msg_t m;
+        if (zmq_msg_init_data(&m, body, len, s_free_frame, NULL))
             goto oom;
-        x->frames = f;
-        x->cap = cap;
+        if (!s_out_ident(sh, x) || zmq_send(sh->router, id, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+            zmq_msg_send(&m, sh->router, ZMQ_DONTWAIT) < 0)
+            zmq_msg_close(&m); /* the peer is gone (or cannot be: see s_out_ident) */
+        return;
     }
-    zmq_msg_t *f = &x->frames[x->n];
-    if (zmq_msg_init_size(&f[0], 8))
-        goto oom;
-    memcpy(zmq_msg_data(&f[0]), id, 8);
-    if (zmq_msg_init_data(&f[1], body, len, s_free_frame, NULL)) {
-        zmq_msg_close(&f[0]);
-        goto oom;
+    int rc = im_zmq_pack_add(&x->pk, id, body, len);
+    free(body);
+    if (rc) {
+        IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "reply lost: out of memory");
+        return;
     }
-    x->n += 2;
-    if (x->n == 2 * IM_ZMQ_BATCH_MAX)
-        s_out_flush(sh);
+    if (x->pk.count == IM_ZMQ_BATCH_MAX)
+        s_out_send(sh, x);
     return;
 oom:
     IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "reply lost: out of memory");
@@ -917,8 +970,8 @@ out:
     free(query.v);
 }
 
-/* Receives one message: [identity] then up to IM_ZMQ_BATCH_MAX requests
- * [id (8 bytes)][body] (a gateway sends a turn's requests to this shard in
+/* Receives one message: [identity] then a batch of up to IM_ZMQ_BATCH_MAX
+ * requests (im_zmq.h; a gateway sends a turn's requests to this shard in
  * one). Malformed framing drops the whole message (there is no id to
  * answer to). Returns the requests handled, -1 for a dropped message, 0
  * when none is waiting. */
@@ -929,15 +982,21 @@ static int s_recv_msg(sh_service *sh)
     int n = im_zmq_recv(sh->router, parts, max);
     if (n == 0)
         return 0;
-    bool ok = zmq_msg_size(&parts[0]) <= SH_IDENT_MAX && im_zmq_batch_ok(parts, 1, n, max);
-    if (!ok)
+    im_zmq_batch in;
+    const uint8_t *ident = zmq_msg_data(&parts[0]);
+    size_t ident_len = zmq_msg_size(&parts[0]);
+    bool ok = ident_len <= SH_IDENT_MAX && im_zmq_batch_open(&in, parts, 1, n, max);
+    if (ok) {
+        s_peer_form(sh, ident, ident_len, in.packed);
+        const uint8_t *id, *body;
+        size_t len;
+        while (im_zmq_batch_next(&in, &id, &body, &len))
+            s_handle(sh, ident, ident_len, id, body, len);
+    } else {
         IM_LOG_IDX(IM_LOG_WARN, "shard", "shard", sh->c.index, "dropped a message of %d frames", n);
-    for (int i = 1; ok && i < n; i += 2)
-        s_handle(sh, zmq_msg_data(&parts[0]), zmq_msg_size(&parts[0]),
-                 zmq_msg_data(&parts[i]), zmq_msg_data(&parts[i + 1]),
-                 zmq_msg_size(&parts[i + 1]));
+    }
     im_zmq_close(parts, n, max);
-    return ok ? (n - 1) / 2 : -1;
+    return ok ? in.count : -1;
 }
 
 static void s_sweep(sh_service *sh)
@@ -1176,8 +1235,8 @@ static void s_free(sh_service *sh)
     pthread_mutex_destroy(&sh->done_mu);
     im_buf_free(&sh->entries);
     im_buf_free(&sh->entry);
-    for (int o = 0; o < sh->outs_cap; o++) /* flushed: no frame is open */
-        free(sh->outs[o].frames);
+    for (int o = 0; o < sh->outs_cap; o++) /* flushed: no pack is open */
+        im_zmq_pack_free(&sh->outs[o].pk);
     free(sh->outs);
     free(sh->parts);
     for (int i = 0; i < sh->nnotices; i++)

@@ -249,6 +249,22 @@ static void s_batch(void)
     n += s_frame(b + n, "\x00\x00\x00\x00\x00\x00\x00\x00", 8);
     n += s_frame(b + n, "\x0a\x05\x0a\x01u\x10\x01", 7);
     s_write("fuzz_batch", "gateway", b, n);
+    /* The packed form (IM_ZMQ_PACKED, then id | u32 length | body records):
+     * a shard's view of two requests, a gateway's of a reply and a notice. */
+    static const uint8_t two[] = {1, 0, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0x22, 2, 0x0a, 0,
+                                  0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0};
+    n = 0;
+    b[n++] = 1;
+    n += s_frame(b + n, "\x01gateway-identity", 17);
+    n += s_frame(b + n, two, sizeof two);
+    s_write("fuzz_batch", "shard-packed", b, n);
+    static const uint8_t reply[] = {1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0,
+                                    0, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0x0a, 5, 0x0a, 1,
+                                    'u', 0x10, 1};
+    n = 0;
+    b[n++] = 0;
+    n += s_frame(b + n, reply, sizeof reply);
+    s_write("fuzz_batch", "gateway-packed", b, n);
 }
 
 static size_t s_be(uint8_t *p, uint64_t v, int bytes)

@@ -1,7 +1,9 @@
 /*
  * test_bus.c - CUnit suite of gw_bus.h, the gateway's connections to the
  * shards. The test plays the shards itself: ROUTER sockets that receive
- * [routing id][id][body] and answer [routing id][id][reply].
+ * [routing id][packed batch of one request] (im_zmq.h) and answer
+ * [routing id][id][reply] (the pairs form, which the bus reads too, as
+ * a shard sends a big page) or packed batches.
  *
  * The bus is a CURVE client with the keys of a test secret (im_zmq.h); a
  * TCP fake shard is the CURVE server with the same secret's server key
@@ -154,8 +156,11 @@ typedef struct shard {
 
 /* A request as the shard received it: [routing id][id][body]. */
 typedef struct request {
-    zmq_msg_t parts[3];
+    zmq_msg_t parts[2];     /* routing id, the packed batch */
     int n;
+    uint8_t id[8];          /* its one request */
+    const uint8_t *body;
+    size_t len;
 } request;
 
 /* Binds a shard at ep ("tcp://127.0.0.1:0" picks a port) in a context of
@@ -214,37 +219,41 @@ static bool shard_wait_peer(shard *s)
     return EXPECT(false, "no peer connected to %s within %d ms", s->ep, WAIT_MS);
 }
 
-/* Receives one request on s (waits at most WAIT_MS). */
+/* Receives one request on s (waits at most WAIT_MS): a message of one
+ * packed frame holding one record, as the bus sends it. */
 static bool shard_recv(shard *s, request *q)
 {
     zmq_pollitem_t it = {.socket = s->router, .events = ZMQ_POLLIN};
     q->n = 0;
     if (zmq_poll(&it, 1, WAIT_MS) > 0)
-        q->n = im_zmq_recv(s->router, q->parts, 3);
-    return EXPECT(q->n == 3 && zmq_msg_size(&q->parts[1]) == 8,
-                  "request at %s: %d frames", s->ep, q->n);
+        q->n = im_zmq_recv(s->router, q->parts, 2);
+    im_zmq_batch b;
+    const uint8_t *id;
+    bool ok = q->n == 2 && im_zmq_batch_open(&b, q->parts, 1, q->n, 2) && b.packed &&
+              b.count == 1 && im_zmq_batch_next(&b, &id, &q->body, &q->len);
+    if (ok)
+        memcpy(q->id, id, 8);
+    return EXPECT(ok, "request at %s: %d frames, not one packed record", s->ep, q->n);
 }
 
 static bool request_is(const request *q, const char *body)
 {
-    zmq_msg_t *m = (zmq_msg_t *)&q->parts[2];
-    return q->n == 3 && zmq_msg_size(m) == strlen(body) &&
-           memcmp(zmq_msg_data(m), body, strlen(body)) == 0;
+    return q->n == 2 && q->len == strlen(body) && memcmp(q->body, body, q->len) == 0;
 }
 
 static void request_close(request *q)
 {
-    im_zmq_close(q->parts, q->n, 3);
+    im_zmq_close(q->parts, q->n, 2);
     q->n = 0;
 }
 
-/* Answers q with body, under q's id or, when id is not NULL, under *id. */
+/* Answers q with body as a pair, under q's id or, when id is not NULL,
+ * under *id. */
 static void shard_answer(shard *s, request *q, const uint64_t *id, const char *body)
 {
     zmq_msg_t *rid = &q->parts[0];
     bool ok = zmq_send(s->router, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE) >= 0 &&
-              zmq_send(s->router, id ? (const void *)id : zmq_msg_data(&q->parts[1]), 8,
-                       ZMQ_SNDMORE) >= 0 &&
+              zmq_send(s->router, id ? (const void *)id : q->id, 8, ZMQ_SNDMORE) >= 0 &&
               zmq_send(s->router, body, strlen(body), 0) >= 0;
     EXPECT(ok, "answer at %s: %s", s->ep, zmq_strerror(errno));
 }
@@ -358,27 +367,45 @@ static void test_reply_pairs_by_id(void)
     pair_close(&f);
 }
 
-/* 1b. A shard answers a turn's requests in one message of [id][body]
- * pairs, notices (id 0) among them: each reply reaches its callback. */
+/* 1b. A shard answers a turn's requests in one message, notices (id 0)
+ * among them: packed (one frame), or as the pairs an older shard sends.
+ * Each reply reaches its callback; a broken packed message is dropped
+ * whole. */
 static void test_batched_replies(void)
 {
-    pair_fx f;
-    if (pair_open(&f)) {
-        static const uint8_t zero[8];
-        void *r = f.s.router;
-        zmq_msg_t *rid = &f.qb.parts[0];
-        bool ok = zmq_send(r, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE) >= 0 &&
-                  zmq_send(r, zmq_msg_data(&f.qb.parts[1]), 8, ZMQ_SNDMORE) >= 0 &&
-                  zmq_send(r, "reply-b", 7, ZMQ_SNDMORE) >= 0 &&
-                  zmq_send(r, zero, 8, ZMQ_SNDMORE) >= 0 && /* a notice: no hook here */
-                  zmq_send(r, "notice", 6, ZMQ_SNDMORE) >= 0 &&
-                  zmq_send(r, zmq_msg_data(&f.qa.parts[1]), 8, ZMQ_SNDMORE) >= 0 &&
-                  zmq_send(r, "reply-a", 7, 0) >= 0;
-        EXPECT(ok, "batched answer: %s", zmq_strerror(errno));
-        expect_reply(&f.rb, IM_OK, "reply-b");
-        expect_reply(&f.ra, IM_OK, "reply-a");
+    for (int packed = 0; packed < 2; packed++) {
+        pair_fx f;
+        if (pair_open(&f)) {
+            static const uint8_t zero[8];
+            void *r = f.s.router;
+            zmq_msg_t *rid = &f.qb.parts[0];
+            bool ok = zmq_send(r, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE) >= 0;
+            if (packed) {
+                /* first a packed message cut short: dropped whole, so
+                 * reply-b must come from the one after */
+                im_zmq_pack k = {0};
+                ok = ok && im_zmq_pack_add(&k, f.qb.id, "wrong-b", 7) == 0 &&
+                     zmq_send(r, k.p, k.n - 1, 0) >= 0 &&
+                     zmq_send(r, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE) >= 0;
+                im_zmq_pack_free(&k);
+                ok = ok && im_zmq_pack_add(&k, f.qb.id, "reply-b", 7) == 0 &&
+                     im_zmq_pack_add(&k, zero, "notice", 6) == 0 && /* no hook here */
+                     im_zmq_pack_add(&k, f.qa.id, "reply-a", 7) == 0 &&
+                     im_zmq_pack_send(&k, r, 0) == 0;
+            } else {
+                ok = ok && zmq_send(r, f.qb.id, 8, ZMQ_SNDMORE) >= 0 &&
+                     zmq_send(r, "reply-b", 7, ZMQ_SNDMORE) >= 0 &&
+                     zmq_send(r, zero, 8, ZMQ_SNDMORE) >= 0 && /* a notice: no hook here */
+                     zmq_send(r, "notice", 6, ZMQ_SNDMORE) >= 0 &&
+                     zmq_send(r, f.qa.id, 8, ZMQ_SNDMORE) >= 0 &&
+                     zmq_send(r, "reply-a", 7, 0) >= 0;
+            }
+            EXPECT(ok, "batched answer (packed %d): %s", packed, zmq_strerror(errno));
+            expect_reply(&f.rb, IM_OK, "reply-b");
+            expect_reply(&f.ra, IM_OK, "reply-a");
+        }
+        pair_close(&f);
     }
-    pair_close(&f);
 }
 
 /* 2. When shard 1's connection drops, its in-flight requests fail at once

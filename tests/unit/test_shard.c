@@ -3,10 +3,13 @@
  * in a temporary directory, ROUTER on inproc://) and a raw DEALER playing
  * the gateway, so that the framing is checked byte by byte rather than
  * through gw_bus:
- *   - one message of several [id][ShardRequest] pairs is handled whole:
- *     two Stores in one message are answered in one message of two pairs;
- *   - a message that is not whole pairs is dropped (there is no id to
+ *   - one packed message of several [id][ShardRequest] records is handled
+ *     whole: two Stores in one message are answered in one packed message
+ *     of two records; a page of 16 KiB or more comes alone as a pair;
+ *   - a message that is not a whole batch is dropped (there is no id to
  *     answer), and the shard goes on with the next one;
+ *   - a gateway of an older release (the pairs form) is answered in pairs
+ *     until it sends a packed message;
  *   - reads are answered by the turn that took them;
  *   - a Pull's read (ReadOp with ack_upto) acks and returns the page above
  *     its cursor, without seqs when skip_seqs asks so.
@@ -66,8 +69,16 @@ static bool s_write_receiver(pb_ostream_t *s, const pb_field_t *f, void *const *
            pb_encode_string(s, (const uint8_t *)uid, strlen(uid));
 }
 
-/* A StoreOp of msg_id for receiver, encoded (malloc'ed) into *out. */
-static size_t s_store_req(const char *receiver, const char *msg_id, uint8_t **out)
+static bool s_write_content(pb_ostream_t *s, const pb_field_t *f, void *const *arg)
+{
+    const im_buf *b = *arg;
+    return pb_encode_tag_for_field(s, f) && pb_encode_string(s, b->p, b->n);
+}
+
+/* A StoreOp of msg_id for receiver with content (may be NULL: none),
+ * encoded (malloc'ed) into *out. */
+static size_t s_store_req_content(const char *receiver, const char *msg_id, const im_buf *content,
+                                  uint8_t **out)
 {
     imbox_internal_v1_ShardRequest r = imbox_internal_v1_ShardRequest_init_zero;
     r.has_store = true;
@@ -75,10 +86,19 @@ static size_t s_store_req(const char *receiver, const char *msg_id, uint8_t **ou
     snprintf(r.store.msg_id, sizeof r.store.msg_id, "%s", msg_id);
     r.store.receivers.funcs.encode = s_write_receiver;
     r.store.receivers.arg = (void *)receiver;
+    if (content) {
+        r.store.content.funcs.encode = s_write_content;
+        r.store.content.arg = (void *)content;
+    }
     size_t n = 0;
     CU_ASSERT_FATAL(im_pb_encode(imbox_internal_v1_ShardRequest_fields, &r, out, &n) ==
                     0);
     return n;
+}
+
+static size_t s_store_req(const char *receiver, const char *msg_id, uint8_t **out)
+{
+    return s_store_req_content(receiver, msg_id, NULL, out);
 }
 
 /* A ReadOp of uid's first 10 (after acking up to ack_upto). */
@@ -212,6 +232,75 @@ static int s_recv(void *sock, zmq_msg_t *parts, int max)
     return im_zmq_recv(sock, parts, max);
 }
 
+/* Sends n requests (ids 8 bytes each, bodies) as one message: packed (one
+ * frame, what a gateway sends), or as the pairs of older gateways. */
+static bool s_send(void *dealer, bool packed, int n, const uint64_t *ids, uint8_t *const *bodies,
+                   const size_t *lens)
+{
+    if (packed) {
+        im_zmq_pack k = {0};
+        for (int i = 0; i < n; i++)
+            if (im_zmq_pack_add(&k, (const uint8_t *)&ids[i], bodies[i], lens[i])) {
+                im_zmq_pack_free(&k);
+                return false;
+            }
+        return im_zmq_pack_send(&k, dealer, 0) == 0;
+    }
+    for (int i = 0; i < n; i++) {
+        int more = i + 1 < n ? ZMQ_SNDMORE : 0;
+        if (zmq_send(dealer, &ids[i], 8, ZMQ_SNDMORE) != 8 ||
+            zmq_send(dealer, bodies[i], lens[i], more) != (int)lens[i])
+            return false;
+    }
+    return true;
+}
+
+/* One message from the shard, opened as a batch: up to 8 entries kept. */
+typedef struct got {
+    zmq_msg_t parts[8];
+    int frames, n;
+    bool packed;
+    uint64_t id[8];
+    const uint8_t *body[8];
+    size_t len[8];
+} got;
+
+/* Receives and opens one message (bounded wait); false when none came or
+ * it is not a whole batch. Close with s_got_close. */
+static bool s_got(void *dealer, got *g)
+{
+    memset(g, 0, sizeof *g);
+    g->frames = s_recv(dealer, g->parts, 8);
+    im_zmq_batch b;
+    if (!g->frames || !im_zmq_batch_open(&b, g->parts, 0, g->frames, 8))
+        return false;
+    g->packed = b.packed;
+    const uint8_t *id;
+    while (g->n < 8 && im_zmq_batch_next(&b, &id, &g->body[g->n], &g->len[g->n]))
+        memcpy(&g->id[g->n++], id, 8);
+    return true;
+}
+
+static void s_got_close(got *g)
+{
+    im_zmq_close(g->parts, g->frames, 8);
+}
+
+/* A read's reply: id, code 0, count messages up to last_seq, seqs as asked. */
+static void s_expect_read(fixture *f, const got *g, int i, uint64_t id, unsigned count,
+                          uint64_t last, unsigned seqs, const char *what)
+{
+    bool ok = s_decode_reply(g->body[i], g->len[i], f->reply);
+    EXPECT(g->id[i] == id && ok && f->reply->code == 0 && f->reply->count == count &&
+               f->reply->last_seq == last && f->reply->seqs_count == seqs &&
+               (!seqs || f->reply->seqs[0] == last - count + 1),
+           "%s: id %llu code %d, %u messages up to seq %llu, %u seqs (want %llu: %u up to "
+           "%llu, %u seqs)",
+           what, (unsigned long long)g->id[i], (int)f->reply->code, (unsigned)f->reply->count,
+           (unsigned long long)f->reply->last_seq, (unsigned)f->reply->seqs_count,
+           (unsigned long long)id, count, (unsigned long long)last, seqs);
+}
+
 static void test_batch_in_one_message(void)
 {
     fixture f;
@@ -222,81 +311,107 @@ static void test_batch_in_one_message(void)
     uint8_t *a, *b, *bad, *rd;
     size_t na = s_store_req("bob", "m-1", &a), nb = s_store_req("carol", "m-2", &b);
     size_t nbad = s_store_req("bob", "m-bad", &bad), nrd = s_read_req("bob", 0, false, &rd);
-    uint64_t id1 = 1, id2 = 2, id3 = 3, id4 = 4;
-    /* Two Stores in one message. */
-    bool sent = zmq_send(f.dealer, &id1, 8, ZMQ_SNDMORE) == 8 &&
-                zmq_send(f.dealer, a, na, ZMQ_SNDMORE) == (int)na &&
-                zmq_send(f.dealer, &id2, 8, ZMQ_SNDMORE) == 8 &&
-                zmq_send(f.dealer, b, nb, 0) == (int)nb;
-    EXPECT(sent, "send the batch: %s", zmq_strerror(errno));
-    zmq_msg_t parts[8];
-    int n = s_recv(f.dealer, parts, 8);
-    if (EXPECT(n == 4, "one reply message of two pairs, got %d frames", n)) {
-        uint64_t got1, got2;
-        memcpy(&got1, zmq_msg_data(&parts[0]), 8);
-        memcpy(&got2, zmq_msg_data(&parts[2]), 8);
-        EXPECT(got1 == 1 && got2 == 2, "replies in request order: %llu %llu",
-               (unsigned long long)got1, (unsigned long long)got2);
-        for (int i = 1; i < 4; i += 2) {
-            bool ok = s_decode_reply(zmq_msg_data(&parts[i]), zmq_msg_size(&parts[i]), f.reply);
+    /* Two Stores in one packed message: one packed answer of two records. */
+    uint64_t ids[2] = {1, 2};
+    uint8_t *bodies[2] = {a, b};
+    size_t lens[2] = {na, nb};
+    EXPECT(s_send(f.dealer, true, 2, ids, bodies, lens), "send the batch: %s",
+           zmq_strerror(errno));
+    got g;
+    bool ok = s_got(f.dealer, &g);
+    if (EXPECT(ok && g.packed && g.frames == 1 && g.n == 2,
+               "one packed reply of two records, got %d frames (packed %d, %d entries)",
+               g.frames, g.packed, g.n)) {
+        EXPECT(g.id[0] == 1 && g.id[1] == 2, "replies in request order: %llu %llu",
+               (unsigned long long)g.id[0], (unsigned long long)g.id[1]);
+        for (int i = 0; i < 2; i++) {
+            ok = s_decode_reply(g.body[i], g.len[i], f.reply);
             EXPECT(ok && f.reply->code == 0 && f.reply->results_count == 1 &&
                        f.reply->results[0].code == 0 && f.reply->results[0].seq == 1,
-                   "pair %d: a stored receipt (code %d, %d results)", i / 2,
+                   "record %d: a stored receipt (code %d, %d results)", i,
                    (int)f.reply->code, (int)f.reply->results_count);
         }
     }
-    im_zmq_close(parts, n, 8);
-    /* Not whole pairs: dropped, nothing stored, no answer. */
-    sent = zmq_send(f.dealer, &id3, 8, ZMQ_SNDMORE) == 8 &&
-           zmq_send(f.dealer, bad, nbad, ZMQ_SNDMORE) == (int)nbad &&
-           zmq_send(f.dealer, &id3, 8, 0) == 8;
-    EXPECT(sent, "send the malformed message");
+    s_got_close(&g);
+    /* Not whole batches, each dropped: a last record cut short, a byte
+     * after the last record, an unknown first byte, no record, and pairs
+     * with a 7-byte id. Nothing stored, no answer. */
+    im_zmq_pack k = {0};
+    uint64_t id3 = 3;
+    CU_ASSERT_FATAL(im_zmq_pack_add(&k, (const uint8_t *)&id3, bad, nbad) == 0);
+    size_t fn = k.n;
+    uint8_t *cut = k.p, *longer = malloc(fn + 1), *v2 = malloc(fn);
+    CU_ASSERT_FATAL(longer && v2);
+    memcpy(longer, cut, fn);
+    longer[fn] = 0;
+    memcpy(v2, cut, fn);
+    v2[0] = IM_ZMQ_PACKED + 1;
+    const uint8_t empty = IM_ZMQ_PACKED;
+    const uint8_t *broken[] = {cut, longer, v2, &empty};
+    size_t nbroken[] = {fn - 1, fn + 1, fn, 1};
+    for (int i = 0; i < 4; i++)
+        EXPECT(zmq_send(f.dealer, broken[i], nbroken[i], 0) == (int)nbroken[i],
+               "send broken message %d", i);
+    EXPECT(zmq_send(f.dealer, &id3, 7, ZMQ_SNDMORE) == 7 &&
+               zmq_send(f.dealer, bad, nbad, 0) == (int)nbad,
+           "send the short-id pair");
+    im_zmq_pack_free(&k);
+    free(longer);
+    free(v2);
     /* The next message is answered, and shows only m-1 stored for bob. */
-    sent = zmq_send(f.dealer, &id4, 8, ZMQ_SNDMORE) == 8 && zmq_send(f.dealer, rd, nrd, 0) ==
-                                                                  (int)nrd;
-    EXPECT(sent, "send the read");
-    n = s_recv(f.dealer, parts, 8);
-    if (EXPECT(n == 2, "the read's answer alone (the malformed one dropped), got %d frames",
-               n)) {
-        uint64_t got;
-        memcpy(&got, zmq_msg_data(&parts[0]), 8);
-        bool ok = s_decode_reply(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), f.reply);
-        EXPECT(got == 4 && ok && f.reply->code == 0 && f.reply->count == 1 &&
-                   f.reply->last_seq == 1 && f.reply->seqs_count == 1 && f.reply->seqs[0] == 1,
-               "read: id %llu, %u messages up to seq %llu, %u seqs (want 1, m-1 only)",
-               (unsigned long long)got, (unsigned)f.reply->count,
-               (unsigned long long)f.reply->last_seq, (unsigned)f.reply->seqs_count);
-    }
-    im_zmq_close(parts, n, 8);
+    uint64_t id4 = 4;
+    EXPECT(s_send(f.dealer, true, 1, &id4, &rd, &nrd), "send the read");
+    ok = s_got(f.dealer, &g);
+    if (EXPECT(ok && g.n == 1, "the read's answer alone (the broken ones dropped), got %d "
+                               "frames, %d entries", g.frames, g.n))
+        s_expect_read(&f, &g, 0, 4, 1, 1, 1, "read");
+    s_got_close(&g);
     /* m-2 (seq 2), then a Pull's read: it acks m-1 (on the committer,
      * while the page is read) and returns m-2 without seqs (none asked).
      * A read from the start then finds m-2 alone: the ack happened. */
     uint8_t *st2, *pull, *again;
     size_t nst2 = s_store_req("bob", "m-2", &st2);
     size_t npull = s_read_req("bob", 1, true, &pull), nagain = s_read_req("bob", 0, false, &again);
-    const uint8_t *req[3] = {st2, pull, again};
+    uint8_t *req[3] = {st2, pull, again};
     size_t nreq[3] = {nst2, npull, nagain};
-    for (int k = 0; k < 3; k++) {
-        uint64_t idk = 5 + (uint64_t)k;
-        sent = zmq_send(f.dealer, &idk, 8, ZMQ_SNDMORE) == 8 &&
-               zmq_send(f.dealer, req[k], nreq[k], 0) == (int)nreq[k];
-        EXPECT(sent, "send request %d", k);
-        n = s_recv(f.dealer, parts, 8);
-        if (EXPECT(n == 2, "request %d: one answer, got %d frames", k, n) && k > 0) {
-            uint64_t got;
-            memcpy(&got, zmq_msg_data(&parts[0]), 8);
-            bool ok = s_decode_reply(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), f.reply);
-            unsigned want_seqs = k == 1 ? 0 : 1;
-            EXPECT(got == idk && ok && f.reply->code == 0 && f.reply->count == 1 &&
-                       f.reply->last_seq == 2 && f.reply->seqs_count == want_seqs &&
-                       (!want_seqs || f.reply->seqs[0] == 2),
-                   "read %d: id %llu code %d, %u messages up to %llu, %u seqs (want %u)", k,
-                   (unsigned long long)got, (int)f.reply->code, (unsigned)f.reply->count,
-                   (unsigned long long)f.reply->last_seq, (unsigned)f.reply->seqs_count,
-                   want_seqs);
-        }
-        im_zmq_close(parts, n, 8);
+    for (int i = 0; i < 3; i++) {
+        uint64_t idk = 5 + (uint64_t)i;
+        EXPECT(s_send(f.dealer, true, 1, &idk, &req[i], &nreq[i]), "send request %d", i);
+        ok = s_got(f.dealer, &g);
+        if (EXPECT(ok && g.n == 1, "request %d: one answer, got %d frames, %d entries", i,
+                   g.frames, g.n) && i > 0)
+            s_expect_read(&f, &g, 0, idk, 1, 2, i == 1 ? 0 : 1, i == 1 ? "pull" : "read");
+        s_got_close(&g);
     }
+    /* A page of 16 KiB or more travels alone, as a pair (no copy): ten
+     * messages of 2 KiB, then a read of them. */
+    im_buf big = {.p = malloc(2048), .n = 2048};
+    CU_ASSERT_FATAL(big.p != NULL);
+    memset(big.p, 'x', big.n);
+    for (int i = 0; i < 10; i++) {
+        char mid[16];
+        snprintf(mid, sizeof mid, "big-%d", i);
+        uint8_t *q;
+        size_t nq = s_store_req_content("dave", mid, &big, &q);
+        uint64_t idq = 100 + (uint64_t)i;
+        EXPECT(s_send(f.dealer, true, 1, &idq, &q, &nq), "send big %d", i);
+        free(q);
+        ok = s_got(f.dealer, &g);
+        EXPECT(ok && g.n == 1 && g.id[0] == idq, "big %d answered", i);
+        s_got_close(&g);
+    }
+    free(big.p);
+    uint8_t *page;
+    size_t npage = s_read_req("dave", 0, false, &page);
+    uint64_t idp = 200;
+    EXPECT(s_send(f.dealer, true, 1, &idp, &page, &npage), "send the page's read");
+    free(page);
+    ok = s_got(f.dealer, &g);
+    if (EXPECT(ok && !g.packed && g.frames == 2 && g.n == 1 && g.len[0] >= 20480,
+               "the page alone as a pair: %d frames, packed %d, %zu bytes", g.frames,
+               g.packed, g.len[0]))
+        s_expect_read(&f, &g, 0, 200, 10, 10, 10, "page");
+    s_got_close(&g);
     free(st2);
     free(pull);
     free(again);
@@ -393,12 +508,10 @@ static void test_sweep_runs_on_the_committer(void)
         uint8_t *a;
         size_t na = s_store_req("bob", "m-old", &a);
         uint64_t id = 1;
-        bool sent = zmq_send(f.dealer, &id, 8, ZMQ_SNDMORE) == 8 &&
-                    zmq_send(f.dealer, a, na, 0) == (int)na;
-        zmq_msg_t parts[4];
-        int n = sent ? s_recv(f.dealer, parts, 4) : 0;
-        EXPECT(n == 2, "the store answered (%d frames)", n);
-        im_zmq_close(parts, n, 4);
+        got g;
+        bool ok = s_send(f.dealer, true, 1, &id, &a, &na) && s_got(f.dealer, &g);
+        EXPECT(ok && g.n == 1, "the store answered (%d frames)", g.frames);
+        s_got_close(&g);
         free(a);
         /* 31 days later: past the default 30-day expiry */
         atomic_store(&s_offset, 31LL * 24 * 3600 * 1000);
@@ -411,23 +524,65 @@ static void test_sweep_runs_on_the_committer(void)
     atomic_store(&s_offset, 0);
 }
 
-/* One request (its bytes freed here) as id, and its reply decoded into
- * f->reply; false when no reply of one pair came back within WAIT_MS. */
+/* One request (its bytes freed here) as id, packed or in pairs, and its
+ * reply decoded into f->reply, which came in the same form; false when no
+ * reply of one entry came back within WAIT_MS. */
+static bool s_call_as(fixture *f, bool packed, uint64_t id, uint8_t *req, size_t n)
+{
+    got g;
+    bool ok = s_send(f->dealer, packed, 1, &id, &req, &n) && s_got(f->dealer, &g);
+    free(req);
+    ok = ok && g.n == 1 && g.id[0] == id && g.packed == packed &&
+         s_decode_reply(g.body[0], g.len[0], f->reply);
+    s_got_close(&g);
+    return EXPECT(ok, "request %llu (%s): %d frames, %d entries, id %llu, packed %d",
+                  (unsigned long long)id, packed ? "packed" : "pairs", g.frames, g.n,
+                  (unsigned long long)g.id[0], g.packed);
+}
+
 static bool s_call(fixture *f, uint64_t id, uint8_t *req, size_t n)
 {
-    bool ok = zmq_send(f->dealer, &id, 8, ZMQ_SNDMORE) == 8 &&
-              zmq_send(f->dealer, req, n, 0) == (int)n;
-    free(req);
-    zmq_msg_t parts[4];
-    int got = ok ? s_recv(f->dealer, parts, 4) : 0;
-    uint64_t rid = 0;
-    if (got == 2)
-        memcpy(&rid, zmq_msg_data(&parts[0]), 8);
-    ok = got == 2 && rid == id &&
-         s_decode_reply(zmq_msg_data(&parts[1]), zmq_msg_size(&parts[1]), f->reply);
-    im_zmq_close(parts, got, 4);
-    return EXPECT(ok, "request %llu: %d frames, id %llu", (unsigned long long)id, got,
-                  (unsigned long long)rid);
+    return s_call_as(f, true, id, req, n);
+}
+
+/* A gateway of an older release sends and reads pairs: two Stores in one
+ * message of pairs are answered in pairs (each its own message), and so is
+ * everything after, until the same gateway sends a packed message. */
+static void test_older_gateway_pairs(void)
+{
+    fixture f;
+    if (!s_start(&f, "inproc://test-shard-pairs")) {
+        s_stop(&f);
+        return;
+    }
+    uint8_t *a, *b;
+    size_t na = s_store_req("bob", "p-1", &a), nb = s_store_req("bob", "p-2", &b);
+    uint64_t ids[2] = {1, 2};
+    uint8_t *bodies[2] = {a, b};
+    size_t lens[2] = {na, nb};
+    EXPECT(s_send(f.dealer, false, 2, ids, bodies, lens), "send two pairs");
+    free(a);
+    free(b);
+    for (int i = 0; i < 2; i++) {
+        got g;
+        bool ok = s_got(f.dealer, &g);
+        ok = ok && !g.packed && g.n == 1 && g.id[0] == ids[i] &&
+             s_decode_reply(g.body[0], g.len[0], f.reply) && f.reply->results_count == 1 &&
+             f.reply->results[0].code == 0 && f.reply->results[0].seq == (uint64_t)i + 1;
+        EXPECT(ok, "store %d answered as a pair (%d frames, packed %d, id %llu)", i,
+               g.frames, g.packed, (unsigned long long)g.id[0]);
+        s_got_close(&g);
+    }
+    uint8_t *q;
+    size_t n = s_counts_req("bob", &q);
+    if (s_call_as(&f, false, 3, q, n))
+        EXPECT(f.reply->total == 2, "counts in pairs: total %llu",
+               (unsigned long long)f.reply->total);
+    n = s_counts_req("bob", &q); /* upgraded: packed both ways from now on */
+    if (s_call_as(&f, true, 4, q, n))
+        EXPECT(f.reply->total == 2, "counts packed: total %llu",
+               (unsigned long long)f.reply->total);
+    s_stop(&f);
 }
 
 /* Counts over the wire: read and answered at once while nothing expired;
@@ -468,6 +623,7 @@ static void test_counts_read_then_purged(void)
 
 static const im_cunit_test tests[] = {
     {"batch_in_one_message", test_batch_in_one_message},
+    {"older_gateway_pairs", test_older_gateway_pairs},
     {"local_committer", test_local_committer},
     {"sweep_runs_on_the_committer", test_sweep_runs_on_the_committer},
     {"counts_read_then_purged", test_counts_read_then_purged},
