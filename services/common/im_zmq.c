@@ -191,22 +191,12 @@ bool im_zmq_batch_next(im_zmq_batch *b, const uint8_t **id, const uint8_t **body
 
 int im_zmq_pack_add(im_zmq_pack *k, const uint8_t id[8], const void *body, size_t len)
 {
-    if (len > UINT32_MAX)
+    im_buf *b = &k->b;
+    if (len > UINT32_MAX || im_buf_reserve(b, (b->n ? 0 : 1) + IM_ZMQ_RECORD_HEAD + len))
         return -1;
-    size_t need = (k->n ? k->n : 1) + IM_ZMQ_RECORD_HEAD + len;
-    if (need > k->cap) {
-        size_t cap = k->cap ? k->cap : 4096;
-        while (cap < need)
-            cap *= 2;
-        uint8_t *p = realloc(k->p, cap);
-        if (!p)
-            return -1;
-        k->p = p;
-        k->cap = cap;
-    }
-    if (k->n == 0)
-        k->p[k->n++] = IM_ZMQ_PACKED;
-    uint8_t *q = k->p + k->n;
+    if (b->n == 0)
+        b->p[b->n++] = IM_ZMQ_PACKED;
+    uint8_t *q = b->p + b->n;
     memcpy(q, id, 8);
     q[8] = (uint8_t)len;
     q[9] = (uint8_t)(len >> 8);
@@ -214,7 +204,7 @@ int im_zmq_pack_add(im_zmq_pack *k, const uint8_t id[8], const void *body, size_
     q[11] = (uint8_t)(len >> 24);
     if (len)
         memcpy(q + IM_ZMQ_RECORD_HEAD, body, len);
-    k->n += IM_ZMQ_RECORD_HEAD + len;
+    b->n += IM_ZMQ_RECORD_HEAD + len;
     k->count++;
     return 0;
 }
@@ -227,8 +217,8 @@ static void s_free_pack(void *data, void *hint)
 
 int im_zmq_pack_send(im_zmq_pack *k, void *sock, int flags)
 {
-    uint8_t *p = k->p;
-    size_t n = k->n;
+    uint8_t *p = k->b.p;
+    size_t n = k->b.n;
     *k = (im_zmq_pack){0};
     zmq_msg_t m;
     if (zmq_msg_init_data(&m, p, n, s_free_pack, NULL)) {
@@ -246,8 +236,8 @@ int im_zmq_pack_send(im_zmq_pack *k, void *sock, int flags)
 
 void im_zmq_pack_free(im_zmq_pack *k)
 {
-    free(k->p);
-    *k = (im_zmq_pack){0};
+    im_buf_free(&k->b);
+    k->count = 0;
 }
 
 /* One key pair: Z85 of the derived secret key, and its public key. */

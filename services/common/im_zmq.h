@@ -26,6 +26,7 @@
 #include <zmq.h>
 
 #include "im_auth.h"
+#include "im_wire.h"
 
 /*
  * The batch framing (shard.proto). One ZeroMQ message between a gateway and
@@ -77,10 +78,10 @@ bool im_zmq_batch_open(im_zmq_batch *b, const zmq_msg_t *parts, int first, int n
  * the last. */
 bool im_zmq_batch_next(im_zmq_batch *b, const uint8_t **id, const uint8_t **body, size_t *len);
 
-/* A packed message being built; all zero is empty. */
+/* A packed message being built (its frame's bytes in b); all zero is
+ * empty. */
 typedef struct im_zmq_pack {
-    uint8_t *p;
-    size_t n, cap;
+    im_buf b;
     int count;
 } im_zmq_pack;
 

@@ -103,8 +103,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         FZ_CHECK(seen == want);
         if (b.packed)
-            FZ_CHECK(k.n == zmq_msg_size(&parts[first]) &&
-                     memcmp(k.p, zmq_msg_data(&parts[first]), k.n) == 0);
+            FZ_CHECK(k.b.n == zmq_msg_size(&parts[first]) &&
+                     memcmp(k.b.p, zmq_msg_data(&parts[first]), k.b.n) == 0);
         im_zmq_pack_free(&k);
     }
     im_zmq_close(parts, n, max);

@@ -385,7 +385,7 @@ static void test_batched_replies(void)
                  * reply-b must come from the one after */
                 im_zmq_pack k = {0};
                 ok = ok && im_zmq_pack_add(&k, f.qb.id, "wrong-b", 7) == 0 &&
-                     zmq_send(r, k.p, k.n - 1, 0) >= 0 &&
+                     zmq_send(r, k.b.p, k.b.n - 1, 0) >= 0 &&
                      zmq_send(r, zmq_msg_data(rid), zmq_msg_size(rid), ZMQ_SNDMORE) >= 0;
                 im_zmq_pack_free(&k);
                 ok = ok && im_zmq_pack_add(&k, f.qb.id, "reply-b", 7) == 0 &&

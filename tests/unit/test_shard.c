@@ -339,8 +339,8 @@ static void test_batch_in_one_message(void)
     im_zmq_pack k = {0};
     uint64_t id3 = 3;
     CU_ASSERT_FATAL(im_zmq_pack_add(&k, (const uint8_t *)&id3, bad, nbad) == 0);
-    size_t fn = k.n;
-    uint8_t *cut = k.p, *longer = malloc(fn + 1), *v2 = malloc(fn);
+    size_t fn = k.b.n;
+    uint8_t *cut = k.b.p, *longer = malloc(fn + 1), *v2 = malloc(fn);
     CU_ASSERT_FATAL(longer && v2);
     memcpy(longer, cut, fn);
     longer[fn] = 0;
