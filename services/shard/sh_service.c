@@ -150,6 +150,7 @@ struct sh_service {
         size_t len;
     } pairs_peers[SH_PAIRS_PEERS];
     int npairs, pairs_next;
+    int64_t pairs_logged;   /* monotonic ms of the last warning about them */
 };
 
 /* The shard whose turn is running on this thread (its own thread, or the
@@ -271,8 +272,14 @@ static void s_peer_form(sh_service *sh, const uint8_t *ident, size_t len, bool p
     int i = sh->npairs < SH_PAIRS_PEERS ? sh->npairs++ : sh->pairs_next++ % SH_PAIRS_PEERS;
     memcpy(sh->pairs_peers[i].ident, ident, len);
     sh->pairs_peers[i].len = len;
+    int64_t now = s_mono_ms();
+    if (sh->pairs_logged && now - sh->pairs_logged < 10000)
+        return; /* once in 10 s: an evicted gateway comes back per message */
+    sh->pairs_logged = now;
     IM_LOG_IDX(IM_LOG_WARN, "shard", "shard", sh->c.index,
-               "a gateway of an older release (pairs framing) is connected: answered in its form");
+               "%d gateway(s) of an older release (pairs framing) connected: answered in "
+               "their form until they are upgraded",
+               sh->npairs);
 }
 
 /* Queues a reply or notice (body malloc'ed, taken) for the peer ident, in
