@@ -59,7 +59,6 @@ typedef enum { JOB_STORE = 1, JOB_READ, JOB_ACK, JOB_COUNTS } sh_kind;
 typedef struct sh_out {
     uint8_t ident[SH_IDENT_MAX];
     size_t ident_len;
-    bool pairs;             /* the peer speaks the pairs form (SH_PAIRS_PEERS) */
     im_zmq_pack pk;
 } sh_out;
 
@@ -309,9 +308,9 @@ static void s_out_add(sh_service *sh, const uint8_t *ident, size_t ident_len,
         x = &sh->outs[sh->nouts++];
         memcpy(x->ident, ident, ident_len);
         x->ident_len = ident_len;
-        x->pairs = s_peer_pairs(sh, ident, ident_len);
     }
-    if (x->pairs || len >= SH_ALONE_BYTES) {
+    /* asked each time: a gateway may upgrade between two messages of a turn */
+    if (len >= SH_ALONE_BYTES || s_peer_pairs(sh, ident, ident_len)) {
         s_out_send(sh, x);
         zmq_msg_t m;
         if (zmq_msg_init_data(&m, body, len, s_free_frame, NULL))
