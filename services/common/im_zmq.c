@@ -209,22 +209,33 @@ int im_zmq_pack_add(im_zmq_pack *k, const uint8_t id[8], const void *body, size_
     return 0;
 }
 
-static void s_free_pack(void *data, void *hint)
+static void s_free_buf(void *data, void *hint)
 {
     (void)hint;
     free(data);
 }
 
-int im_zmq_pack_send(im_zmq_pack *k, void *sock, int flags)
+int im_zmq_msg_take(zmq_msg_t *m, void *buf, size_t n)
+{
+    if (zmq_msg_init_data(m, buf, n, s_free_buf, NULL) == 0)
+        return 0;
+    free(buf);
+    return -1;
+}
+
+int im_zmq_pack_take(im_zmq_pack *k, zmq_msg_t *m)
 {
     uint8_t *p = k->b.p;
     size_t n = k->b.n;
     *k = (im_zmq_pack){0};
+    return im_zmq_msg_take(m, p, n);
+}
+
+int im_zmq_pack_send(im_zmq_pack *k, void *sock, int flags)
+{
     zmq_msg_t m;
-    if (zmq_msg_init_data(&m, p, n, s_free_pack, NULL)) {
-        free(p);
+    if (im_zmq_pack_take(k, &m))
         return -1;
-    }
     if (zmq_msg_send(&m, sock, flags) < 0) {
         int e = errno;
         zmq_msg_close(&m);

@@ -89,10 +89,19 @@ typedef struct im_zmq_pack {
  * memory, or a body of 4 GiB or more. */
 int im_zmq_pack_add(im_zmq_pack *k, const uint8_t id[8], const void *body, size_t len);
 
-/* Sends the packed frame with flags (ZMQ_DONTWAIT, ZMQ_SNDMORE...); its
- * buffer goes with the frame, without a copy, and k is empty afterwards
- * whether the send worked or not. Returns 0, or -1 with errno (the
- * records are lost). */
+/* Makes *m a frame of buf (malloc'ed, n bytes) without a copy: the frame
+ * frees it. Returns 0, or -1 (out of memory) with buf freed. Build every
+ * frame of a message before sending its first, so that a failure cannot
+ * leave a message half sent. */
+int im_zmq_msg_take(zmq_msg_t *m, void *buf, size_t n);
+
+/* Moves the packed frame into *m (im_zmq_msg_take): k is empty afterwards
+ * either way. Returns 0, or -1 (out of memory: the records are lost). */
+int im_zmq_pack_take(im_zmq_pack *k, zmq_msg_t *m);
+
+/* Sends the packed frame alone (im_zmq_pack_take, then zmq_msg_send with
+ * flags): k is empty afterwards whether the send worked or not. Returns 0,
+ * or -1 with errno (the records are lost). */
 int im_zmq_pack_send(im_zmq_pack *k, void *sock, int flags);
 
 /* Frees what k holds (after a failed build). */

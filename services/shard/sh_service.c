@@ -209,12 +209,6 @@ static void s_reply_reset(sh_service *sh)
     sh->entries.n = 0;
 }
 
-static void s_free_frame(void *data, void *hint)
-{
-    (void)hint;
-    free(data);
-}
-
 /* Sends one message [ident][frame...] to the ROUTER. A peer that is gone
  * (EHOSTUNREACH under ROUTER_MANDATORY) loses it: the gateway has already
  * answered its callers UNAVAILABLE. Only the first frame can fail. */
@@ -228,16 +222,24 @@ static bool s_out_ident(sh_service *sh, const sh_out *x)
     return false;
 }
 
-/* Sends x's packed replies, if any. */
+/* Sends x's packed replies, if any: [ident][packed frame], the frame
+ * built first (im_zmq_msg_take). */
 static void s_out_send(sh_service *sh, sh_out *x)
 {
     if (!x->pk.count)
         return;
-    if (!s_out_ident(sh, x))
-        im_zmq_pack_free(&x->pk);
-    else if (im_zmq_pack_send(&x->pk, sh->router, ZMQ_DONTWAIT) < 0)
+    zmq_msg_t m;
+    if (im_zmq_pack_take(&x->pk, &m)) {
+        IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "replies lost: out of memory");
+        return;
+    }
+    if (!s_out_ident(sh, x)) {
+        zmq_msg_close(&m); /* the peer is gone */
+    } else if (zmq_msg_send(&m, sh->router, ZMQ_DONTWAIT) < 0) {
         IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "replies lost: %s",
                    zmq_strerror(errno));
+        zmq_msg_close(&m);
+    }
 }
 
 /* Sends every outbox to its peer. */
@@ -248,27 +250,24 @@ static void s_out_flush(sh_service *sh)
     sh->nouts = 0;
 }
 
-/* Whether peer ident speaks only the pairs form (an older gateway). */
-static bool s_peer_pairs(const sh_service *sh, const uint8_t *ident, size_t len)
+/* The slot of peer ident among the older gateways (pairs_peers), or -1. */
+static int s_peer_pairs(const sh_service *sh, const uint8_t *ident, size_t len)
 {
     for (int i = 0; i < sh->npairs; i++)
         if (sh->pairs_peers[i].len == len && !memcmp(sh->pairs_peers[i].ident, ident, len))
-            return true;
-    return false;
+            return i;
+    return -1;
 }
 
 /* Notes the form of a message from peer ident (len <= SH_IDENT_MAX). */
 static void s_peer_form(sh_service *sh, const uint8_t *ident, size_t len, bool packed)
 {
-    for (int i = 0; i < sh->npairs; i++)
-        if (sh->pairs_peers[i].len == len && !memcmp(sh->pairs_peers[i].ident, ident, len)) {
-            if (packed) /* upgraded: forget it */
-                sh->pairs_peers[i] = sh->pairs_peers[--sh->npairs];
-            return;
-        }
-    if (packed)
+    int i = s_peer_pairs(sh, ident, len);
+    if (i >= 0 && packed) /* upgraded: forget it */
+        sh->pairs_peers[i] = sh->pairs_peers[--sh->npairs];
+    if (i >= 0 || packed)
         return;
-    int i = sh->npairs < SH_PAIRS_PEERS ? sh->npairs++ : sh->pairs_next++ % SH_PAIRS_PEERS;
+    i = sh->npairs < SH_PAIRS_PEERS ? sh->npairs++ : sh->pairs_next++ % SH_PAIRS_PEERS;
     memcpy(sh->pairs_peers[i].ident, ident, len);
     sh->pairs_peers[i].len = len;
     int64_t now = s_mono_ms();
@@ -310,11 +309,14 @@ static void s_out_add(sh_service *sh, const uint8_t *ident, size_t ident_len,
         x->ident_len = ident_len;
     }
     /* asked each time: a gateway may upgrade between two messages of a turn */
-    if (len >= SH_ALONE_BYTES || s_peer_pairs(sh, ident, ident_len)) {
+    if (len >= SH_ALONE_BYTES || s_peer_pairs(sh, ident, ident_len) >= 0) {
         s_out_send(sh, x);
         zmq_msg_t m;
-        if (zmq_msg_init_data(&m, body, len, s_free_frame, NULL))
-            goto oom;
+        if (im_zmq_msg_take(&m, body, len)) {
+            IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index,
+                       "reply lost: out of memory");
+            return;
+        }
         if (!s_out_ident(sh, x) || zmq_send(sh->router, id, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
             zmq_msg_send(&m, sh->router, ZMQ_DONTWAIT) < 0)
             zmq_msg_close(&m); /* the peer is gone (or cannot be: see s_out_ident) */
