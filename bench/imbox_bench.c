@@ -737,7 +737,7 @@ static int s_custom(void *self, const char *workload)
     if (!latency && strcmp(workload, "push-idle"))
         return -2;
     pb_args a = {
-        .latency = latency,
+        .mode = latency ? PB_LATENCY : PB_IDLE,
         .send_addr = b->addr,
         .sub_addr = b->sub_addr ? b->sub_addr : b->addr,
         .data_dir = b->data_dir,

@@ -13,6 +13,11 @@
  *              [--subscribers 10000] [--seconds 10] [--gateway-pid P]
  *              [--probe-calls 2000] [--probe-rate 200]
  *              [--streams-per-channel 0] [--json]
+ *   push_bench --mode churn --sub-addr B --data-dir D
+ *              [--cycles 100000] [--subscribers 100] [--seconds 10]
+ *              [--gateway-pid P] [--server-pids P1,P2,...]
+ *              [--cancel-at open] [--no-token] [--probe-calls 2000]
+ *              [--probe-rate 200] [--json]
  *
  * Output: key=value lines (or one JSON object with --json) on stdout;
  * notes and errors on stderr. Exit 0, 1 when a check failed or the server
@@ -41,7 +46,11 @@ static void s_usage(FILE *f)
             "                  [--streams-per-channel N] [--json]\n"
             "       push_bench --mode idle --sub-addr B --data-dir D [--subscribers 10000]\n"
             "                  [--seconds 10] [--gateway-pid P] [--probe-calls 2000]\n"
-            "                  [--probe-rate 200] [--streams-per-channel N] [--json]\n");
+            "                  [--probe-rate 200] [--streams-per-channel N] [--json]\n"
+            "       push_bench --mode churn --sub-addr B --data-dir D [--cycles 100000]\n"
+            "                  [--subscribers 100] [--seconds 10] [--gateway-pid P]\n"
+            "                  [--server-pids P1,P2] [--cancel-at open|start] [--no-token]\n"
+            "                  [--probe-calls 2000] [--probe-rate 200] [--json]\n");
 }
 
 static double s_num(const char *flag, const char *v, double lo, double hi)
@@ -67,6 +76,7 @@ int main(int argc, char **argv)
         .probe_calls = 2000,
         .probe_rate = 200,
         .max_inflight = 4096,
+        .cycles = 100000,
     };
     int pids[PB_MAX_PIDS];
     const char *mode = NULL, *pidlist = NULL;
@@ -79,6 +89,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(f, "--json")) {
             json = true;
+            continue;
+        }
+        if (!strcmp(f, "--no-token")) {
+            a.no_token = true;
             continue;
         }
         if (i + 1 >= argc) {
@@ -110,6 +124,14 @@ int main(int argc, char **argv)
             a.max_inflight = (int)s_num(f, v, 1, 1000000);
         else if (!strcmp(f, "--streams-per-channel"))
             a.per_channel = (uint32_t)s_num(f, v, 0, 1000000);
+        else if (!strcmp(f, "--cancel-at")) {
+            if (strcmp(v, "open") && strcmp(v, "start")) {
+                fprintf(stderr, "push_bench: --cancel-at is open or start, not '%s'\n", v);
+                return 2;
+            }
+            a.cancel_at_start = !strcmp(v, "start");
+        } else if (!strcmp(f, "--cycles"))
+            a.cycles = (uint64_t)s_num(f, v, 1, 50000000);
         else if (!strcmp(f, "--gateway-pid"))
             a.gw_pid = (int)s_num(f, v, 1, INT_MAX);
         else if (!strcmp(f, "--probe-calls"))
@@ -124,16 +146,16 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (!mode || (strcmp(mode, "latency") && strcmp(mode, "idle")) || !a.sub_addr ||
-        !a.data_dir || (!strcmp(mode, "latency") && !a.send_addr)) {
+    if (!mode || (strcmp(mode, "latency") && strcmp(mode, "idle") && strcmp(mode, "churn")) ||
+        !a.sub_addr || !a.data_dir || (!strcmp(mode, "latency") && !a.send_addr)) {
         s_usage(stderr);
         return 2;
     }
-    a.latency = !strcmp(mode, "latency");
+    a.mode = !strcmp(mode, "latency") ? PB_LATENCY : !strcmp(mode, "idle") ? PB_IDLE : PB_CHURN;
     if (a.nsubs == UINT32_MAX)
-        a.nsubs = a.latency ? 100 : 10000;
-    if (a.latency && a.nsubs == 0) {
-        fprintf(stderr, "push_bench: --subscribers must be at least 1\n");
+        a.nsubs = a.mode == PB_IDLE ? 10000 : 100;
+    if (a.mode != PB_IDLE && (a.nsubs == 0 || (a.mode == PB_CHURN && a.nsubs > 1000))) {
+        fprintf(stderr, "push_bench: --subscribers must be at least 1 (churn: at most 1000)\n");
         return 2;
     }
     if (pidlist) {

@@ -14,6 +14,11 @@
  *              [--subscribers 10000] [--seconds 10] [--gateway-pid P]
  *              [--probe-calls 2000] [--probe-rate 200]
  *              [--streams-per-channel 0] [--json]
+ *   push_bench --mode churn --sub-addr B --data-dir D
+ *              [--cycles 100000] [--subscribers 100] [--seconds 10]
+ *              [--gateway-pid P] [--server-pids P1,P2,...]
+ *              [--cancel-at open] [--no-token] [--probe-calls 2000]
+ *              [--probe-rate 200] [--json]
  *
  * --data-dir holds the cluster's auth.secret: the bench mints its own
  * tokens, and checks every Delivery cursor with it (im_cursor_scope).
@@ -49,6 +54,25 @@
  * stream; the gateway's CPU time over a quiet window of --seconds with the
  * streams open and no call running; Health/Check and Send latency is
  * measured on another channel before the streams and while they are open.
+ *
+ * churn: a long history of Subscribes. --cycles streams in all, at most
+ * --subscribers (K) open at once, each for a fresh uid "pb<run>-c<n>" from
+ * the "" cursor, cancelled as soon as its initial metadata arrives (the
+ * server sends it once the uid's lease is in place at its shard), the next
+ * one started when it is gone. Checked: every stream answers and none ends
+ * by itself; once the last is gone, Presence says the K last uids offline
+ * (offline_after_last_cancel_ms, at most 10 s). --cancel-at start resets
+ * each stream right after starting it instead (HEADERS, DATA, RST_STREAM:
+ * HTTP/2's "rapid reset"), which a token does not gate: what the gateway
+ * holds while it catches up (gateway_rss_peak_kib, VmHWM); with --no-token
+ * the streams carry no token at all (the calls are made before a token is
+ * read). Measured: the time from a Subscribe's start to its initial
+ * metadata (subscribe_*, and its first and last tenth apart: whether it
+ * drifts with the history); the servers' CPU per cycle (--server-pids); the
+ * gateway's VmRSS before and at each tenth of the cycles (--gateway-pid),
+ * and the servers' VmRSS before, after and once --seconds have passed
+ * (leases lapse within a few); Health/Check and Send latency before the
+ * churn and after it, as in the idle mode.
  *
  * How the generator stays out of the figures: one completion queue and
  * its thread take every completion (no thread per subscriber or per call,
@@ -114,6 +138,9 @@
 #define PB_MAX_PIDS 16
 #define PB_MAX_MSGS 50000000ULL      /* rate x seconds: 48 bytes each */
 #define PB_TOKEN_TTL_S 86400
+#define PB_CHURN_STALL_NS 10000000000LL /* churn: no stream opened for 10 s */
+#define PB_OFFLINE_S 10.0            /* churn: cancelled uids offline by then */
+#define PB_PRESENCE_COUNT 1          /* a Presence that only counts online */
 
 static int64_t s_now(void)
 {
@@ -198,8 +225,8 @@ static void s_put_latency(const char *prefix, int64_t *v, size_t n, bool full)
 
 /* ------------------------------------------------------- /proc readers */
 
-/* VmRSS of pid in KiB, or -1. */
-static int64_t s_proc_rss_kib(int pid)
+/* A field of /proc/PID/status in KiB ("VmRSS:", "VmHWM:"), or -1. */
+static int64_t s_proc_kib(int pid, const char *field)
 {
     char path[64], line[256];
     snprintf(path, sizeof path, "/proc/%d/status", pid);
@@ -208,8 +235,8 @@ static int64_t s_proc_rss_kib(int pid)
         return -1;
     int64_t kib = -1;
     while (fgets(line, sizeof line, f))
-        if (!strncmp(line, "VmRSS:", 6)) {
-            kib = strtoll(line + 6, NULL, 10);
+        if (!strncmp(line, field, strlen(field))) {
+            kib = strtoll(line + strlen(field), NULL, 10);
             break;
         }
     fclose(f);
@@ -258,6 +285,7 @@ typedef struct s_sub {
     uint32_t unacked;
     bool ack_inflight;
     int64_t last_ack_ns;
+    uint32_t nstreams;           /* its streams not yet freed */
 } s_sub;
 
 /* One Subscribe call. Four batches: start (metadata, request, half-close),
@@ -274,6 +302,8 @@ struct s_stream {
     grpc_slice details;
     const char *errstr;
     int pending;
+    uint64_t cycle;  /* churn: the cycle it serves */
+    int64_t open_ns;
     bool cancelled;  /* by us: its end is not an error */
     bool msgs_done;  /* RECV_MESSAGE gave NULL: do not re-arm */
 };
@@ -311,7 +341,10 @@ typedef struct s_probe {
 
 typedef struct pb {
     /* options */
-    bool latency;
+    pb_mode mode;
+    uint64_t cycles;
+    bool cancel_at_start; /* churn: reset each stream as soon as it starts */
+    bool no_token;        /* churn, with cancel_at_start: no authorization */
     const char *send_addr, *sub_addr, *data_dir;
     uint32_t nsubs;
     double rate, seconds;
@@ -357,6 +390,11 @@ typedef struct pb {
     uint64_t stream_end[17];
 
     s_probe *probe;           /* the probe phase running, if any */
+
+    /* churn run */
+    int64_t *sub_ns;          /* per cycle: Subscribe to initial metadata */
+    uint64_t churn_started, churn_opened;
+    int32_t still_online;     /* the last count poll's answer; -1: none yet */
 } pb;
 
 /* Records an error that ends the run; later different ones are appended. */
@@ -636,8 +674,8 @@ static bool s_dec_content(pb_istream_t *is, const pb_field_t *f, void **arg)
 
 static void s_on_delivery(pb *b, s_sub *s, grpc_byte_buffer *bb, int64_t now)
 {
-    if (!b->latency) {
-        b->unexpected++; /* an idle stream of an empty inbox got something */
+    if (b->mode != PB_LATENCY) {
+        b->unexpected++; /* a stream of an empty inbox got something */
         return;
     }
     imbox_v1_Delivery d = imbox_v1_Delivery_init_zero;
@@ -721,6 +759,7 @@ static void s_stream_open(pb *b, s_sub *sub, int channel)
     grpc_metadata_array_init(&s->imd);
     grpc_metadata_array_init(&s->tmd);
     s->req = s_encode(s_enc_cursor, ""); /* SubscribeRequest{cursor: ""} */
+    s->open_ns = s_now();
     s->md.key = grpc_slice_from_static_string("authorization");
     s->md.value = grpc_slice_from_static_buffer(sub->auth, sub->auth_len);
     s->call = grpc_channel_create_call(b->ch_sub[channel], NULL, GRPC_PROPAGATE_DEFAULTS, b->cq,
@@ -729,7 +768,7 @@ static void s_stream_open(pb *b, s_sub *sub, int channel)
     grpc_op ops[3];
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[0].data.send_initial_metadata.count = 1;
+    ops[0].data.send_initial_metadata.count = sub->auth_len ? 1 : 0; /* 0: no token */
     ops[0].data.send_initial_metadata.metadata = &s->md;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = s->req;
@@ -755,6 +794,7 @@ static void s_stream_open(pb *b, s_sub *sub, int channel)
     s_batch(s->call, ops, 1, &s->t_msg);
 
     s->pending = 4;
+    sub->nstreams++;
     sub->st = s;
     sub->channel = channel;
     sub->online = false;
@@ -769,20 +809,25 @@ static void s_stream_cancel(s_stream *s)
         s->sub->st = NULL;
 }
 
+static void s_churn_next(pb *b, s_sub *s);
+
 static void s_stream_done(pb *b, s_stream *s)
 {
     if (--s->pending)
         return;
+    s_sub *sub = s->sub;
     grpc_byte_buffer_destroy(s->req);
     grpc_metadata_array_destroy(&s->imd);
     grpc_metadata_array_destroy(&s->tmd);
     grpc_slice_unref(s->details);
     gpr_free((void *)s->errstr);
     grpc_call_unref(s->call);
-    if (s->sub->st == s)
-        s->sub->st = NULL;
+    if (sub->st == s)
+        sub->st = NULL;
     free(s);
     b->live_streams--;
+    if (--sub->nstreams == 0 && b->mode == PB_CHURN && sub->idx < b->nsubs)
+        s_churn_next(b, sub);
 }
 
 static void s_on_stream(pb *b, s_tag *t, bool ok)
@@ -792,8 +837,14 @@ static void s_on_stream(pb *b, s_tag *t, bool ok)
     case K_ST_START:
         break;
     case K_ST_IMD:
-        if (ok && !s->cancelled)
+        if (ok && !s->cancelled) {
             b->initial_md++;
+            if (b->mode == PB_CHURN && s->sub->idx < b->nsubs) {
+                b->sub_ns[s->cycle] = s_now() - s->open_ns;
+                b->churn_opened++;
+                s_stream_cancel(s);
+            }
+        }
         break;
     case K_ST_MSG:
         if (s->msg) {
@@ -879,6 +930,13 @@ static void s_on_presence(pb *b, s_unary *u)
         r->online_count != u->nids) {
         s_fatal(b, "Presence on %s: a malformed answer (%u flags for %u uids)", b->sub_addr,
                 r ? (unsigned)r->online_count : 0, (unsigned)u->nids);
+        free(r);
+        return;
+    }
+    if (u->arg == PB_PRESENCE_COUNT) {
+        b->still_online = 0;
+        for (uint32_t i = 0; i < u->nids; i++)
+            b->still_online += r->online[i] != 0;
         free(r);
         return;
     }
@@ -1517,6 +1575,27 @@ static void s_probe_run(pb *b, const char *label)
     free(p.send);
 }
 
+/* The errors of a run without Sends of its own (idle, churn). */
+static void s_put_stream_errors(pb *b)
+{
+    PUT_I("streams_lost", b->streams_lost);
+    PUT_I("deliveries_unexpected", b->unexpected);
+    s_put_status_errors(b, M_HEALTH);
+    s_put_status_errors(b, M_PROBE_SEND);
+    s_put_status_errors(b, M_PRESENCE);
+}
+
+/* The last figures of such a run: its error, if any, and ok. Returns the
+ * exit code. */
+static int s_put_ok(pb *b)
+{
+    if (b->fatal)
+        PUT_S("error", b->why);
+    bool ok = !b->fatal && b->streams_lost == 0 && b->unexpected == 0;
+    PUT_I("ok", ok);
+    return ok ? 0 : 1;
+}
+
 static int s_run_idle(pb *b)
 {
     PUT_S("mode", "idle");
@@ -1531,7 +1610,7 @@ static int s_run_idle(pb *b)
     if (b->fatal)
         goto out;
     if (b->gw_pid)
-        rss0 = s_proc_rss_kib(b->gw_pid); /* after the probes' connection */
+        rss0 = s_proc_kib(b->gw_pid, "VmRSS:"); /* after the probes' connection */
 
     double est = 0;
     if (b->nsubs && s_establish(b, &est))
@@ -1539,7 +1618,7 @@ static int s_run_idle(pb *b)
     int64_t t_open = s_now();
     PUT_I("streams_with_initial_metadata", b->initial_md);
     s_idle_for(b, 1000000000LL); /* let allocations settle */
-    int64_t rss1 = b->gw_pid ? s_proc_rss_kib(b->gw_pid) : -1;
+    int64_t rss1 = b->gw_pid ? s_proc_kib(b->gw_pid, "VmRSS:") : -1;
     /* A quiet window of --seconds (no call at all): what the open streams
      * cost the gateway by themselves (keepalive, presence lease renewal). */
     int64_t gcpu0 = b->gw_pid ? bc_proc_cpu_ns(b->gw_pid) : -1, q0 = s_now();
@@ -1547,7 +1626,7 @@ static int s_run_idle(pb *b)
     int64_t gcpu1 = b->gw_pid ? bc_proc_cpu_ns(b->gw_pid) : -1, quiet = s_now() - q0;
     s_probe_run(b, "idle");
     int64_t held = s_now() - t_open;
-    int64_t rss2 = b->gw_pid ? s_proc_rss_kib(b->gw_pid) : -1;
+    int64_t rss2 = b->gw_pid ? s_proc_kib(b->gw_pid, "VmRSS:") : -1;
     PUT_F("held_secs", held / 1e9, 1);
     if (b->gw_pid) {
         PUT_I("rss_before_kib", rss0);
@@ -1561,17 +1640,9 @@ static int s_run_idle(pb *b)
             PUT_F("gateway_cpu_pct_quiet", 100.0 * (double)(gcpu1 - gcpu0) / (double)quiet, 2);
         }
     }
-    PUT_I("streams_lost", b->streams_lost);
-    PUT_I("deliveries_unexpected", b->unexpected);
-    s_put_status_errors(b, M_HEALTH);
-    s_put_status_errors(b, M_PROBE_SEND);
-    s_put_status_errors(b, M_PRESENCE);
+    s_put_stream_errors(b);
 out:
-    if (b->fatal)
-        PUT_S("error", b->why);
-    bool ok = !b->fatal && b->streams_lost == 0 && b->unexpected == 0;
-    PUT_I("ok", ok);
-    return ok ? 0 : 1;
+    return s_put_ok(b);
 }
 
 /* ---------------------------------------------------------------- run */
@@ -1585,13 +1656,194 @@ static int s_make_auth(const im_secret *sec, const char *uid, char *out, size_t 
     return 0;
 }
 
+/* ---------------------------------------------------------- churn mode */
+
+/* Starts the next cycle on slot s, whose last stream is gone: a fresh uid,
+ * its token, a Subscribe from the "" cursor, cancelled as soon as its
+ * initial metadata arrives (s_on_stream) or, with cancel_at_start, at once
+ * (the client sends HEADERS and DATA, then RST_STREAM). */
+static void s_churn_next(pb *b, s_sub *s)
+{
+    if (b->fatal || b->churn_started == b->cycles)
+        return;
+    uint64_t n = b->churn_started++;
+    snprintf(s->uid, sizeof s->uid, "%.40s-c%" PRIu64, b->run, n);
+    if (b->no_token)
+        s->auth_len = 0;
+    else if (s_make_auth(&b->secret, s->uid, s->auth, &s->auth_len)) {
+        s_fatal(b, "cannot make a token for %s", s->uid);
+        return;
+    }
+    s_stream_open(b, s, 0);
+    s->st->cycle = n;
+    if (b->cancel_at_start) {
+        b->churn_opened++;
+        s_stream_cancel(s->st);
+    }
+}
+
+/* Sums the CPU time of the --server-pids; -1 when one cannot be read. */
+static int64_t s_servers_cpu_ns(const pb *b)
+{
+    int64_t sum = 0;
+    for (int i = 0; i < b->npids; i++) {
+        int64_t ns = bc_proc_cpu_ns(b->pids[i]);
+        if (ns < 0)
+            return -1;
+        sum += ns;
+    }
+    return sum;
+}
+
+/* Puts KEY as the comma-separated VmRSS (KiB) of the --server-pids. */
+static void s_put_rss_list(const pb *b, const char *key)
+{
+    char list[PB_MAX_PIDS * 12 + 1] = "";
+    size_t n = 0;
+    for (int i = 0; i < b->npids && n < sizeof list; i++)
+        n += (size_t)snprintf(list + n, sizeof list - n, "%s%" PRId64, i ? "," : "",
+                              s_proc_kib(b->pids[i], "VmRSS:"));
+    PUT_S(key, list);
+}
+
+/* Waits until Presence says none of the slots' last uids is online, at most
+ * PB_OFFLINE_S. Returns the seconds it took, or -1. */
+static double s_wait_offline(pb *b)
+{
+    uint32_t *ids = malloc(b->nsubs * sizeof *ids);
+    if (!ids) {
+        fprintf(stderr, "push: out of memory\n");
+        exit(1);
+    }
+    for (uint32_t i = 0; i < b->nsubs; i++)
+        ids[i] = i;
+    int64_t t0 = s_now(), until = t0 + (int64_t)(PB_OFFLINE_S * 1e9);
+    double took = -1;
+    while (!b->fatal && s_now() < until) {
+        b->still_online = -1;
+        s_presence_req r = {b, ids, b->nsubs};
+        s_unary *u = s_unary_start(b, b->ch_ctl, M_PRESENCE, b->auth, b->auth_len,
+                                   s_encode(s_enc_presence, &r), PB_PRESENCE_COUNT);
+        u->nids = b->nsubs; /* ids stay ours */
+        while (!b->fatal && b->inflight[M_PRESENCE] && s_now() < until)
+            s_pump(b, until);
+        if (b->still_online == 0) {
+            took = (double)(s_now() - t0) / 1e9;
+            break;
+        }
+        s_idle_for(b, 20000000LL);
+    }
+    free(ids);
+    return took;
+}
+
+static int s_run_churn(pb *b)
+{
+    PUT_S("mode", "churn");
+    PUT_S("sub_addr", b->sub_addr);
+    PUT_I("cycles", b->cycles);
+    PUT_I("concurrent", b->nsubs);
+    PUT_S("cancel_at", b->cancel_at_start ? "start" : "open");
+    PUT_I("token", !b->no_token);
+    b->sub_ns = malloc(b->cycles * sizeof *b->sub_ns);
+    if (!b->sub_ns) {
+        fprintf(stderr, "push: out of memory\n");
+        return 1;
+    }
+    if (s_preflight(b))
+        goto out;
+    s_probe_run(b, "base");
+    if (b->fatal)
+        goto out;
+    int64_t trace[11];
+    int ntrace = 0;
+    if (b->gw_pid)
+        trace[ntrace++] = s_proc_kib(b->gw_pid, "VmRSS:");
+    if (b->npids)
+        s_put_rss_list(b, "servers_rss_before_kib");
+
+    /* The churn: nsubs streams at a time, each a fresh uid, each cancelled
+     * once its initial metadata (the lease is in place) has arrived, and
+     * its slot's next cycle started once it is gone. A stream that ends by
+     * itself is an error (establishing makes it fatal). */
+    int64_t cpu0 = s_servers_cpu_ns(b), t0 = s_now(), last = t0;
+    uint64_t seen = 0;
+    b->establishing = true;
+    for (uint32_t i = 0; i < b->nsubs; i++)
+        s_churn_next(b, &b->subs[i]);
+    while (!b->fatal && (b->live_streams || b->churn_started < b->cycles)) {
+        int64_t now = s_now();
+        if (b->churn_opened > seen) {
+            seen = b->churn_opened;
+            last = now;
+        } else if (now - last > PB_CHURN_STALL_NS) {
+            s_fatal(b, "churn stalled at %" PRIu64 " of %" PRIu64 " Subscribes answered",
+                    b->churn_opened, b->cycles);
+            break;
+        }
+        s_pump(b, now + 1000000000LL);
+        while (b->gw_pid && ntrace < 11 &&
+               b->churn_opened >= (uint64_t)ntrace * b->cycles / 10)
+            trace[ntrace++] = s_proc_kib(b->gw_pid, "VmRSS:");
+    }
+    b->establishing = false;
+    int64_t churn_ns = s_now() - t0, cpu1 = s_servers_cpu_ns(b);
+    if (b->fatal)
+        goto out;
+    if (!b->cancel_at_start)
+        PUT_I("subscribes_answered", b->churn_opened);
+    PUT_F("churn_secs", churn_ns / 1e9, 2);
+    PUT_F("cycles_per_sec", (double)b->churn_opened / (churn_ns / 1e9), 0);
+    if (cpu0 >= 0 && cpu1 >= 0)
+        PUT_F("server_cpu_us_per_cycle", (double)(cpu1 - cpu0) / 1e3 / (double)b->cycles, 1);
+    /* Whether the latency drifts with the history: the first and the last
+     * tenth apart (s_put_latency sorts, so the whole run last). */
+    uint64_t tenth = b->cycles / 10 ? b->cycles / 10 : 1;
+    if (!b->cancel_at_start) {
+        s_put_latency("subscribe_first10pct", b->sub_ns, tenth, false);
+        s_put_latency("subscribe_last10pct", b->sub_ns + (b->cycles - tenth), tenth, false);
+        s_put_latency("subscribe", b->sub_ns, b->cycles, true);
+    }
+    double off = s_wait_offline(b);
+    if (off < 0)
+        s_fatal(b, "cancelled streams' uids still online after %.0f s", PB_OFFLINE_S);
+    else
+        PUT_F("offline_after_last_cancel_ms", off * 1e3, 0);
+    if (b->gw_pid) {
+        char list[11 * 12 + 1] = "";
+        size_t n = 0;
+        for (int i = 0; i < ntrace; i++)
+            n += (size_t)snprintf(list + n, sizeof list - n, "%s%" PRId64, i ? "," : "",
+                                  trace[i]);
+        PUT_S("gateway_rss_trace_kib", list); /* before, then at each tenth */
+    }
+    if (b->npids)
+        s_put_rss_list(b, "servers_rss_after_kib");
+    /* Leases lapse and registries empty within a few seconds: memory that
+     * is still held after --seconds is what the history left behind. */
+    s_idle_for(b, (int64_t)(b->seconds * 1e9));
+    if (b->gw_pid) {
+        PUT_I("gateway_rss_settled_kib", s_proc_kib(b->gw_pid, "VmRSS:"));
+        PUT_I("gateway_rss_peak_kib", s_proc_kib(b->gw_pid, "VmHWM:")); /* its life's */
+    }
+    if (b->npids)
+        s_put_rss_list(b, "servers_rss_settled_kib");
+    s_probe_run(b, "after");
+    s_put_stream_errors(b);
+out:
+    return s_put_ok(b);
+}
+
 int pb_run(const pb_args *a, pb_put_fn put)
 {
     static pb bench;
     pb *b = &bench;
     memset(b, 0, sizeof *b);
     s_sink = put;
-    b->latency = a->latency;
+    b->mode = a->mode;
+    b->cycles = a->cycles;
+    b->cancel_at_start = a->cancel_at_start;
+    b->no_token = a->no_token;
     b->send_addr = a->send_addr;
     b->sub_addr = a->sub_addr;
     b->data_dir = a->data_dir;
@@ -1612,11 +1864,18 @@ int pb_run(const pb_args *a, pb_put_fn put)
     }
     for (int i = 0; i < a->npids; i++)
         b->pids[b->npids++] = a->pids[i];
-    if (!b->sub_addr || !b->data_dir || (b->latency && !b->send_addr) ||
-        (b->latency && b->nsubs == 0) || b->content < 8 || b->ack_every < 1 ||
+    bool latency = b->mode == PB_LATENCY, churn = b->mode == PB_CHURN;
+    if (!b->sub_addr || !b->data_dir || (latency && !b->send_addr) ||
+        (latency && b->nsubs == 0) ||
+        (churn && (b->nsubs == 0 || b->nsubs > PB_PRESENCE_CHUNK || b->cycles == 0 ||
+                   b->cycles > PB_MAX_MSGS || (b->no_token && !b->cancel_at_start))) ||
+        b->content < 8 || b->ack_every < 1 ||
         b->max_inflight < 1 || b->rate <= 0 || b->probe_calls < 1 || b->probe_rate <= 0) {
         fprintf(stderr, "push: bad arguments (the latency mode needs a send address, "
-                        "at least 1 subscriber, content of 8 bytes or more)\n");
+                        "at least 1 subscriber, content of 8 bytes or more; the churn "
+                        "mode 1 to %d subscribers and 1 to %llu cycles, and --no-token "
+                        "only with --cancel-at start)\n",
+                PB_PRESENCE_CHUNK, PB_MAX_MSGS);
         return 2;
     }
 
@@ -1662,7 +1921,7 @@ int pb_run(const pb_args *a, pb_put_fn put)
     grpc_init();
     b->cq = grpc_completion_queue_create_for_next(NULL);
     b->ch_ctl = s_channel(b->sub_addr);
-    int rc = b->latency ? s_run_latency(b) : s_run_idle(b);
+    int rc = latency ? s_run_latency(b) : churn ? s_run_churn(b) : s_run_idle(b);
     if (b->fatal)
         fprintf(stderr, "push: %s\n", b->why);
     if (s_teardown(b))
@@ -1682,5 +1941,6 @@ int pb_run(const pb_args *a, pb_put_fn put)
     free(b->ch_open);
     free(b->msgs);
     free(b->payload);
+    free(b->sub_ns);
     return rc;
 }

@@ -20,12 +20,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+typedef enum { PB_LATENCY, PB_IDLE, PB_CHURN } pb_mode;
+
 typedef struct pb_args {
-    bool latency;            /* true: latency mode; false: idle mode */
+    pb_mode mode;
     const char *send_addr;   /* latency: where Sends go (HOST:PORT) */
     const char *sub_addr;    /* where the Subscribe streams go */
     const char *data_dir;    /* holds the servers' auth.secret */
-    uint32_t nsubs;          /* subscribers (streams) */
+    uint32_t nsubs;          /* subscribers (streams; churn: open at once) */
+    uint64_t cycles;         /* churn: Subscribe-then-cancel cycles in all */
+    bool cancel_at_start;    /* churn: cancel each at once, not once open */
+    bool no_token;           /* churn, with cancel_at_start: no token sent */
     double rate;             /* latency: Sends/s, open loop */
     double seconds;          /* latency: send phase; idle: quiet window */
     size_t content;          /* bytes per message, at least 8 */
@@ -33,10 +38,11 @@ typedef struct pb_args {
     uint32_t ack_ms;         /* ... or after this many ms (0: 100) */
     uint32_t per_channel;    /* streams per channel; 0: one, spread on stall */
     int max_inflight;        /* Sends outstanding at most */
-    const int *pids;         /* latency: servers whose CPU is measured */
+    const int *pids;         /* latency, churn: servers whose CPU (and
+                                churn: RSS) is measured */
     int npids;
-    int gw_pid;              /* idle: the gateway whose RSS is measured */
-    uint32_t probe_calls;    /* idle: Health and Send probes */
+    int gw_pid;              /* idle, churn: the gateway whose RSS is traced */
+    uint32_t probe_calls;    /* idle, churn: Health and Send probes */
     double probe_rate;       /* idle: probes/s */
     const char *run_id;      /* prefix of uids and msg_ids, at most 40
                                 characters; NULL: "pb" time and pid */

@@ -8,13 +8,19 @@
 #     gateway 2), the CPU time of all five servers per push;
 #   - idle: 10,000 Subscribe streams on gateway 2, its RSS per stream and
 #     the Health/Send latency beside them;
+#   - churn: 100,000 Subscribes on gateway 2 (100 at a time, each a fresh
+#     uid, cancelled once open), the servers' RSS and CPU across that
+#     history, Presence offline after the last, Health/Send before and after;
 # measures the fsync rate again, then stops everything and removes the data
 # (also on failure or Ctrl-C). Needs build/ (scripts/test builds it).
 #   bench/run_push.sh
-# Knobs (environment): PUSH_RATES ("1000 10000"), PUSH_SECONDS (10),
+# Knobs (environment): PUSH_RATES ("1000 10000"; empty: no latency run),
+# PUSH_SECONDS (10),
 # PUSH_SUBSCRIBERS (100, latency mode), PUSH_ACK_MS (100: how often an idle
 # subscriber acks what it got), PUSH_IDLE (10000; 0 skips the idle
-# run), PUSH_JSON (set: JSON lines instead of key=value), IMBOX_SERVE_BIN
+# run), PUSH_CHURN (100000; 0 skips the churn run), PUSH_CHURN_CANCEL
+# (open: each stream cancelled once open; start: at once, HTTP/2's rapid
+# reset), PUSH_JSON (set: JSON lines instead of key=value), IMBOX_SERVE_BIN
 # (the `imbox` binary of the five servers, default build/bin/imbox: for
 # alternated rounds of two builds in one run, as in run_imbox_bench.sh).
 set -euo pipefail
@@ -25,11 +31,13 @@ for b in imbox imboxctl push_bench fsync_rate; do
     [ -x "$bin/$b" ] || { echo "run_push.sh: $bin/$b is missing: build first (scripts/test)" >&2; exit 1; }
 done
 [ -x "$imbox" ] || { echo "run_push.sh: $imbox is missing" >&2; exit 1; }
-rates=${PUSH_RATES:-1000 10000}
+rates=${PUSH_RATES-1000 10000}
 secs=${PUSH_SECONDS:-10}
 subs=${PUSH_SUBSCRIBERS:-100}
 ack_ms=${PUSH_ACK_MS:-100}
 idle=${PUSH_IDLE:-10000}
+churn=${PUSH_CHURN:-100000}
+churn_cancel=${PUSH_CHURN_CANCEL:-open}
 json=()
 [ -n "${PUSH_JSON:-}" ] && json=(--json)
 
@@ -107,6 +115,12 @@ if [ "$idle" != 0 ]; then
     echo "# idle: $idle Subscribe streams on gateway 2"
     "$bin/push_bench" --mode idle --sub-addr "$gw2" --data-dir "$data/gw" --subscribers "$idle" \
         --gateway-pid "$gw2_pid" --seconds "$secs" "${json[@]}" || rc=1
+fi
+if [ "$churn" != 0 ]; then
+    echo "# churn: $churn Subscribes on gateway 2, 100 at a time, each cancelled at $churn_cancel"
+    "$bin/push_bench" --mode churn --sub-addr "$gw2" --data-dir "$data/gw" --cycles "$churn" \
+        --cancel-at "$churn_cancel" \
+        --gateway-pid "$gw2_pid" --server-pids "$all_pids" --seconds "$secs" "${json[@]}" || rc=1
 fi
 "$bin/fsync_rate" --dir "$data" | head -1
 exit $rc

@@ -5,7 +5,9 @@ checked what it claims to check: ok, no errors, the counts of calls and
 messages the flags imply, a drain that saw every filled message exactly
 once and left the inboxes empty. Also: errors are counted by status name
 (a foreign secret gives UNAUTHENTICATED), an unreachable server and bad
-flags give their exit codes. No test asserts a speed.
+flags give their exit codes. push_bench's churn mode (bench/push_core.c)
+likewise: a short history of Subscribes, and of streams reset at start
+without a token. No test asserts a speed.
 
 Run: /usr/bin/python3 -m unittest -v test_bench   (from tests/py); ctest
 sets IMBOX_BENCH_BIN (default: build/bin/imbox-bench beside IMBOX_BIN).
@@ -22,6 +24,7 @@ import imbox_harness as h
 
 BENCH = os.environ.get('IMBOX_BENCH_BIN',
                        os.path.join(os.path.dirname(h.IMBOX_BIN), 'imbox-bench'))
+PUSH_BENCH = os.path.join(os.path.dirname(BENCH), 'push_bench')
 RUN_TIMEOUT_S = 180   # one imbox-bench run, a bound for a hung process
 
 
@@ -29,7 +32,11 @@ class BenchTest(h.ImboxTestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.dep = cls.class_deployment(h.ImboxServer(shards=2))
+        # No per-sender Send limit: 10 senders at the default 200/s (burst
+        # 400) allow 6,000 Sends in the first second, which a 1 s closed-loop
+        # run on a warm server can pass (RESOURCE_EXHAUSTED); test_rate.py
+        # covers the limit.
+        cls.dep = cls.class_deployment(h.ImboxServer(shards=2, extra_args=['--send-rate', '0']))
 
     def run_bench(self, *args, rc=0, addr=None, data_dir=None, pid=True):
         """Runs imbox-bench --json with args; checks the exit code and
@@ -171,6 +178,51 @@ class BenchTest(h.ImboxTestCase):
         self.assertEqual(rep['deliveries_duplicate'], 0)
         self.assertEqual(rep['order_violations'], 0)
         self.assertGreater(rep['push_p99_us'], 0)
+
+    def run_push_bench(self, *args, rc=0):
+        """Runs push_bench --json against the server; returns the report."""
+        argv = [PUSH_BENCH, '--sub-addr', '127.0.0.1:%d' % self.dep.port,
+                '--data-dir', self.dep.data_dir, '--json'] + [str(a) for a in args]
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=RUN_TIMEOUT_S)
+        out = r.stdout.decode('utf-8', 'replace')
+        self.assertEqual(r.returncode, rc, 'push_bench %s exited %d:\n%s\n%s' % (
+            ' '.join(argv[1:]), r.returncode, out, r.stderr.decode('utf-8', 'replace')))
+        lines = [l for l in out.splitlines() if l.strip()]
+        return json.loads(lines[0]) if lines else None
+
+    def test_push_churn(self):
+        pid = self.dep.proc.pid
+        rep = self.run_push_bench('--mode', 'churn', '--cycles', 300, '--subscribers', 20,
+                                  '--seconds', 0, '--probe-calls', 20, '--gateway-pid', pid,
+                                  '--server-pids', pid)
+        self.assertEqual(rep['ok'], 1, rep)
+        self.assertEqual(rep['cancel_at'], 'open')
+        self.assertEqual(rep['subscribes_answered'], 300)
+        self.assertEqual(rep['subscribe_n'], 300)
+        self.assertEqual(rep['subscribe_first10pct_n'], 30)
+        self.assertLessEqual(rep['subscribe_p50_us'], rep['subscribe_max_us'])
+        self.assertEqual(rep['streams_lost'], 0)
+        self.assertGreaterEqual(rep['offline_after_last_cancel_ms'], 0)
+        # Before, then one sample at each tenth of the cycles.
+        self.assertEqual(len(rep['gateway_rss_trace_kib'].split(',')), 11, rep)
+        self.assertGreater(rep['gateway_rss_peak_kib'], 0)
+        self.assertEqual(rep['after_probe_failed'], 0)
+
+    def test_push_churn_reset_at_start_without_token(self):
+        pid = self.dep.proc.pid
+        rep = self.run_push_bench('--mode', 'churn', '--cancel-at', 'start', '--no-token',
+                                  '--cycles', 200, '--subscribers', 20, '--seconds', 0,
+                                  '--probe-calls', 20, '--gateway-pid', pid)
+        self.assertEqual(rep['ok'], 1, rep)
+        self.assertEqual(rep['cancel_at'], 'start')
+        self.assertEqual(rep['token'], 0)
+        self.assertNotIn('subscribe_n', rep)  # nothing is answered: no latency
+        self.assertEqual(rep['after_probe_failed'], 0)
+        # A token-less stream that is not reset at once fails: refused.
+        self.run_push_bench('--mode', 'churn', '--no-token', rc=2)
+        self.run_push_bench('--mode', 'churn', '--cancel-at', 'later', rc=2)
+        self.run_push_bench('--mode', 'churn', '--subscribers', 1001, rc=2)
 
     # ------------------------------------------------- failures counted
 
