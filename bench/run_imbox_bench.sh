@@ -14,22 +14,9 @@
 #     IMBOX_SERVE_BIN=$b/imbox bench/run_imbox_bench.sh --workload send; done; done
 # Exit: imbox-bench's (0 ok, 1 a check failed or no server, 2 usage).
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="$root/build/bin"
-serve="${IMBOX_SERVE_BIN:-$bin/imbox}"
-for b in "$serve" "$bin/imbox-bench" "$bin/fsync_rate"; do
-    [ -x "$b" ] || { echo "run_imbox_bench.sh: $b is missing: build first" >&2; exit 1; }
-done
-data=$(mktemp -d ./bench-imbox-XXXXXX)
-data=$(cd "$data" && pwd)
-pid=
-cleanup() {
-    if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$data"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# shellcheck source=bench/serve_lib.sh
+. "$(dirname "$0")/serve_lib.sh"
+serve_lib_init run_imbox_bench.sh bench-imbox TERM
 "$serve" serve --listen "127.0.0.1:$port" --data-dir "$data/d" --send-rate 0 2>"$data/serve.log" &
 pid=$!
 ready=

@@ -17,23 +17,10 @@
 # fsync rate before and after. IMBOX_SERVE_BIN: the `imbox` binary to
 # serve (default build/bin/imbox), for alternated rounds of two builds.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="$root/build/bin"
-serve="${IMBOX_SERVE_BIN:-$bin/imbox}"
 fill=${1:-2000000}
-for b in "$serve" "$bin/imbox-bench" "$bin/fsync_rate"; do
-    [ -x "$b" ] || { echo "send_history.sh: $b is missing: build first" >&2; exit 1; }
-done
-data=$(mktemp -d ./bench-history-XXXXXX)
-data=$(cd "$data" && pwd)
-pid=
-cleanup() {
-    if [ -n "$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-    rm -rf "$data"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# shellcheck source=bench/serve_lib.sh
+. "$(dirname "$0")/serve_lib.sh"
+serve_lib_init send_history.sh bench-history KILL
 addr="127.0.0.1:$port"
 bench() { "$bin/imbox-bench" --addr "$addr" --data-dir "$data/d" --server-pid "$pid" "$@"; }
 pick() { grep -E "^($1)=" | tr '\n' ' '; }
