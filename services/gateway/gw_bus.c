@@ -147,9 +147,7 @@ static void s_send_batch(gw_bus *b, int shard, int64_t now)
         im_zmq_pack k = {0};
         const char *why = NULL;
         for (int n = 0; r && n < IM_ZMQ_BATCH_MAX && !why; r = r->next, n++) {
-            uint8_t id[8];
-            memcpy(id, &r->id, 8);
-            if (im_zmq_pack_add(&k, id, r->body, r->len))
+            if (im_zmq_pack_add(&k, (const uint8_t *)&r->id, r->body, r->len))
                 why = "request: out of memory";
             free(r->body);
             r->body = NULL;

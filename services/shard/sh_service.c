@@ -312,11 +312,8 @@ static void s_out_add(sh_service *sh, const uint8_t *ident, size_t ident_len,
     if (len >= SH_ALONE_BYTES || s_peer_pairs(sh, ident, ident_len) >= 0) {
         s_out_send(sh, x);
         zmq_msg_t m;
-        if (im_zmq_msg_take(&m, body, len)) {
-            IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index,
-                       "reply lost: out of memory");
-            return;
-        }
+        if (im_zmq_msg_take(&m, body, len))
+            goto lost; /* body freed */
         if (!s_out_ident(sh, x) || zmq_send(sh->router, id, 8, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
             zmq_msg_send(&m, sh->router, ZMQ_DONTWAIT) < 0)
             zmq_msg_close(&m); /* the peer is gone (or cannot be: see s_out_ident) */
@@ -324,16 +321,15 @@ static void s_out_add(sh_service *sh, const uint8_t *ident, size_t ident_len,
     }
     int rc = im_zmq_pack_add(&x->pk, id, body, len);
     free(body);
-    if (rc) {
-        IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "reply lost: out of memory");
-        return;
-    }
+    if (rc)
+        goto lost;
     if (x->pk.count == IM_ZMQ_BATCH_MAX)
         s_out_send(sh, x);
     return;
 oom:
-    IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "reply lost: out of memory");
     free(body);
+lost:
+    IM_LOG_IDX(IM_LOG_ERROR, "shard", "shard", sh->c.index, "reply lost: out of memory");
 }
 
 /* Encodes sh->out (with sh->entries) into *buf (malloc'ed): a Store's
