@@ -458,6 +458,143 @@ int64_t bc_self_cpu_ns(void)
            ((int64_t)ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000LL;
 }
 
+/* ---------------------------------------------------- threads by kind */
+
+#define BC_KINDS_MAX 64
+
+struct bc_threads {
+    int n;
+    struct {
+        char kind[24];
+        int64_t ns, ctx;
+    } k[BC_KINDS_MAX];
+};
+
+/* The kind of a thread named comm (see bench_core.h). */
+static void s_thread_kind(const char *comm, char *kind, size_t len)
+{
+    size_t n = 0;
+    for (const char *p = comm; *p && *p != '\n' && n + 1 < len; p++) {
+        if (isdigit((unsigned char)*p))
+            continue;
+        if (isalpha((unsigned char)*p))
+            kind[n++] = (char)tolower((unsigned char)*p);
+        else if (n && kind[n - 1] != '_')
+            kind[n++] = '_';
+    }
+    while (n && kind[n - 1] == '_')
+        n--;
+    kind[n] = 0;
+    if (!n)
+        snprintf(kind, len, "other");
+}
+
+/* Reads one small /proc file whole into buf; 0 or -1. */
+static int s_read_small(const char *path, char *buf, size_t len)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, len - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return 0;
+}
+
+/* Adds one thread's figures (pid's task tid) to t under its kind. */
+static void s_thread_add(bc_threads *t, int pid, const char *tid)
+{
+    char path[96], buf[2048], kind[24];
+    snprintf(path, sizeof path, "/proc/%d/task/%.16s/comm", pid, tid);
+    if (s_read_small(path, buf, sizeof buf))
+        return;
+    s_thread_kind(buf, kind, sizeof kind);
+    snprintf(path, sizeof path, "/proc/%d/task/%.16s/stat", pid, tid);
+    if (s_read_small(path, buf, sizeof buf))
+        return;
+    /* After the last ")": utime and stime are tokens 11 and 12. */
+    char *p = strrchr(buf, ')'), *save = NULL;
+    long long v[13] = {0};
+    int i = 0;
+    for (char *w = p ? strtok_r(p + 1, " ", &save) : NULL; w && i < 13;
+         w = strtok_r(NULL, " ", &save), i++)
+        v[i] = i ? strtoll(w, NULL, 10) : 0;
+    if (i < 13)
+        return;
+    int64_t ctx = 0;
+    snprintf(path, sizeof path, "/proc/%d/task/%.16s/status", pid, tid);
+    if (!s_read_small(path, buf, sizeof buf)) {
+        const char *c = strstr(buf, "\nvoluntary_ctxt_switches:");
+        const char *nc = strstr(buf, "\nnonvoluntary_ctxt_switches:");
+        if (c)
+            ctx += strtoll(c + 25, NULL, 10);
+        if (nc)
+            ctx += strtoll(nc + 28, NULL, 10);
+    }
+    int k = 0;
+    while (k < t->n && strcmp(t->k[k].kind, kind))
+        k++;
+    if (k == t->n) {
+        if (t->n == BC_KINDS_MAX)
+            k = t->n - 1; /* the last kind takes the rest */
+        else
+            snprintf(t->k[t->n++].kind, sizeof t->k[0].kind, "%s", kind);
+    }
+    t->k[k].ns += s_ticks_ns(v[11] + v[12]);
+    t->k[k].ctx += ctx;
+}
+
+bc_threads *bc_threads_read(const int *pids, int npids)
+{
+    bc_threads *t = calloc(1, sizeof *t);
+    for (int i = 0; t && i < npids; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/task", pids[i]);
+        DIR *d = opendir(path);
+        if (!d)
+            continue;
+        struct dirent *e;
+        while ((e = readdir(d)))
+            if (isdigit((unsigned char)e->d_name[0]))
+                s_thread_add(t, pids[i], e->d_name);
+        closedir(d);
+    }
+    return t;
+}
+
+int64_t bc_threads_put(const bc_threads *before, const bc_threads *after, const char *unit,
+                       double units)
+{
+    if (!before || !after || units <= 0)
+        return 0;
+    int64_t ctx_all = 0;
+    for (int i = 0; i < after->n; i++) {
+        int64_t ns = after->k[i].ns, ctx = after->k[i].ctx;
+        for (int j = 0; j < before->n; j++)
+            if (!strcmp(before->k[j].kind, after->k[i].kind)) {
+                ns -= before->k[j].ns;
+                ctx -= before->k[j].ctx;
+                break;
+            }
+        ns = ns > 0 ? ns : 0; /* a thread of the kind ended meanwhile */
+        ctx = ctx > 0 ? ctx : 0;
+        ctx_all += ctx;
+        if (!ns && !ctx)
+            continue;
+        char key[96];
+        snprintf(key, sizeof key, "thread_%s_cpu_us_per_%s", after->k[i].kind, unit);
+        bc_put_double(key, (double)ns / 1e3 / units, 1);
+        snprintf(key, sizeof key, "thread_%s_ctx_per_%s", after->k[i].kind, unit);
+        bc_put_double(key, (double)ctx / units, 2);
+    }
+    return ctx_all;
+}
+
+void bc_threads_free(bc_threads *t)
+{
+    free(t);
+}
+
 /* ------------------------------------------------------------- state */
 
 typedef enum { W_SEND, W_DRAIN, W_COUNTS, W_NOOP, W_MIXED, W_CUSTOM } s_work;
@@ -1699,10 +1836,12 @@ static int s_run(s_core *c)
         s_fatal("--server-pid: no such process");
         return -1;
     }
+    bc_threads *thr0 = cpu_ok ? bc_threads_read(o->pids, o->npids) : NULL;
     gen0 = bc_self_cpu_ns();
     s_pace pace = c->work == W_DRAIN ? P_DRAIN : o->rate > 0 ? P_OPEN : P_CLOSED;
     s_loop(pace, o->workload);
     gen1 = bc_self_cpu_ns();
+    bc_threads *thr1 = cpu_ok ? bc_threads_read(o->pids, o->npids) : NULL;
     if (cpu_ok && s_tree_cpu(o->pids, o->npids, &cpu1, &ctx1, &nprocs))
         cpu_ok = false;
     if (c->work == W_DRAIN) {
@@ -1710,6 +1849,10 @@ static int s_run(s_core *c)
             c->checks[K_DRAIN_MISSING] += (uint64_t)o->backlog - c->rcv[r].nseen;
     }
     s_put_figures(c, cpu1 - cpu0, ctx1 - ctx0, cpu_ok, nprocs, gen1 - gen0);
+    if (cpu_ok) /* the servers' own threads by kind (not their children's) */
+        bc_threads_put(thr0, thr1, "call", (double)c->calls_ok);
+    bc_threads_free(thr0);
+    bc_threads_free(thr1);
     return c->fatal ? -1 : 0;
 }
 

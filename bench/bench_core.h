@@ -151,6 +151,22 @@ void bc_print(bool json);
 int64_t bc_proc_cpu_ns(int pid);
 int64_t bc_self_cpu_ns(void);
 
+/* The CPU time and context switches of every thread of pids (not their
+ * children), summed by kind: a thread's name (/proc/PID/task/TID/comm)
+ * lower-cased, digits dropped, anything else but letters made one '_'
+ * ("sh0-socket" and "sh2-socket" are "sh_socket", "ZMQbg/IO/0" is
+ * "zmqbg_io"). bc_threads_read takes a snapshot (NULL: out of memory);
+ * bc_threads_put puts, for each kind that used CPU or switched between
+ * two snapshots, "thread_KIND_cpu_us_per_UNIT" and
+ * "thread_KIND_ctx_per_UNIT" (divided by units), and returns the context
+ * switches of all of them. A thread that ended between the snapshots is
+ * not counted (its process's figure still is). */
+typedef struct bc_threads bc_threads;
+bc_threads *bc_threads_read(const int *pids, int npids);
+int64_t bc_threads_put(const bc_threads *before, const bc_threads *after, const char *unit,
+                       double units);
+void bc_threads_free(bc_threads *t);
+
 /* CLOCK_MONOTONIC in ns. */
 int64_t bc_now_ns(void);
 

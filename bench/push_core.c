@@ -43,7 +43,9 @@
  * behind, due sends wait (their latency still counts from the schedule)
  * and saturated=1 says the offered rate was not carried.
  * Given --server-pids, the servers' CPU time (utime + stime from
- * /proc/PID/stat) over the send phase is divided by the pushes delivered.
+ * /proc/PID/stat) over the send phase is divided by the pushes delivered,
+ * and so are their threads' CPU and context switches by kind (gw_cq,
+ * gw_bus, zmqbg_io, sh_socket...: bc_threads_put in bench_core.h).
  *
  * idle: K idle Subscribe streams (fresh uids, empty inboxes) on one channel
  * (one HTTP/2 connection); when the connection stops admitting streams (the
@@ -1329,6 +1331,7 @@ static int s_run_latency(pb *b)
     int64_t cpu0[PB_MAX_PIDS], gen0 = bc_self_cpu_ns();
     for (int i = 0; i < b->npids; i++)
         cpu0[i] = bc_proc_cpu_ns(b->pids[i]);
+    bc_threads *thr0 = b->npids ? bc_threads_read(b->pids, b->npids) : NULL;
     double period = 1e9 / b->rate;
     int64_t t0 = s_now() + 1000000, next_scan = t0, drain_until = 0;
     s_pacer pacer = {.b = b, .t0 = t0, .period = period, .target = b->nmsgs,
@@ -1365,6 +1368,7 @@ static int s_run_latency(pb *b)
     uint64_t held = pacer.held;
     int inflight_max = pacer.inflight_max;
     int64_t t_end = s_now(), gen1 = bc_self_cpu_ns();
+    bc_threads *thr1 = b->npids ? bc_threads_read(b->pids, b->npids) : NULL;
     int64_t cpu_total = 0;
     bool cpu_ok = b->npids > 0;
     int64_t cpu_each[PB_MAX_PIDS];
@@ -1474,7 +1478,13 @@ static int s_run_latency(pb *b)
             PUT_F("server_cpu_us_per_push",
                   b->delivered ? (double)cpu_total / 1e3 / (double)b->delivered : 0, 1);
         }
+        /* Where it went, by thread kind, and the wake-ups it took. */
+        int64_t ctx = bc_threads_put(thr0, thr1, "push", (double)b->delivered);
+        if (thr0 && thr1 && b->delivered)
+            PUT_F("server_ctx_switches_per_push", (double)ctx / (double)b->delivered, 2);
     }
+    bc_threads_free(thr0);
+    bc_threads_free(thr1);
     PUT_F("gen_cpu_ms", (gen1 - gen0) / 1e6, 0);
     PUT_F("gen_cpu_us_per_msg", b->nsent ? (double)(gen1 - gen0) / 1e3 / (double)b->nsent : 0,
           1);

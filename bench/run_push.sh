@@ -22,7 +22,9 @@
 # (open: each stream cancelled once open; start: at once, HTTP/2's rapid
 # reset), PUSH_JSON (set: JSON lines instead of key=value), IMBOX_SERVE_BIN
 # (the `imbox` binary of the five servers, default build/bin/imbox: for
-# alternated rounds of two builds in one run, as in run_imbox_bench.sh).
+# alternated rounds of two builds in one run, as in run_imbox_bench.sh),
+# PUSH_SERVE (set: one `imbox serve` instead of the cluster, both
+# addresses its own: what the hops between processes cost).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/build/bin"
@@ -67,18 +69,26 @@ gw2="127.0.0.1:${ports[4]}"
 mkdir -p "$data/gw"
 "$bin/imbox" token --uid setup --data-dir "$data/gw" >/dev/null
 
+if [ -n "${PUSH_SERVE:-}" ]; then
+    "$imbox" serve --listen "$gw1" --data-dir "$data/gw" --send-rate 0 2>"$data/gw1.log" &
+    pids+=($!)
+    gw1_pid=$! gw2_pid=$! gw2=$gw1
+fi
 for i in 0 1 2; do
+    [ -n "${PUSH_SERVE:-}" ] && break
     "$imbox" shard --index "$i" --count 3 --listen "tcp://127.0.0.1:${ports[$i]}" \
         --data-dir "$data/shard-$i" --secret-file "$data/gw/auth.secret" \
         2>"$data/shard-$i.log" &
     pids+=($!)
 done
-"$imbox" gateway --listen "$gw1" --shards "$shards" --data-dir "$data/gw" --send-rate 0 2>"$data/gw1.log" &
-pids+=($!)
-gw1_pid=$!
-"$imbox" gateway --listen "$gw2" --shards "$shards" --data-dir "$data/gw" --send-rate 0 2>"$data/gw2.log" &
-pids+=($!)
-gw2_pid=$!
+if [ -z "${PUSH_SERVE:-}" ]; then
+    "$imbox" gateway --listen "$gw1" --shards "$shards" --data-dir "$data/gw" --send-rate 0 2>"$data/gw1.log" &
+    pids+=($!)
+    gw1_pid=$!
+    "$imbox" gateway --listen "$gw2" --shards "$shards" --data-dir "$data/gw" --send-rate 0 2>"$data/gw2.log" &
+    pids+=($!)
+    gw2_pid=$!
+fi
 all_pids=$(IFS=,; echo "${pids[*]}")
 
 # Readiness (bounded: 15 s): each gateway stores one message for 8 uids,
@@ -100,12 +110,18 @@ for gw in "$gw1" "$gw2"; do
     done
     [ -n "$ok" ] || { tail -n 5 "$data"/*.log >&2; echo "run_push.sh: $gw not ready after 15 s" >&2; exit 1; }
 done
-echo "cluster: shards $shards, gateway 1 $gw1 (pid $gw1_pid), gateway 2 $gw2 (pid $gw2_pid)"
+if [ -n "${PUSH_SERVE:-}" ]; then
+    echo "serve: $gw1 (pid $gw1_pid), sends and subscribes both there"
+else
+    echo "cluster: shards $shards, gateway 1 $gw1 (pid $gw1_pid), gateway 2 $gw2 (pid $gw2_pid)"
+fi
 
 "$bin/fsync_rate" --dir "$data" | head -1
 rc=0
 for r in $rates; do
-    echo "# latency: $r pushes/s for $secs s, $subs subscribers (send on gateway 1, subscribe on gateway 2)"
+    where="send on gateway 1, subscribe on gateway 2"
+    [ -n "${PUSH_SERVE:-}" ] && where="send and subscribe on one imbox serve"
+    echo "# latency: $r pushes/s for $secs s, $subs subscribers ($where)"
     "$bin/push_bench" --mode latency --send-addr "$gw1" --sub-addr "$gw2" --data-dir "$data/gw" \
         --subscribers "$subs" --rate "$r" --seconds "$secs" --ack-ms "$ack_ms" \
         --server-pids "$all_pids" \

@@ -74,6 +74,9 @@ class BenchTest(h.ImboxTestCase):
         # The server's threads sleep between calls: serving any wakes one.
         self.assertGreater(rep['server_ctx_switches_per_call'], 0, rep)
         self.assertEqual(rep['server_procs'], 1, rep)
+        # ... and by kind of thread: the completion-queue thread takes every
+        # call, so it woke.
+        self.assertGreater(rep['thread_gw_cq_ctx_per_call'], 0, rep)
         self.assertIn('gen_cpu_us_per_call', rep)
 
     # ------------------------------------------------------------- send
@@ -190,6 +193,26 @@ class BenchTest(h.ImboxTestCase):
             ' '.join(argv[1:]), r.returncode, out, r.stderr.decode('utf-8', 'replace')))
         lines = [l for l in out.splitlines() if l.strip()]
         return json.loads(lines[0]) if lines else None
+
+    def test_push_latency(self):
+        pid = self.dep.proc.pid
+        rep = self.run_push_bench('--mode', 'latency',
+                                  '--send-addr', '127.0.0.1:%d' % self.dep.port,
+                                  '--subscribers', 10, '--rate', 200, '--seconds', 1,
+                                  '--server-pids', pid)
+        self.assertEqual(rep['ok'], 1, rep)
+        self.assertEqual(rep['sent'], 200, rep)
+        self.assertEqual(rep['receipts_ok'], 200, rep)
+        self.assertEqual(rep['delivered'], 200, rep)
+        for k in ('missing', 'deliveries_duplicate', 'order_violations', 'streams_lost'):
+            self.assertEqual(rep[k], 0, (k, rep))
+        self.assertLessEqual(rep['push_p50_us'], rep['push_p99_us'], rep)
+        self.assertGreater(rep['server_cpu_us_per_push'], 0, rep)
+        # Every push wakes the server's threads; the completion-queue
+        # thread (every Send and Ack) and the bus (every commit) among them.
+        self.assertGreater(rep['server_ctx_switches_per_push'], 0, rep)
+        self.assertGreater(rep['thread_gw_cq_ctx_per_push'], 0, rep)
+        self.assertGreater(rep['thread_gw_bus_ctx_per_push'], 0, rep)
 
     def test_push_churn(self):
         pid = self.dep.proc.pid
