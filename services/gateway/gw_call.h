@@ -189,6 +189,7 @@ struct gw_server {
     struct gw_subs *subs;     /* live streams (gw_sub.c) */
     atomic_llong reply_bytes; /* the reply budget in use (gw__budget_*) */
     atomic_llong untrimmed;   /* given back since the last malloc_trim */
+    struct im_trim *trim;     /* gives free heap back (gw_server.c) */
     /* readiness (gw_health.c) */
     atomic_bool *shard_ok;    /* per shard: its last HealthOp answered OK */
     struct gw_probe *probes;  /* per shard: the probe in flight (bus thread) */
@@ -253,7 +254,7 @@ int gw__shard_reply(gw_call *c, int status, const char *why, const uint8_t *repl
 /* Charges n bytes if they fit; false (nothing charged) if not. */
 bool gw__budget_take(gw_server *g, size_t n);
 /* Gives n charged bytes back; once 1 MiB has come back, the bus thread's
- * next tick gives the freed memory back to the system (malloc_trim). */
+ * next tick has the freed memory given back to the system (im_trim.h). */
 void gw__budget_give(gw_server *g, size_t n);
 /* Whether a new read may start (GW_READ_RESERVE left). */
 bool gw__budget_room(gw_server *g);
