@@ -18,6 +18,7 @@ struct im_trim {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     long long threshold;
+    int period_ms;
     const char *src;
     /* under mu */
     long long base;   /* slack after the last trim, or at start; -1: unknown */
@@ -51,16 +52,43 @@ static double s_ms_since(const struct timespec *t0)
     return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
+/* Under mu: whether slack (just measured) asks for a trim. */
+static bool s_grew(im_trim *t, long long slack)
+{
+    if (t->base < 0) {
+        t->base = slack; /* unknown so far: measure from now */
+        return false;
+    }
+    return slack >= 0 && slack - t->base >= t->threshold;
+}
+
 static void *s_main(void *arg)
 {
     im_trim *t = arg;
     im_thread_name("im-trim");
     pthread_mutex_lock(&t->mu);
     for (;;) {
-        while (!t->want && !t->stop)
-            pthread_cond_wait(&t->cv, &t->mu);
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += t->period_ms / 1000;
+        until.tv_nsec += (long)(t->period_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (!t->want && !t->stop) {
+            if (pthread_cond_timedwait(&t->cv, &t->mu, &until) == ETIMEDOUT) {
+                pthread_mutex_unlock(&t->mu);
+                long long slack = s_slack(); /* mallinfo2 locks arenas: not under mu */
+                pthread_mutex_lock(&t->mu);
+                t->want = t->want || s_grew(t, slack);
+                break;
+            }
+        }
         if (t->stop)
             break;
+        if (!t->want)
+            continue;
         pthread_mutex_unlock(&t->mu);
         long long before = s_slack();
         struct timespec t0;
@@ -81,16 +109,21 @@ static void *s_main(void *arg)
     return NULL;
 }
 
-im_trim *im_trim_start(long long threshold, const char *src)
+im_trim *im_trim_start(long long threshold, int period_ms, const char *src)
 {
     im_trim *t = calloc(1, sizeof *t);
     if (!t)
         return NULL;
     t->threshold = threshold > 0 ? threshold : 1;
+    t->period_ms = period_ms > 0 ? period_ms : 1000;
     t->src = src;
     t->base = s_slack();
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&t->mu, NULL);
-    pthread_cond_init(&t->cv, NULL);
+    pthread_cond_init(&t->cv, &ca);
+    pthread_condattr_destroy(&ca);
     int rc = pthread_create(&t->thread, NULL, s_main, t);
     if (rc) {
         pthread_mutex_destroy(&t->mu);
@@ -109,9 +142,7 @@ bool im_trim_check(im_trim *t, bool force)
     long long slack = force ? 0 : s_slack();
     bool ask = false;
     pthread_mutex_lock(&t->mu);
-    if (!t->want && !force && t->base < 0)
-        t->base = slack; /* unknown at start: measure from now */
-    else if (!t->want && (force || (slack >= 0 && slack - t->base >= t->threshold))) {
+    if (!t->want && (force || s_grew(t, slack))) {
         t->want = ask = true;
         pthread_cond_signal(&t->cv);
     }

@@ -10,24 +10,24 @@
  * rapid resets went to 34 MB), but it walks every arena and took 50 to 100
  * ms there: too long for a thread that answers requests, hence the thread.
  *
- *   im_trim *t = im_trim_start(32 << 20, "gateway");
- *   im_trim_check(t, false);   // from a periodic tick, any thread
+ *   im_trim *t = im_trim_start(32 << 20, 1000, "gateway");
+ *   im_trim_check(t, true);    // something big was freed: trim now
  *   im_trim_stop(&t);
  *
  * "Slack" is the process's resident memory less what malloc has handed out
  * (its arenas' chunks in use and its mmapped chunks): free heap, plus what
- * is not heap at all (code, stacks), which a trim leaves. A check asks for
- * a trim when the slack has grown by the threshold since the last trim (or
- * the start), or when the caller says something big was freed (force); one
- * trim at a time, and a check while one runs asks nothing more. Each trim
- * measures the slack again afterwards, so memory that a trim cannot give
- * back does not ask for another. Each trim is logged (how much, how long)
- * under src: at info when it gave back at least the threshold, else at
- * debug.
+ * is not heap at all (code, stacks), which a trim leaves. Every period the
+ * thread measures the slack and trims when it grew by the threshold since
+ * the last trim (or the start); a caller may also ask for a trim at once
+ * (force). One trim at a time: an ask while one is pending or under way
+ * asks nothing more. Each trim measures the slack again afterwards, so
+ * memory that a trim cannot give back does not ask for another. Each trim
+ * is logged (how much, how long) under src: at info when it gave back at
+ * least the threshold, else at debug.
  *
- * Cost of a check: mallinfo2() (locks and walks each arena's bins; 0.01%
- * of a busy gateway's CPU samples at one check a second) and a read of
- * /proc/self/statm. Threads: any.
+ * Cost of a measure: mallinfo2() (locks and walks each arena's bins; 0.01%
+ * of a busy gateway's CPU samples at one a second) and a read of
+ * /proc/self/statm, on the trimmer's thread. Threads: any.
  */
 #ifndef IMBOX_IM_TRIM_H
 #define IMBOX_IM_TRIM_H
@@ -38,12 +38,14 @@ typedef struct im_trim im_trim;
 
 /* Starts the trimmer's thread; NULL if it cannot (out of memory, or no
  * thread: errno says). threshold: bytes of slack growth that ask for a
- * trim (> 0). src: the log lines' src (a literal: kept, not copied). */
-im_trim *im_trim_start(long long threshold, const char *src);
+ * trim (> 0); period_ms: how often the thread measures (> 0). src: the log
+ * lines' src (a literal: kept, not copied). */
+im_trim *im_trim_start(long long threshold, int period_ms, const char *src);
 
-/* Asks for a trim if the slack grew by the threshold since the last one,
- * or if force, unless one is already asked for or under way. Returns at
- * once, true if it asked; t may be NULL (nothing happens: false). */
+/* Measures now, as the thread does every period: asks for a trim if the
+ * slack grew by the threshold since the last one, or if force, unless one
+ * is already asked for or under way. Returns at once, true if it asked; t
+ * may be NULL (nothing happens: false). */
 bool im_trim_check(im_trim *t, bool force);
 
 /* Trims done so far (tests). */

@@ -1,7 +1,8 @@
 /*
  * test_trim.c - CUnit suite of im_trim.h: a check asks for a trim only
  * when the slack (resident memory malloc has not handed out) grew by the
- * threshold, or when forced; the trim runs on the trimmer's thread and
+ * threshold, or when forced; the thread measures by itself every period;
+ * the trim runs on the trimmer's thread and
  * gives freed heap back (the process's RSS falls); a trim resets the
  * measure, so the memory it gave back asks for nothing more.
  *
@@ -38,6 +39,7 @@
 #define MB (1ll << 20)
 #define CHUNK 8192
 #define WAIT_MS 10000 /* a trim of a small test heap takes milliseconds */
+#define QUIET_MS 600000 /* a period the tests never reach: only their checks */
 
 static long long rss_bytes(void)
 {
@@ -95,7 +97,7 @@ static void test_null_is_nothing(void)
 
 static void test_quiet_heap_asks_nothing(void)
 {
-    im_trim *t = im_trim_start(32 * MB, "test");
+    im_trim *t = im_trim_start(32 * MB, QUIET_MS, "test");
     EXPECT(t != NULL, "the trimmer starts");
     if (!t)
         return;
@@ -109,7 +111,7 @@ static void test_quiet_heap_asks_nothing(void)
 
 static void test_forced_trims_run_on_its_thread(void)
 {
-    im_trim *t = im_trim_start(32 * MB, "test");
+    im_trim *t = im_trim_start(32 * MB, QUIET_MS, "test");
     EXPECT(t != NULL, "the trimmer starts");
     if (!t)
         return;
@@ -126,7 +128,7 @@ static void test_freed_heap_goes_back(void)
         EXPECT(true, "skipped under AddressSanitizer");
         return;
     }
-    im_trim *t = im_trim_start(32 * MB, "test");
+    im_trim *t = im_trim_start(32 * MB, QUIET_MS, "test");
     EXPECT(t != NULL, "the trimmer starts");
     if (!t)
         return;
@@ -143,11 +145,32 @@ static void test_freed_heap_goes_back(void)
     im_trim_stop(&t);
 }
 
+static void test_period_measures_by_itself(void)
+{
+    if (ASAN) {
+        EXPECT(true, "skipped under AddressSanitizer");
+        return;
+    }
+    im_trim *t = im_trim_start(32 * MB, 20, "test");
+    EXPECT(t != NULL, "the trimmer starts");
+    if (!t)
+        return;
+    void *pin = free_heap(96 * MB);
+    long long before = rss_bytes();
+    EXPECT(wait_trims(t, 1), "a period found the freed heap and trimmed (count %ld)",
+           im_trim_count(t));
+    long long after = rss_bytes();
+    EXPECT(before - after >= 64 * MB, "RSS fell by %lld MB", (before - after) / MB);
+    free(pin);
+    im_trim_stop(&t);
+}
+
 static const im_cunit_test tests[] = {
     {"null_is_nothing", test_null_is_nothing},
     {"quiet_heap_asks_nothing", test_quiet_heap_asks_nothing},
     {"forced_trims_run_on_its_thread", test_forced_trims_run_on_its_thread},
     {"freed_heap_goes_back", test_freed_heap_goes_back},
+    {"period_measures_by_itself", test_period_measures_by_itself},
 };
 
 int main(int argc, char **argv)
