@@ -303,12 +303,12 @@ static int64_t s_ticks_ns(int64_t ticks)
     return ticks * (1000000000LL / (hz > 0 ? hz : 100));
 }
 
-/* Reads /proc/PID/stat. The comm field may hold spaces and parentheses:
- * fields are counted after the last ')'. Returns 0 or -1. */
-static int s_read_stat(int pid, s_pstat *out)
+/* Reads a stat file of /proc (a process's, or a thread's under
+ * /proc/PID/task). The comm field may hold spaces and parentheses: fields
+ * are counted after the last ')'. Returns 0 or -1. */
+static int s_read_stat_at(const char *path, int pid, s_pstat *out)
 {
-    char path[64], buf[2048];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    char buf[2048];
     FILE *f = fopen(path, "r");
     if (!f)
         return -1;
@@ -333,6 +333,14 @@ static int s_read_stat(int pid, s_pstat *out)
     out->ticks = v[11] + v[12] + v[13] + v[14];
     out->in = false;
     return 0;
+}
+
+/* Reads /proc/PID/stat (s_read_stat_at). */
+static int s_read_stat(int pid, s_pstat *out)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    return s_read_stat_at(path, pid, out);
 }
 
 /* Context switches (voluntary and not) of every thread of pid so far: each
@@ -510,16 +518,8 @@ static void s_thread_add(bc_threads *t, int pid, const char *tid)
         return;
     s_thread_kind(buf, kind, sizeof kind);
     snprintf(path, sizeof path, "/proc/%d/task/%.16s/stat", pid, tid);
-    if (s_read_small(path, buf, sizeof buf))
-        return;
-    /* After the last ")": utime and stime are tokens 11 and 12. */
-    char *p = strrchr(buf, ')'), *save = NULL;
-    long long v[13] = {0};
-    int i = 0;
-    for (char *w = p ? strtok_r(p + 1, " ", &save) : NULL; w && i < 13;
-         w = strtok_r(NULL, " ", &save), i++)
-        v[i] = i ? strtoll(w, NULL, 10) : 0;
-    if (i < 13)
+    s_pstat st;
+    if (s_read_stat_at(path, pid, &st))
         return;
     int64_t ctx = 0;
     snprintf(path, sizeof path, "/proc/%d/task/%.16s/status", pid, tid);
@@ -540,7 +540,7 @@ static void s_thread_add(bc_threads *t, int pid, const char *tid)
         else
             snprintf(t->k[t->n++].kind, sizeof t->k[0].kind, "%s", kind);
     }
-    t->k[k].ns += s_ticks_ns(v[11] + v[12]);
+    t->k[k].ns += s_ticks_ns(st.own);
     t->k[k].ctx += ctx;
 }
 
