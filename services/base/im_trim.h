@@ -7,7 +7,7 @@
  * of calls that gRPC made and freed, pages read and sent) a server can so
  * stay at its peak for good, near its memory limit. malloc_trim(0) hands
  * the free pages back (measured: a gateway at 619 MB after 60,000 HTTP/2
- * rapid resets went to 34 MB), but it walks every arena and took 50 to 100
+ * rapid resets went to 34 MB), but it walks every arena and took up to 112
  * ms there: too long for a thread that answers requests, hence the thread.
  *
  *   im_trim *t = im_trim_start(32 << 20, 1000, "gateway");
