@@ -24,6 +24,7 @@ struct im_trim {
     long long base;   /* slack after the last trim, or at start; -1: unknown */
     bool want, stop;
     long count;
+    long long returned;  /* bytes the trims gave back */
 };
 
 /* Resident bytes that malloc has not handed out, or -1. */
@@ -104,6 +105,8 @@ static void *s_main(void *arg)
         t->base = after;
         t->want = false;
         t->count++;
+        if (before >= 0 && after >= 0 && before > after)
+            t->returned += before - after;
     }
     pthread_mutex_unlock(&t->mu);
     return NULL;
@@ -150,13 +153,13 @@ bool im_trim_check(im_trim *t, bool force)
     return ask;
 }
 
-long im_trim_count(const im_trim *t)
+void im_trim_stats(const im_trim *t, long *trims, long long *returned)
 {
-    im_trim *m = (im_trim *)t;
+    im_trim *m = (im_trim *)t; /* the lock is not part of the value */
     pthread_mutex_lock(&m->mu);
-    long n = m->count;
+    *trims = m->count;
+    *returned = m->returned;
     pthread_mutex_unlock(&m->mu);
-    return n;
 }
 
 void im_trim_stop(im_trim **tp)

@@ -48,8 +48,9 @@ im_trim *im_trim_start(long long threshold, int period_ms, const char *src);
  * may be NULL (nothing happens: false). */
 bool im_trim_check(im_trim *t, bool force);
 
-/* Trims done so far (tests). */
-long im_trim_count(const im_trim *t);
+/* Trims done so far, and the bytes they gave back (the slack before each
+ * less after, when it fell): the metrics' imbox_heap_*_total. */
+void im_trim_stats(const im_trim *t, long *trims, long long *returned);
 
 /* Stops the thread (a trim under way finishes first) and frees; *t is
  * NULL after, and may be NULL before. */

@@ -194,11 +194,13 @@ static void s_log_level(const flag *flags)
     }
 }
 
-/* What one process exports: its gateway (or NULL) and its shards. */
+/* What one process exports: its gateway (or NULL), its shards, and its
+ * heap trimmer (the gateway's, or a shard process's own). */
 typedef struct s_exported {
     gw_server *gw;
     sh_service **shards;
     int nshards;
+    const im_trim *trim;
 } s_exported;
 
 static void s_render(void *arg, im_mtext *t)
@@ -208,6 +210,19 @@ static void s_render(void *arg, im_mtext *t)
         gw_metrics_render(e->gw, t);
     if (e->nshards)
         sh_metrics_render(e->shards, e->nshards, t);
+    const im_trim *trim = e->trim ? e->trim : e->gw ? gw_trimmer(e->gw) : NULL;
+    if (trim) {
+        long n;
+        long long bytes;
+        im_trim_stats(trim, &n, &bytes);
+        im_mtext_head(t, "imbox_heap_trims_total", "counter",
+                      "times free heap was given back to the system (malloc_trim)");
+        im_mtext_printf(t, "imbox_heap_trims_total %ld\n", n);
+        im_mtext_head(t, "imbox_heap_returned_bytes_total", "counter",
+                      "bytes of free heap given back (resident memory malloc had not "
+                      "handed out, before each trim less after)");
+        im_mtext_printf(t, "imbox_heap_returned_bytes_total %lld\n", bytes);
+    }
 }
 
 /* Starts the metrics endpoint if --metrics-listen is set: 0 (*m NULL when
@@ -392,7 +407,7 @@ static int cmd_serve(int argc, char **argv)
             rc = 1;
         }
     }
-    s_exported ex = {gw, shards, S};
+    s_exported ex = {gw, shards, S, NULL}; /* the gateway's trimmer serves the process */
     im_metrics *metrics = NULL;
     if (!rc)
         rc = s_metrics(flags, "serve", &ex, &metrics);
@@ -487,7 +502,7 @@ static int cmd_shard(int argc, char **argv)
         }
         im_log(IM_LOG_INFO, "imbox", NULL, "shard health (grpc.health.v1) on %s", health_listen);
     }
-    s_exported ex = {NULL, &sh, 1};
+    s_exported ex = {NULL, &sh, 1, trim};
     im_metrics *metrics = NULL;
     rc = s_metrics(flags, "shard", &ex, &metrics);
     if (!rc) {
@@ -559,7 +574,7 @@ static int cmd_gateway(int argc, char **argv)
         fprintf(stderr, "imbox gateway: %s\n", err);
         rc = 1;
     } else {
-        s_exported ex = {gw, NULL, 0};
+        s_exported ex = {gw, NULL, 0, NULL};
         im_metrics *metrics = NULL;
         rc = s_metrics(flags, "gateway", &ex, &metrics);
         if (!rc) {

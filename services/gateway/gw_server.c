@@ -71,6 +71,11 @@ static void s_tick(void *arg)
     gw__health_tick(g);
 }
 
+const struct im_trim *gw_trimmer(const gw_server *g)
+{
+    return g->trim;
+}
+
 /* The bus's disconnect hook: the streams of the shard end, and the
  * gateway is not ready until the shard answers a probe again. */
 static void s_disconnected(void *arg, int shard)

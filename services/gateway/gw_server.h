@@ -94,4 +94,9 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen);
  * still running after grace_ms are cancelled), then frees *g. */
 void gw_stop(gw_server **g, int grace_ms);
 
+/* The gateway's heap trimmer (im_trim.h: one per process that runs a
+ * gateway), for its figures; valid until gw_stop. */
+struct im_trim;
+const struct im_trim *gw_trimmer(const gw_server *g);
+
 #endif

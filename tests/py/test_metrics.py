@@ -153,6 +153,10 @@ class ServeMetricsTest(h.ImboxTestCase):
             self.assertIn(('imbox_shard_rocksdb_sst_bytes', s), m1)
             self.assertEqual(m1[('imbox_gateway_shard_up', s)], 1)
         self.assertNotIn(a, str(m1))
+        # The process's heap trimmer (im_trim.h): counters, there from the start.
+        for name in ('imbox_heap_trims_total', 'imbox_heap_returned_bytes_total'):
+            self.assertIn((name, ''), m0)
+            self.assertGreaterEqual(moved(name), 0)
         sub.cancel()
         deadline = time.monotonic() + h.READY_TIMEOUT_S
         while self.metrics()[('imbox_gateway_subscribe_streams', '')] != 0:
@@ -241,6 +245,7 @@ class ClusterMetricsTest(h.ImboxTestCase):
         self.assertEqual(m[('imbox_gateway_shard_up', '{shard="0"}')], 1)
         self.assertEqual(m[('imbox_gateway_shard_up', '{shard="1"}')], 1)
         self.assertNotIn(('imbox_shard_messages_stored_total', '{shard="0"}'), m)
+        self.assertIn(('imbox_heap_trims_total', ''), m)  # the gateway process's
         dep.kill9_shard(1)
         deadline = time.monotonic() + 10 * h.SLOW
         while wait_metrics(mport, [dep.gw_proc])[('imbox_gateway_shard_up',

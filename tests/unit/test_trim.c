@@ -53,15 +53,31 @@ static long long rss_bytes(void)
     return resident < 0 ? -1 : resident * sysconf(_SC_PAGESIZE);
 }
 
+static long count(const im_trim *t)
+{
+    long n;
+    long long bytes;
+    im_trim_stats(t, &n, &bytes);
+    return n;
+}
+
+static long long returned(const im_trim *t)
+{
+    long n;
+    long long bytes;
+    im_trim_stats(t, &n, &bytes);
+    return bytes;
+}
+
 /* Waits, bounded, until t has done n trims; whether it has. */
 static bool wait_trims(const im_trim *t, long n)
 {
     for (int i = 0; i < WAIT_MS; i++) {
-        if (im_trim_count(t) >= n)
+        if (count(t) >= n)
             return true;
         nanosleep(&(struct timespec){0, 1000000}, NULL);
     }
-    return im_trim_count(t) >= n;
+    return count(t) >= n;
 }
 
 /* Allocates and touches bytes of heap in small chunks (inside malloc's
@@ -104,7 +120,7 @@ static void test_quiet_heap_asks_nothing(void)
     /* Under ASan the slack moves with ASan's own memory: nothing to say. */
     for (int i = 0; i < 3 && !ASAN; i++)
         EXPECT(!im_trim_check(t, false), "check %d on a quiet heap asks no trim", i);
-    EXPECT(im_trim_count(t) == 0 || ASAN, "no trim done (got %ld)", im_trim_count(t));
+    EXPECT(count(t) == 0 || ASAN, "no trim done (got %ld)", count(t));
     im_trim_stop(&t);
     EXPECT(t == NULL, "stopped");
 }
@@ -116,9 +132,9 @@ static void test_forced_trims_run_on_its_thread(void)
     if (!t)
         return;
     EXPECT(im_trim_check(t, true), "a forced check asks");
-    EXPECT(wait_trims(t, 1), "the trim was done (count %ld)", im_trim_count(t));
+    EXPECT(wait_trims(t, 1), "the trim was done (count %ld)", count(t));
     EXPECT(im_trim_check(t, true), "a forced check after it asks again");
-    EXPECT(wait_trims(t, 2), "the second trim was done (count %ld)", im_trim_count(t));
+    EXPECT(wait_trims(t, 2), "the second trim was done (count %ld)", count(t));
     im_trim_stop(&t);
 }
 
@@ -135,10 +151,11 @@ static void test_freed_heap_goes_back(void)
     void *pin = free_heap(96 * MB);
     long long before = rss_bytes();
     EXPECT(im_trim_check(t, false), "96 MB of freed heap asks for a trim");
-    EXPECT(wait_trims(t, 1), "the trim was done (count %ld)", im_trim_count(t));
+    EXPECT(wait_trims(t, 1), "the trim was done (count %ld)", count(t));
     long long after = rss_bytes();
     EXPECT(before - after >= 64 * MB, "RSS fell by %lld MB (from %lld to %lld MB)",
            (before - after) / MB, before / MB, after / MB);
+    EXPECT(returned(t) >= 64 * MB, "the stats count %lld MB given back", returned(t) / MB);
     /* The measure starts again from the trimmed heap. */
     EXPECT(!im_trim_check(t, false), "nothing freed since: no trim asked");
     free(pin);
@@ -158,7 +175,7 @@ static void test_period_measures_by_itself(void)
     void *pin = free_heap(96 * MB);
     long long before = rss_bytes();
     EXPECT(wait_trims(t, 1), "a period found the freed heap and trimmed (count %ld)",
-           im_trim_count(t));
+           count(t));
     long long after = rss_bytes();
     EXPECT(before - after >= 64 * MB, "RSS fell by %lld MB", (before - after) / MB);
     free(pin);
