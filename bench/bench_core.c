@@ -343,37 +343,54 @@ static int s_read_stat(int pid, s_pstat *out)
     return s_read_stat_at(path, pid, out);
 }
 
-/* Context switches (voluntary and not) of every thread of pid so far: each
- * is a thread that slept and was woken, or was preempted; 0 if pid is gone. */
-static int64_t s_proc_ctx(int pid)
+/* Context switches (voluntary and not) of thread tid of pid so far: each
+ * is the thread slept and was woken, or was preempted; 0 if it is gone. */
+static int64_t s_task_ctx(int pid, const char *tid)
+{
+    char sp[96], line[128];
+    snprintf(sp, sizeof sp, "/proc/%d/task/%.16s/status", pid, tid);
+    FILE *f = fopen(sp, "r");
+    if (!f)
+        return 0;
+    int64_t sum = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *v = NULL;
+        if (!strncmp(line, "voluntary_ctxt_switches:", 24))
+            v = line + 24;
+        else if (!strncmp(line, "nonvoluntary_ctxt_switches:", 27))
+            v = line + 27;
+        if (v)
+            sum += strtoll(v, NULL, 10);
+    }
+    fclose(f);
+    return sum;
+}
+
+/* Calls fn(arg, pid, tid) for every thread of pid (none if pid is gone). */
+static void s_each_task(int pid, void (*fn)(void *arg, int pid, const char *tid), void *arg)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/task", pid);
     DIR *d = opendir(path);
     if (!d)
-        return 0;
-    int64_t sum = 0;
+        return;
     struct dirent *e;
-    while ((e = readdir(d))) {
-        if (!isdigit((unsigned char)e->d_name[0]))
-            continue;
-        char sp[96], line[128];
-        snprintf(sp, sizeof sp, "/proc/%d/task/%.16s/status", pid, e->d_name);
-        FILE *f = fopen(sp, "r");
-        if (!f)
-            continue;
-        while (fgets(line, sizeof line, f)) {
-            const char *v = NULL;
-            if (!strncmp(line, "voluntary_ctxt_switches:", 24))
-                v = line + 24;
-            else if (!strncmp(line, "nonvoluntary_ctxt_switches:", 27))
-                v = line + 27;
-            if (v)
-                sum += strtoll(v, NULL, 10);
-        }
-        fclose(f);
-    }
+    while ((e = readdir(d)))
+        if (isdigit((unsigned char)e->d_name[0]))
+            fn(arg, pid, e->d_name);
     closedir(d);
+}
+
+static void s_ctx_add(void *arg, int pid, const char *tid)
+{
+    *(int64_t *)arg += s_task_ctx(pid, tid);
+}
+
+/* Context switches of every thread of pid so far; 0 if pid is gone. */
+static int64_t s_proc_ctx(int pid)
+{
+    int64_t sum = 0;
+    s_each_task(pid, s_ctx_add, &sum);
     return sum;
 }
 
@@ -497,40 +514,26 @@ static void s_thread_kind(const char *comm, char *kind, size_t len)
         snprintf(kind, len, "other");
 }
 
-/* Reads one small /proc file whole into buf; 0 or -1. */
-static int s_read_small(const char *path, char *buf, size_t len)
+/* Adds one thread's figures (pid's task tid) to the bc_threads arg under
+ * its kind (an s_each_task callback). */
+static void s_thread_add(void *arg, int pid, const char *tid)
 {
+    bc_threads *t = arg;
+    char path[96], comm[64] = "", kind[24];
+    snprintf(path, sizeof path, "/proc/%d/task/%.16s/comm", pid, tid);
     FILE *f = fopen(path, "r");
     if (!f)
-        return -1;
-    size_t n = fread(buf, 1, len - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return 0;
-}
-
-/* Adds one thread's figures (pid's task tid) to t under its kind. */
-static void s_thread_add(bc_threads *t, int pid, const char *tid)
-{
-    char path[96], buf[2048], kind[24];
-    snprintf(path, sizeof path, "/proc/%d/task/%.16s/comm", pid, tid);
-    if (s_read_small(path, buf, sizeof buf))
         return;
-    s_thread_kind(buf, kind, sizeof kind);
+    bool named = fgets(comm, sizeof comm, f) != NULL;
+    fclose(f);
+    if (!named)
+        return;
+    s_thread_kind(comm, kind, sizeof kind);
     snprintf(path, sizeof path, "/proc/%d/task/%.16s/stat", pid, tid);
     s_pstat st;
     if (s_read_stat_at(path, pid, &st))
         return;
-    int64_t ctx = 0;
-    snprintf(path, sizeof path, "/proc/%d/task/%.16s/status", pid, tid);
-    if (!s_read_small(path, buf, sizeof buf)) {
-        const char *c = strstr(buf, "\nvoluntary_ctxt_switches:");
-        const char *nc = strstr(buf, "\nnonvoluntary_ctxt_switches:");
-        if (c)
-            ctx += strtoll(c + 25, NULL, 10);
-        if (nc)
-            ctx += strtoll(nc + 28, NULL, 10);
-    }
+    int64_t ctx = s_task_ctx(pid, tid);
     int k = 0;
     while (k < t->n && strcmp(t->k[k].kind, kind))
         k++;
@@ -547,18 +550,8 @@ static void s_thread_add(bc_threads *t, int pid, const char *tid)
 bc_threads *bc_threads_read(const int *pids, int npids)
 {
     bc_threads *t = calloc(1, sizeof *t);
-    for (int i = 0; t && i < npids; i++) {
-        char path[64];
-        snprintf(path, sizeof path, "/proc/%d/task", pids[i]);
-        DIR *d = opendir(path);
-        if (!d)
-            continue;
-        struct dirent *e;
-        while ((e = readdir(d)))
-            if (isdigit((unsigned char)e->d_name[0]))
-                s_thread_add(t, pids[i], e->d_name);
-        closedir(d);
-    }
+    for (int i = 0; t && i < npids; i++)
+        s_each_task(pids[i], s_thread_add, t);
     return t;
 }
 
