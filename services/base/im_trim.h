@@ -10,7 +10,7 @@
  * rapid resets went to 34 MB), but it walks every arena and took up to 112
  * ms there: too long for a thread that answers requests, hence the thread.
  *
- *   im_trim *t = im_trim_start(32 << 20, 1000, "gateway");
+ *   im_trim *t = im_trim_start(IM_TRIM_SLACK, IM_TRIM_PERIOD_MS, "gateway");
  *   im_trim_check(t, true);    // something big was freed: trim now
  *   im_trim_stop(&t);
  *
@@ -33,6 +33,10 @@
 #define IMBOX_IM_TRIM_H
 
 #include <stdbool.h>
+
+/* What a server process runs its trimmer with (a gateway, `imbox shard`). */
+#define IM_TRIM_SLACK (32ll << 20)
+#define IM_TRIM_PERIOD_MS 1000
 
 typedef struct im_trim im_trim;
 

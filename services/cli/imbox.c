@@ -45,8 +45,6 @@
 
 #define IMBOX_GRACE_MS 3000   /* SIGTERM: calls still running then are cancelled */
 #define IMBOX_MAX_SHARDS 1024
-#define SHARD_TRIM_SLACK (32ll << 20) /* `imbox shard`: as a gateway's (im_trim.h) */
-#define SHARD_TRIM_PERIOD_MS 1000
 
 typedef struct flag {
     const char *name;  /* without the leading "--" */
@@ -477,7 +475,7 @@ static int cmd_shard(int argc, char **argv)
     bk_admin *adm = bk_admin_start(&ac, err, sizeof err);
     /* Free heap back to the system after bursts (a drain of big pages
      * left 37 MB of it resident; a gateway has its own: gw_start). */
-    im_trim *trim = adm ? im_trim_start(SHARD_TRIM_SLACK, SHARD_TRIM_PERIOD_MS, "shard") : NULL;
+    im_trim *trim = adm ? im_trim_start(IM_TRIM_SLACK, IM_TRIM_PERIOD_MS, "shard") : NULL;
     if (!adm || !trim) {
         if (adm)
             snprintf(err, sizeof err, "cannot start the heap trimmer: %s", strerror(errno));

@@ -35,13 +35,11 @@ static const char *const s_paths[M_GENERIC] = {
  * resident after a connection's 300 stalled pages were freed). On a tick,
  * not on every free, as a trim walks every arena. */
 #define GW_TRIM_BYTES (1u << 20)
-/* The same, measured every second by the trimmer itself, when memory that
- * nothing holds grew by this much since the last trim, whatever freed it:
- * gRPC's calls after a burst of streams (a gateway kept 619 MB resident
- * after 60,000 HTTP/2 rapid resets, 34 MB once trimmed). The trims run on
- * a thread of their own (im_trim.h). */
-#define GW_TRIM_SLACK (32ll << 20)
-#define GW_TRIM_PERIOD_MS 1000
+/* The trimmer also trims by itself, measuring every IM_TRIM_PERIOD_MS,
+ * when memory that nothing holds grew by IM_TRIM_SLACK since the last trim,
+ * whatever freed it: gRPC's calls after a burst of streams (a gateway kept
+ * 619 MB resident after 60,000 HTTP/2 rapid resets, 34 MB once trimmed).
+ * The trims run on a thread of their own (im_trim.h). */
 
 bool gw__budget_take(gw_server *g, size_t n)
 {
@@ -496,7 +494,7 @@ gw_server *gw_start(const gw_config *c, char *err, size_t errlen)
         return NULL;
     }
     id[0] |= 1; /* ZeroMQ reserves routing ids that start with 0 */
-    if (!(g->trim = im_trim_start(GW_TRIM_SLACK, GW_TRIM_PERIOD_MS, "gateway"))) {
+    if (!(g->trim = im_trim_start(IM_TRIM_SLACK, IM_TRIM_PERIOD_MS, "gateway"))) {
         snprintf(err, errlen, "cannot start the heap trimmer: %s", strerror(errno));
         s_free(g);
         return NULL;
