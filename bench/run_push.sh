@@ -24,7 +24,8 @@
 # (the `imbox` binary of the five servers, default build/bin/imbox: for
 # alternated rounds of two builds in one run, as in run_imbox_bench.sh),
 # PUSH_SERVE (set: one `imbox serve` instead of the cluster, both
-# addresses its own: what the hops between processes cost).
+# addresses its own: what the hops between processes cost), PUSH_SHARDS
+# (3, 1 to 16: the cluster's shards, which share this machine's one disk).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/build/bin"
@@ -40,6 +41,11 @@ ack_ms=${PUSH_ACK_MS:-100}
 idle=${PUSH_IDLE:-10000}
 churn=${PUSH_CHURN:-100000}
 churn_cancel=${PUSH_CHURN_CANCEL:-open}
+nshards=${PUSH_SHARDS:-3}
+case "$nshards" in
+    [1-9] | 1[0-6]) ;;
+    *) echo "run_push.sh: PUSH_SHARDS must be 1 to 16" >&2; exit 2 ;;
+esac
 json=()
 [ -n "${PUSH_JSON:-}" ] && json=(--json)
 
@@ -54,15 +60,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Five free loopback ports, held together while chosen so they differ.
+# Free loopback ports (the shards', then the gateways'), held together
+# while chosen so they differ.
 read -r -a ports <<<"$(/usr/bin/python3 -c '
-import socket
-ss = [socket.socket() for _ in range(5)]
+import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]) + 2)]
 for s in ss: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in ss))')"
-shards="tcp://127.0.0.1:${ports[0]},tcp://127.0.0.1:${ports[1]},tcp://127.0.0.1:${ports[2]}"
-gw1="127.0.0.1:${ports[3]}"
-gw2="127.0.0.1:${ports[4]}"
+print(" ".join(str(s.getsockname()[1]) for s in ss))' "$nshards")"
+shards=
+for ((i = 0; i < nshards; i++)); do
+    shards+="${shards:+,}tcp://127.0.0.1:${ports[$i]}"
+done
+gw1="127.0.0.1:${ports[$nshards]}"
+gw2="127.0.0.1:${ports[$nshards + 1]}"
 
 # One secret for both gateways (they share the directory that holds it) and
 # the shards (--secret-file; CURVE keys come from it): created first.
@@ -74,9 +84,9 @@ if [ -n "${PUSH_SERVE:-}" ]; then
     pids+=($!)
     gw1_pid=$! gw2_pid=$! gw2=$gw1
 fi
-for i in 0 1 2; do
+for ((i = 0; i < nshards; i++)); do
     [ -n "${PUSH_SERVE:-}" ] && break
-    "$imbox" shard --index "$i" --count 3 --listen "tcp://127.0.0.1:${ports[$i]}" \
+    "$imbox" shard --index "$i" --count "$nshards" --listen "tcp://127.0.0.1:${ports[$i]}" \
         --data-dir "$data/shard-$i" --secret-file "$data/gw/auth.secret" \
         2>"$data/shard-$i.log" &
     pids+=($!)
@@ -91,9 +101,11 @@ if [ -z "${PUSH_SERVE:-}" ]; then
 fi
 all_pids=$(IFS=,; echo "${pids[*]}")
 
-# Readiness (bounded: 15 s): each gateway stores one message for 8 uids,
-# which the hash spreads over the 3 shards (imboxctl exits 0 only when
-# every receiver has it).
+# Readiness (bounded: 15 s): each gateway stores one message for 200 uids,
+# which the hash spreads over every shard (imboxctl exits 0 only when every
+# receiver has it).
+ready_to=$(printf 'r%d,' $(seq 0 199))
+ready_to=${ready_to%,}
 token=$("$bin/imbox" token --uid ready --data-dir "$data/gw" | tail -1)
 for gw in "$gw1" "$gw2"; do
     ok=
@@ -102,7 +114,7 @@ for gw in "$gw1" "$gw2"; do
             kill -0 "$p" 2>/dev/null || { tail -n 5 "$data"/*.log >&2; echo "run_push.sh: a server died" >&2; exit 1; }
         done
         if "$bin/imboxctl" --addr "$gw" --token "$token" --timeout 1 send \
-            --to r0,r1,r2,r3,r4,r5,r6,r7 --id "ready-$gw-$n" ready >/dev/null 2>&1; then
+            --to "$ready_to" --id "ready-$gw-$n" ready >/dev/null 2>&1; then
             ok=1
             break
         fi
