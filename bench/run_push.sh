@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Live delivery under load on a loopback cluster: starts 3 `imbox shard` and
-# 2 `imbox gateway` (one shared auth.secret) with their data in a fresh
+# Live delivery under load on a loopback cluster: starts 3 `imbox shard`
+# (PUSH_SHARDS) and 2 `imbox gateway` (one shared auth.secret) with their data in a fresh
 # directory under the current one (a real disk: /tmp may be tmpfs), waits
 # until both gateways store a message on every shard, measures the disk's
 # fsync rate, runs bench/push_bench.c:
 #   - latency at 1,000 and 10,000 pushes/s (Send on gateway 1, Subscribe on
-#     gateway 2), the CPU time of all five servers per push;
+#     gateway 2), the CPU time of all the servers per push;
 #   - idle: 10,000 Subscribe streams on gateway 2, its RSS per stream and
 #     the Health/Send latency beside them;
 #   - churn: 100,000 Subscribes on gateway 2 (100 at a time, each a fresh
@@ -21,7 +21,7 @@
 # run), PUSH_CHURN (100000; 0 skips the churn run), PUSH_CHURN_CANCEL
 # (open: each stream cancelled once open; start: at once, HTTP/2's rapid
 # reset), PUSH_JSON (set: JSON lines instead of key=value), IMBOX_SERVE_BIN
-# (the `imbox` binary of the five servers, default build/bin/imbox: for
+# (the `imbox` binary of the servers, default build/bin/imbox: for
 # alternated rounds of two builds in one run, as in run_imbox_bench.sh),
 # PUSH_SERVE (set: one `imbox serve` instead of the cluster, both
 # addresses its own: what the hops between processes cost), PUSH_SHARDS
