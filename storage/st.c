@@ -134,6 +134,7 @@
 
 #include <rocksdb/c.h>
 
+#include "im_base.h"
 #include "im_log.h"
 
 #define ST_FORMAT "imbox-st-1"
@@ -262,13 +263,6 @@ static int64_t s_default_clock(void *ctx)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int64_t s_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static int s_write_failed(st_shard *s, st_error *err, const char *what, char *rerr)
 {
     int code = s_nospace(rerr) ? ST_ENOSPC : ST_EIO;
@@ -284,7 +278,7 @@ static int s_write_failed(st_shard *s, st_error *err, const char *what, char *re
     if (!s->broken) {
         s->broken = true;
         atomic_store(&s->writable, false);
-        s->reopen_at = s_mono_ms() + ST_REOPEN_MS;
+        s->reopen_at = im_mono_ms() + ST_REOPEN_MS;
     }
     s->broken_code = code;
     return code;
@@ -1488,7 +1482,7 @@ static int s_open_db(st_shard *s, st_error *err);
  * there is room, and no reader is inside. */
 static void s_recover(st_shard *s)
 {
-    int64_t now = s_mono_ms();
+    int64_t now = im_mono_ms();
     if (!s->broken || now < s->reopen_at)
         return;
     s->reopen_at = now + ST_REOPEN_MS;

@@ -77,6 +77,9 @@ void im_copy_str(char *dst, size_t cap, const char *src);
  * 0, or -1 with msg (cap bytes) saying why, starting with the path. */
 int im_read_file(const char *path, size_t max, char **out, size_t *len, char *msg, size_t cap);
 
+/* CLOCK_MONOTONIC in milliseconds: deadlines, timeouts, periods. */
+int64_t im_mono_ms(void);
+
 /* Names the calling thread (printf format, cut to the kernel's 15 bytes),
  * so that top -H and /proc/PID/task/TID/comm tell the threads apart. */
 void im_thread_name(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -10,11 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <zmq.h>
 
+#include "im_base.h"
 #include "im_local.h"
 #include "im_log.h"
 #include "im_wire.h"
@@ -69,13 +69,6 @@ struct gw_bus {
     bus_req *oldest, *newest;
     im_zpoll zp;             /* eventfd, dealers, monitors (im_zmq.h) */
 };
-
-static int64_t s_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void s_pending_add(gw_bus *b, bus_req *r)
 {
@@ -181,7 +174,7 @@ static void s_send_queued(gw_bus *b)
     bus_req *r = b->queue;
     b->queue = b->qtail = NULL;
     pthread_mutex_unlock(&b->mu);
-    int64_t now = s_mono_ms();
+    int64_t now = im_mono_ms();
     while (r) {
         bus_req *next = r->next;
         r->id = ++b->next_id;
@@ -342,14 +335,14 @@ static void *s_main(void *arg)
     im_thread_name("gw-bus");
     im_zpoll *zp = &b->zp; /* eventfd, dealers, monitors */
     const bool *in = zp->in;
-    int64_t next_tick = b->hooks.tick ? s_mono_ms() + b->hooks.tick_ms : INT64_MAX;
+    int64_t next_tick = b->hooks.tick ? im_mono_ms() + b->hooks.tick_ms : INT64_MAX;
     for (;;) {
         int64_t until = next_tick;
         if (b->oldest && b->oldest->deadline < until)
             until = b->oldest->deadline;
         long wait = -1;
         if (until != INT64_MAX) {
-            int64_t d = until - s_mono_ms();
+            int64_t d = until - im_mono_ms();
             wait = d > 0 ? (long)d : 0;
         }
         if (b->nlocal && (wait < 0 || wait > BUS_LOCAL_RUN_MS))
@@ -373,10 +366,10 @@ static void *s_main(void *arg)
         /* Everything taken from the queue in this turn is one commit; what
          * comes during its fsync makes the next. */
         s_local_run(b);
-        s_expire(b, s_mono_ms(), false);
-        if (s_mono_ms() >= next_tick) {
+        s_expire(b, im_mono_ms(), false);
+        if (im_mono_ms() >= next_tick) {
             b->hooks.tick(b->hooks.arg);
-            next_tick = s_mono_ms() + b->hooks.tick_ms;
+            next_tick = im_mono_ms() + b->hooks.tick_ms;
         }
         pthread_mutex_lock(&b->mu);
         bool stop = b->closing && !b->queue;

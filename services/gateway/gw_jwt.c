@@ -26,6 +26,7 @@
 
 #include "gw_tokens.h"
 #include "im_auth.h"
+#include "im_base.h"
 
 #define S_SECRET_MIN 32
 #define S_SECRET_MAX 4096
@@ -73,13 +74,6 @@ bool gw_jwt_configured(const gw_jwt_config *c)
 bool gw_jwt_is_jwt(const char *token, size_t len)
 {
     return memchr(token, '.', len) != NULL;
-}
-
-static int64_t s_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---------------------------------------------------------------- files */
@@ -346,7 +340,7 @@ static void s_maybe_reload(gw_jwt *j)
 {
     if (!j->jwks_path)
         return;
-    int64_t now = s_mono_ms();
+    int64_t now = im_mono_ms();
     if (now < j->next_check_ms)
         return;
     j->next_check_ms = now + GW_JWT_RELOAD_MS;
@@ -416,7 +410,7 @@ gw_jwt *gw_jwt_new(const gw_jwt_config *c, char *err, size_t errlen)
         }
         if (s_load_jwks(j, err, errlen))
             goto fail;
-        j->next_check_ms = s_mono_ms() + GW_JWT_RELOAD_MS;
+        j->next_check_ms = im_mono_ms() + GW_JWT_RELOAD_MS;
     }
     j->cache = gw_tokens_new();
     return j;

@@ -18,7 +18,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 #define BK_ADMIN_TMP BK_ADMIN_SOCK ".new" /* bound here, chmod'ed, renamed */
@@ -45,13 +44,6 @@ static void s_addr(int dirfd, const char *name, struct sockaddr_un *a)
     snprintf(a->sun_path, sizeof a->sun_path, "/proc/self/fd/%d/%s", dirfd, name);
 }
 
-static int64_t s_mono_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 static void s_write_all(int fd, const char *p, size_t n)
 {
     while (n) {
@@ -70,9 +62,9 @@ static void s_write_all(int fd, const char *p, size_t n)
 static int s_read_line(int fd, char *buf, size_t cap, const char **why)
 {
     size_t n = 0;
-    int64_t deadline = s_mono_ms() + BK_ADMIN_IO_MS;
+    int64_t deadline = im_mono_ms() + BK_ADMIN_IO_MS;
     for (;;) {
-        int64_t left = deadline - s_mono_ms();
+        int64_t left = deadline - im_mono_ms();
         struct pollfd p = {.fd = fd, .events = POLLIN};
         if (left <= 0 || poll(&p, 1, (int)left) == 0) {
             *why = "request not complete in time";

@@ -15,6 +15,7 @@
 
 #include <zmq.h>
 
+#include "im_base.h"
 #include "im_hash.h"
 #include "im_local.h"
 #include "im_log.h"
@@ -165,13 +166,6 @@ typedef struct sh_uids {
     bool bad;
 } sh_uids;
 
-static int64_t s_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The gRPC status of an engine code: the one translation of st_code, here
  * where the engine meets the wire. */
 static int s_status(int st_code)
@@ -270,7 +264,7 @@ static void s_peer_form(sh_service *sh, const uint8_t *ident, size_t len, bool p
     i = sh->npairs < SH_PAIRS_PEERS ? sh->npairs++ : sh->pairs_next++ % SH_PAIRS_PEERS;
     memcpy(sh->pairs_peers[i].ident, ident, len);
     sh->pairs_peers[i].len = len;
-    int64_t now = s_mono_ms();
+    int64_t now = im_mono_ms();
     if (sh->pairs_logged && now - sh->pairs_logged < 10000)
         return; /* once in 10 s: an evicted gateway comes back per message */
     sh->pairs_logged = now;
@@ -463,7 +457,7 @@ static void s_counts_reply(sh_service *sh, const st_req *r)
 static bool s_notice_add(sh_service *sh, const st_put *p)
 {
     int gws[SH_HOLDERS_MAX];
-    int n = sh_presence_holders(sh->pres, p->receiver, s_mono_ms(), gws, SH_HOLDERS_MAX);
+    int n = sh_presence_holders(sh->pres, p->receiver, im_mono_ms(), gws, SH_HOLDERS_MAX);
     if (n == 0)
         return false;
     imbox_internal_v1_Commit c = {.seq = p->seq};
@@ -853,7 +847,7 @@ static void s_presence_op(sh_service *sh, const imbox_internal_v1_PresenceOp *op
     }
     int64_t lease = op->lease_ms >= 100 && op->lease_ms <= SH_LEASE_MAX_MS ? op->lease_ms
                                                                          : SH_LEASE_DEFAULT_MS;
-    int64_t until = s_mono_ms() + lease;
+    int64_t until = im_mono_ms() + lease;
     sh_presence_begin(sh->pres, gw);
     bool oom = false;
     for (size_t i = 0; i < on->n; i++)
@@ -876,7 +870,7 @@ static void s_presence_query(sh_service *sh, const sh_uids *u, const uint8_t *id
     if (!s_uids_ok(sh, u, ident, ident_len, id))
         return;
     s_reply_reset(sh);
-    int64_t now = s_mono_ms();
+    int64_t now = im_mono_ms();
     int gw;
     for (size_t i = 0; i < u->n; i++)
         sh->out->online[i] = sh_presence_holders(sh->pres, u->v[i], now, &gw, 1) > 0;
@@ -1099,7 +1093,7 @@ static void s_turn_end(sh_service *sh)
     sh->reads = NULL;
     sh->reads_tail = &sh->reads;
     s_drain_done(sh);
-    int64_t now = s_mono_ms();
+    int64_t now = im_mono_ms();
     if (now >= sh->next_expire) {
         sh->held = sh_presence_expire(sh->pres, now);
         sh->next_expire = now + SH_EXPIRE_EVERY_MS;

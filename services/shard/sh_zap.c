@@ -7,11 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <openssl/crypto.h>
 #include <zmq.h>
 
+#include "im_base.h"
 #include "im_log.h"
 #include "im_zmq.h"
 
@@ -31,13 +31,6 @@ struct sh_zap {
     char last_why[64];      /* the latest failure's kind */
     char last_addr[64];     /* and its address */
 };
-
-static int64_t s_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static bool s_is(const zmq_msg_t *m, const char *text)
 {
@@ -79,7 +72,7 @@ static void s_log(sh_zap *z, const char *why, zmq_msg_t *addr)
         s_printable(z->last_addr, sizeof z->last_addr, addr);
     else
         z->last_addr[0] = '\0';
-    int64_t now = s_mono_ms();
+    int64_t now = im_mono_ms();
     if (now < z->next_log_ms)
         return;
     IM_LOG_IDX(IM_LOG_WARN, "shard", "shard", z->index,
